@@ -1,0 +1,62 @@
+//! `stepgate.v1.DecisionService`: Check and BatchCheck.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    caller::caller_of,
+    convert::{decision_message, invalid_argument},
+};
+use crate::{
+    decision::DecisionPipeline,
+    proto::v1::{
+        BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse,
+        decision_service_server::DecisionService,
+    },
+};
+
+/// The gRPC adapter over the decision pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct DecisionApi {
+    pipeline: Arc<DecisionPipeline>,
+}
+
+impl DecisionApi {
+    pub(crate) fn new(pipeline: Arc<DecisionPipeline>) -> Self {
+        Self { pipeline }
+    }
+}
+
+#[tonic::async_trait]
+impl DecisionService for DecisionApi {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let caller = caller_of(&request);
+        let decision = self
+            .pipeline
+            .check(request.get_ref(), &caller)
+            .map_err(invalid_argument)?;
+        Ok(Response::new(CheckResponse {
+            decision: Some(decision_message(decision)),
+        }))
+    }
+
+    async fn batch_check(
+        &self,
+        request: Request<BatchCheckRequest>,
+    ) -> Result<Response<BatchCheckResponse>, Status> {
+        let caller = caller_of(&request);
+        let checks = request.into_inner().checks;
+        let decisions = self
+            .pipeline
+            .batch_check(checks, caller)
+            .await
+            .map_err(invalid_argument)?;
+        Ok(Response::new(BatchCheckResponse {
+            decisions: decisions.into_iter().map(decision_message).collect(),
+        }))
+    }
+}

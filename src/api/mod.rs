@@ -1,0 +1,10 @@
+//! Adapters: the gRPC services and the listeners that carry them. Adapters translate
+//! wire messages to the decision pipeline's types and its errors to statuses; they hold
+//! no policy logic and never call each other.
+
+mod caller;
+mod convert;
+mod decision_service;
+mod server;
+
+pub use server::{GrpcServer, Listeners, ServerLimits};

@@ -1,0 +1,139 @@
+//! The gRPC listeners: one router (stepgate.v1, health, reflection) served on TCP and/or a
+//! Unix socket, with message-size limits enforced by the transport before decoding and a
+//! graceful drain on shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use super::decision_service::DecisionApi;
+use crate::{
+    decision::DecisionPipeline,
+    proto::v1::{self, decision_service_server::DecisionServiceServer},
+};
+
+/// Transport limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest accepted request message; larger ones are refused before decoding.
+    pub max_message_bytes: usize,
+}
+
+/// The bound, not yet serving, sockets.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// TCP listener, if enabled.
+    pub tcp: Option<TcpListener>,
+    /// Unix socket listener and its path, if enabled.
+    pub uds: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// The TCP address actually bound (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// The names the health service reports on: the whole server ("") and each service.
+const HEALTH_NAMES: [&str; 2] = ["", "stepgate.v1.DecisionService"];
+
+/// A running gRPC server: its serve tasks, its health reporter and its shutdown switch.
+#[derive(Debug)]
+pub struct GrpcServer {
+    health: HealthReporter,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl GrpcServer {
+    /// Starts serving on `listeners`. Health says NOT_SERVING until [`set_serving`].
+    ///
+    /// [`set_serving`]: GrpcServer::set_serving
+    pub async fn start(
+        pipeline: Arc<DecisionPipeline>,
+        listeners: Listeners,
+        limits: ServerLimits,
+    ) -> Result<Self, tonic_reflection::server::Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in HEALTH_NAMES {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let decisions = DecisionServiceServer::new(DecisionApi::new(pipeline))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let router: Router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(decisions);
+
+        let (shutdown, signal) = watch::channel(false);
+        let drained = move || {
+            let mut signal = signal.clone();
+            async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut tasks = Vec::new();
+        if let Some(listener) = listeners.tcp {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tasks.push(tokio::spawn(
+                router
+                    .clone()
+                    .serve_with_incoming_shutdown(incoming, drained()),
+            ));
+        }
+        if let Some((listener, _)) = listeners.uds {
+            let incoming = UnixListenerStream::new(listener);
+            tasks.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming, drained()),
+            ));
+        }
+        Ok(Self {
+            health,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Reports SERVING (policies are loaded) or NOT_SERVING.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in HEALTH_NAMES {
+            self.health.set_service_status(name, status).await;
+        }
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish, and returns when all are done.
+    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+        self.set_serving(false).await;
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            if let Ok(result) = task.await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+}

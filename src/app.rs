@@ -1,0 +1,232 @@
+//! Wiring: one function builds the core parts (policy store, decision pipeline) from a
+//! [`ServeConfig`], binds the listeners, and runs the server until a shutdown signal.
+//!
+//! Serving starts before policies load, so probes see NOT_SERVING rather than a refused
+//! connection; decisions made before the first revision loads deny (fail closed).
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::{
+    api::{GrpcServer, Listeners, ServerLimits},
+    clock::{Clock, SystemClock},
+    config::ServeConfig,
+    decision::DecisionPipeline,
+    policy::{LoadError, PolicyStore, watch_policies},
+};
+
+/// How long file-change events must be quiet before a reload.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The initial policy set could not be loaded.
+    #[error("cannot load policies from {}: {source}", dir.display())]
+    Policies {
+        /// The policy directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        source: LoadError,
+    },
+    /// The policy watcher could not start.
+    #[error("cannot watch {}: {source}", dir.display())]
+    Watch {
+        /// The policy directory.
+        dir: PathBuf,
+        /// The underlying error.
+        source: notify::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// A configured server with its listeners bound, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    config: ServeConfig,
+    store: Arc<PolicyStore>,
+    pipeline: Arc<DecisionPipeline>,
+    listeners: Listeners,
+}
+
+impl App {
+    /// Builds the parts and binds the listeners, reading time from the system clock.
+    pub async fn bind(config: ServeConfig) -> Result<Self, AppError> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`App::bind`], with an injected clock (tests).
+    pub async fn bind_with_clock(
+        config: ServeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AppError> {
+        let store = Arc::new(PolicyStore::new(
+            config.policies.clone(),
+            config.policy.clone(),
+        ));
+        let pipeline = Arc::new(DecisionPipeline::new(
+            store.clone(),
+            clock,
+            config.max_batch,
+        ));
+        let mut listeners = Listeners::default();
+        if let Some(addr) = config.grpc_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind {
+                    what: addr.to_string(),
+                    source,
+                })?;
+            listeners.tcp = Some(listener);
+        }
+        if let Some(path) = &config.grpc_uds {
+            listeners.uds = Some((bind_unix(path)?, path.clone()));
+        }
+        Ok(Self {
+            config,
+            store,
+            pipeline,
+            listeners,
+        })
+    }
+
+    /// The bound gRPC TCP address, if TCP is on.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.listeners.tcp_addr()
+    }
+
+    /// The gRPC Unix socket path, if on.
+    pub fn grpc_uds(&self) -> Option<&Path> {
+        self.config.grpc_uds.as_deref()
+    }
+
+    /// Starts serving (health NOT_SERVING until policies load).
+    pub async fn start(self) -> Result<RunningApp, AppError> {
+        let limits = ServerLimits {
+            max_message_bytes: self.config.max_message_bytes,
+        };
+        let server = GrpcServer::start(self.pipeline.clone(), self.listeners, limits)
+            .await
+            .map_err(|e| AppError::Server(e.to_string()))?;
+        Ok(RunningApp {
+            config: self.config,
+            store: self.store,
+            server,
+            watcher: None,
+        })
+    }
+}
+
+/// A serving server.
+#[derive(Debug)]
+pub struct RunningApp {
+    config: ServeConfig,
+    store: Arc<PolicyStore>,
+    server: GrpcServer,
+    watcher: Option<crate::policy::PolicyWatcher>,
+}
+
+impl RunningApp {
+    /// Loads the policy directory (off the async workers), reports SERVING, and starts
+    /// watching for changes when configured to. Returns the loaded revision.
+    pub async fn load_policies(&mut self) -> Result<Arc<str>, AppError> {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.reload())
+            .await
+            .map_err(|e| AppError::Server(format!("policy loader failed: {e}")))?;
+        let revision = loaded.map_err(|source| AppError::Policies {
+            dir: self.config.policies.clone(),
+            source,
+        })?;
+        self.server.set_serving(true).await;
+        if self.config.watch_policies && self.watcher.is_none() {
+            let watcher =
+                watch_policies(self.store.clone(), RELOAD_DEBOUNCE).map_err(|source| {
+                    AppError::Watch {
+                        dir: self.config.policies.clone(),
+                        source,
+                    }
+                })?;
+            self.watcher = Some(watcher);
+        }
+        Ok(revision)
+    }
+
+    /// The policy store (to reload or inspect the serving revision).
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.store
+    }
+
+    /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        drop(self.watcher);
+        self.server
+            .shutdown()
+            .await
+            .map_err(|e| AppError::Server(e.to_string()))?;
+        if let Some(path) = &self.config.grpc_uds {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// Runs `stepgate serve` until `shutdown` resolves: bind, serve, load policies (a bad
+/// initial set stops the server with an error), then drain on shutdown.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let app = App::bind(config).await?;
+    if let Some(addr) = app.grpc_addr() {
+        tracing::info!(%addr, "gRPC listening on TCP");
+    }
+    if let Some(path) = app.grpc_uds() {
+        tracing::info!(path = %path.display(), "gRPC listening on a Unix socket");
+    }
+    let mut running = app.start().await?;
+    if let Err(err) = running.load_policies().await {
+        let _ = running.shutdown().await;
+        return Err(err);
+    }
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight calls");
+    running.shutdown().await
+}
+
+/// Binds a Unix socket, replacing a stale socket file but never any other file.
+fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
+    use std::os::unix::fs::FileTypeExt;
+    let bind_err = |source| AppError::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(bind_err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    UnixListener::bind(path).map_err(bind_err)
+}

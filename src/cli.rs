@@ -1,0 +1,287 @@
+//! The `stepgate` command line: `serve`, and the offline tools `eval`, `check` and `test`
+//! that use the same engine as the server.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Instant,
+};
+
+use chrono::{SecondsFormat, Utc};
+use clap::{Parser, Subcommand};
+use regorus::Value;
+
+use crate::{
+    config::{LogFormat, ServeArgs, ServeConfig},
+    decision::Decision,
+    policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource, TestOutcome},
+};
+
+/// Exit code for a configuration error (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// stepgate: a policy decision point sidecar that re-evaluates Rego at every step of an
+/// access workflow.
+#[derive(Debug, Parser)]
+#[command(name = "stepgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the decision service.
+    Serve(ServeArgs),
+    /// Evaluate one input document offline and print the decision as JSON.
+    Eval {
+        /// Policy directory.
+        #[arg(long, default_value = "./policies", value_name = "DIR")]
+        policies: PathBuf,
+        /// JSON file holding the input document.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// The decision rule.
+        #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
+        entrypoint: String,
+    },
+    /// Compile and lint a policy directory; errors carry file:line.
+    Check {
+        /// Policy directory.
+        dir: PathBuf,
+        /// The decision rule expected to exist.
+        #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
+        entrypoint: String,
+    },
+    /// Run the test_ rules of a policy directory, as `opa test` does.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+        /// List every test, not only failures.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Only tests whose rule path contains this text.
+        #[arg(long, value_name = "TEXT")]
+        run: Option<String>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Eval {
+            policies,
+            input,
+            entrypoint,
+        } => eval(&policies, &input, entrypoint),
+        Command::Check { dir, entrypoint } => check(&dir, entrypoint),
+        Command::Test { dir, verbose, run } => test(&dir, verbose, run.as_deref()),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match ServeConfig::from_args(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("stepgate: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("stepgate-worker");
+    if let Some(workers) = config.workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("stepgate: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::app::serve(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "stepgate stopped");
+            eprintln!("stepgate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(dir: &Path, entrypoint: String) -> Result<PolicySet, String> {
+    let options = PolicyOptions {
+        decision_entrypoint: entrypoint.into(),
+        ..PolicyOptions::default()
+    };
+    let source = PolicySource::read_dir(dir, &options.source_limits).map_err(|e| e.to_string())?;
+    PolicySet::load(source, &options, false).map_err(|e| e.to_string())
+}
+
+fn eval(policies: &Path, input: &Path, entrypoint: String) -> ExitCode {
+    let set = match load(policies, entrypoint) {
+        Ok(set) => set,
+        Err(err) => return fail(&err),
+    };
+    let text = match std::fs::read_to_string(input) {
+        Ok(text) => text,
+        Err(err) => return fail(&format!("{}: {err}", input.display())),
+    };
+    let mut document = match Value::from_json_str(&text) {
+        Ok(value @ Value::Object(_)) => value,
+        Ok(_) => {
+            return fail(&format!(
+                "{}: the input document must be a JSON object",
+                input.display()
+            ));
+        }
+        Err(err) => return fail(&format!("{}: {err}", input.display())),
+    };
+    let now = Utc::now();
+    // As the server does, the evaluation sees the current time unless the file pins one.
+    if let Ok(object) = document.as_object_mut() {
+        let context = object
+            .get(&Value::from("context"))
+            .cloned()
+            .unwrap_or_else(Value::new_object);
+        if let Value::Object(mut ctx) = context {
+            let ctx = Arc::make_mut(&mut ctx);
+            if ctx.get(&Value::from("time")).is_none() {
+                ctx.insert(
+                    Value::from("time"),
+                    Value::from(now.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                );
+            }
+            object.insert(Value::from("context"), ctx.clone().into_value());
+        }
+    }
+    let started = Instant::now();
+    let outcome = set.evaluate(Entrypoint::Decision, document);
+    let decision =
+        Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
+    println!("{}", decision_json(&decision));
+    ExitCode::SUCCESS
+}
+
+fn decision_json(decision: &Decision) -> String {
+    let obligations: serde_json::Value = decision
+        .obligations
+        .to_json_str()
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "allow": decision.allow,
+        "reasons": decision.reasons,
+        "obligations": obligations,
+        "decision_id": decision.id.to_string(),
+        "policy_revision": &*decision.policy_revision,
+        "decided_at": decision.decided_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        "eval_duration_us": decision.eval_duration.as_secs_f64() * 1e6,
+    });
+    serde_json::to_string_pretty(&json).unwrap_or_default()
+}
+
+fn check(dir: &Path, entrypoint: String) -> ExitCode {
+    let set = match load(dir, entrypoint) {
+        Ok(set) => set,
+        Err(err) => return fail(&err),
+    };
+    let mut warnings = 0;
+    for entry in set.entrypoints() {
+        match (entry.engine, &entry.rvm_refusal) {
+            ("missing", _) => {
+                warnings += 1;
+                println!(
+                    "warning: entrypoint {} is not defined: every decision would deny",
+                    entry.rule
+                );
+            }
+            (_, Some(why)) => {
+                warnings += 1;
+                println!(
+                    "warning: entrypoint {} runs on the slower interpreter: {why}",
+                    entry.rule
+                );
+            }
+            (engine, None) => println!("entrypoint {}: {engine}", entry.rule),
+        }
+    }
+    println!(
+        "ok: {} files, revision {}, {warnings} warning(s)",
+        set.files().len(),
+        set.revision()
+    );
+    ExitCode::SUCCESS
+}
+
+fn test(dir: &Path, verbose: bool, filter: Option<&str>) -> ExitCode {
+    let set = match load(
+        dir,
+        PolicyOptions::default().decision_entrypoint.to_string(),
+    ) {
+        Ok(set) => set,
+        Err(err) => return fail(&err),
+    };
+    let report = set.run_tests(filter);
+    for result in &report.results {
+        let micros = result.duration.as_secs_f64() * 1e6;
+        match &result.outcome {
+            TestOutcome::Pass if verbose => {
+                println!("PASS {} ({}) {micros:.0}µs", result.name, result.location)
+            }
+            TestOutcome::Pass => {}
+            TestOutcome::Fail => println!("FAIL {} ({})", result.name, result.location),
+            TestOutcome::Error(e) => println!("ERROR {} ({}): {e}", result.name, result.location),
+        }
+    }
+    println!("{} passed, {} failed", report.passed(), report.failed());
+    if report.results.is_empty() {
+        println!("no test_ rules found under {}", dir.display());
+    }
+    if report.failed() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("stepgate: {message}");
+    ExitCode::FAILURE
+}

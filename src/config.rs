@@ -1,0 +1,411 @@
+//! Configuration of `stepgate serve`, in two stages: raw values from flags, `STEPGATE_*`
+//! environment variables and a TOML file (flags win, then environment, then file, then
+//! defaults), then one validated [`ServeConfig`]. Every bad value is reported, not just
+//! the first.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::policy::{EvalLimits, PolicyOptions, SourceLimits};
+
+/// Flags of `stepgate serve`; each is also `STEPGATE_<NAME>` in the environment and
+/// `<name>` (with `_`) in the TOML file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "STEPGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of .rego policies and .json/.yaml data [default: ./policies].
+    #[arg(long, env = "STEPGATE_POLICIES", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// gRPC TCP listener; '' turns it off [default: 127.0.0.1:9191].
+    #[arg(long, env = "STEPGATE_GRPC_ADDR", value_name = "HOST:PORT")]
+    pub grpc_addr: Option<String>,
+    /// gRPC Unix socket path [default: off].
+    #[arg(long, env = "STEPGATE_GRPC_UDS", value_name = "PATH")]
+    pub grpc_uds: Option<PathBuf>,
+    /// The decision rule [default: data.stepgate.decision].
+    #[arg(long, env = "STEPGATE_DECISION_ENTRYPOINT", value_name = "RULE")]
+    pub decision_entrypoint: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "STEPGATE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Largest accepted gRPC message in bytes [default: 1048576].
+    #[arg(long, env = "STEPGATE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Most checks in one BatchCheck [default: 256].
+    #[arg(long, env = "STEPGATE_MAX_BATCH", value_name = "N")]
+    pub max_batch: Option<usize>,
+    /// Most RVM instructions per evaluation [default: 1000000].
+    #[arg(long, env = "STEPGATE_EVAL_MAX_INSTRUCTIONS", value_name = "N")]
+    pub eval_max_instructions: Option<usize>,
+    /// Longest one evaluation may run, e.g. 100ms [default: 100ms].
+    #[arg(long, env = "STEPGATE_EVAL_TIMEOUT", value_name = "DURATION")]
+    pub eval_timeout: Option<String>,
+    /// Largest accepted policy or data file in bytes [default: 1048576].
+    #[arg(long, env = "STEPGATE_POLICY_MAX_FILE_BYTES", value_name = "BYTES")]
+    pub policy_max_file_bytes: Option<u64>,
+    /// Deepest accepted bracket nesting in a .rego file [default: 12].
+    #[arg(long, env = "STEPGATE_POLICY_MAX_DEPTH", value_name = "N")]
+    pub policy_max_depth: Option<usize>,
+    /// Longest a policy set may take to compile and test [default: 10s].
+    #[arg(long, env = "STEPGATE_COMPILE_TIMEOUT", value_name = "DURATION")]
+    pub compile_timeout: Option<String>,
+    /// Reload policies when their files change: true or false [default: true].
+    #[arg(long, env = "STEPGATE_WATCH_POLICIES", value_name = "BOOL")]
+    pub watch_policies: Option<bool>,
+    /// Async worker threads [default: one per available core].
+    #[arg(long, env = "STEPGATE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// The TOML file: the same keys as the flags, with `_` for `-`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    policies: Option<PathBuf>,
+    grpc_addr: Option<String>,
+    grpc_uds: Option<PathBuf>,
+    decision_entrypoint: Option<String>,
+    log_format: Option<String>,
+    max_message_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    eval_max_instructions: Option<usize>,
+    eval_timeout: Option<String>,
+    policy_max_file_bytes: Option<u64>,
+    policy_max_depth: Option<usize>,
+    compile_timeout: Option<String>,
+    watch_policies: Option<bool>,
+    workers: Option<usize>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated configuration of `stepgate serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Policy directory.
+    pub policies: PathBuf,
+    /// gRPC TCP listener; `None` = off.
+    pub grpc_addr: Option<SocketAddr>,
+    /// gRPC Unix socket; `None` = off.
+    pub grpc_uds: Option<PathBuf>,
+    /// How policy sets are loaded and evaluated.
+    pub policy: PolicyOptions,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest accepted gRPC message.
+    pub max_message_bytes: usize,
+    /// Most checks in one BatchCheck.
+    pub max_batch: usize,
+    /// Reload on file change.
+    pub watch_policies: bool,
+    /// Async worker threads; `None` = one per available core.
+    pub workers: Option<usize>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            policies: PathBuf::from("./policies"),
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
+            grpc_uds: None,
+            policy: PolicyOptions::default(),
+            log_format: LogFormat::Text,
+            max_message_bytes: 1024 * 1024,
+            max_batch: 256,
+            watch_policies: true,
+            workers: None,
+        }
+    }
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeConfig {
+    /// Merges flags/environment (already merged by clap) over the file named by
+    /// `--config`, over the defaults, and validates the result.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+
+        let grpc_addr_text = args.grpc_addr.or(file.grpc_addr);
+        let grpc_addr = match grpc_addr_text.as_deref() {
+            None => defaults.grpc_addr,
+            Some("") => None,
+            Some(addr) => {
+                let parsed = addr.parse().ok();
+                check(
+                    parsed.is_some(),
+                    format!("grpc_addr: {addr:?} is not HOST:PORT (IP address and port)"),
+                );
+                parsed
+            }
+        };
+        let grpc_uds = args
+            .grpc_uds
+            .or(file.grpc_uds)
+            .filter(|p| !p.as_os_str().is_empty());
+        let listener_off = grpc_addr_text.as_deref() == Some("") && grpc_uds.is_none();
+        check(
+            !listener_off,
+            "no listener: set grpc_addr or grpc_uds".into(),
+        );
+
+        let entrypoint = args.decision_entrypoint.or(file.decision_entrypoint);
+        let decision_entrypoint: Arc<str> =
+            entrypoint.map_or(defaults.policy.decision_entrypoint.clone(), Into::into);
+        check(
+            decision_entrypoint.starts_with("data.") && decision_entrypoint.len() > 5,
+            format!(
+                "decision_entrypoint: {decision_entrypoint:?} must be a rule path starting with 'data.'"
+            ),
+        );
+
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                check(
+                    false,
+                    format!("log_format: {other:?} is not 'text' or 'json'"),
+                );
+                LogFormat::Text
+            }
+        };
+
+        let mut positive = |name: &str, value: Option<usize>, default: usize| {
+            let value = value.unwrap_or(default);
+            check(value > 0, format!("{name}: must be greater than 0"));
+            value
+        };
+        let max_message_bytes = positive(
+            "max_message_bytes",
+            args.max_message_bytes.or(file.max_message_bytes),
+            defaults.max_message_bytes,
+        );
+        let max_batch = positive(
+            "max_batch",
+            args.max_batch.or(file.max_batch),
+            defaults.max_batch,
+        );
+        let max_instructions = positive(
+            "eval_max_instructions",
+            args.eval_max_instructions.or(file.eval_max_instructions),
+            defaults.policy.eval_limits.max_instructions,
+        );
+        let max_nesting_depth = positive(
+            "policy_max_depth",
+            args.policy_max_depth.or(file.policy_max_depth),
+            defaults.policy.source_limits.max_nesting_depth,
+        );
+        let workers = args.workers.or(file.workers);
+        check(workers != Some(0), "workers: must be greater than 0".into());
+        let max_file_bytes = args
+            .policy_max_file_bytes
+            .or(file.policy_max_file_bytes)
+            .unwrap_or(defaults.policy.source_limits.max_file_bytes);
+        check(
+            max_file_bytes > 0,
+            "policy_max_file_bytes: must be greater than 0".into(),
+        );
+
+        let mut duration = |name: &str, value: Option<String>, default: Duration| match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    check(
+                        false,
+                        format!("{name}: {text:?} is not a positive duration such as 500ms or 2s"),
+                    );
+                    default
+                }
+            },
+        };
+        let timeout = duration(
+            "eval_timeout",
+            args.eval_timeout.or(file.eval_timeout),
+            defaults.policy.eval_limits.timeout,
+        );
+        let compile_timeout = duration(
+            "compile_timeout",
+            args.compile_timeout.or(file.compile_timeout),
+            defaults.policy.compile_timeout,
+        );
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Self {
+            policies: args.policies.or(file.policies).unwrap_or(defaults.policies),
+            grpc_addr,
+            grpc_uds,
+            policy: PolicyOptions {
+                decision_entrypoint,
+                source_limits: SourceLimits {
+                    max_file_bytes,
+                    max_nesting_depth,
+                    ..SourceLimits::default()
+                },
+                eval_limits: EvalLimits {
+                    max_instructions,
+                    timeout,
+                },
+                compile_timeout,
+            },
+            log_format,
+            max_message_bytes,
+            max_batch,
+            watch_policies: args
+                .watch_policies
+                .or(file.watch_policies)
+                .unwrap_or(defaults.watch_policies),
+            workers,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
+    toml::from_str(&text).map_err(|e| {
+        ConfigError(vec![format!(
+            "{}: {}",
+            path.display(),
+            e.to_string().trim()
+        )])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(toml: &str) -> FileConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_appendix_b() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(config.grpc_uds, None);
+        assert_eq!(config.policies, PathBuf::from("./policies"));
+        assert_eq!(
+            &*config.policy.decision_entrypoint,
+            "data.stepgate.decision"
+        );
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let args = ServeArgs {
+            grpc_addr: Some("127.0.0.1:7000".into()),
+            ..Default::default()
+        };
+        let file =
+            file("grpc_addr = \"127.0.0.1:8000\"\nmax_batch = 9\neval_timeout = \"250ms\"\n");
+        let config = ServeConfig::merge(args, file).unwrap();
+        assert_eq!(config.grpc_addr, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.max_batch, 9);
+        assert_eq!(
+            config.policy.eval_limits.timeout,
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn empty_address_turns_the_listener_off() {
+        let args = ServeArgs {
+            grpc_addr: Some(String::new()),
+            grpc_uds: Some("/tmp/s.sock".into()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(config.grpc_addr, None);
+        let args = ServeArgs {
+            grpc_addr: Some(String::new()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("no listener"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let args = ServeArgs {
+            grpc_addr: Some("localhost".into()),
+            log_format: Some("xml".into()),
+            max_batch: Some(0),
+            eval_timeout: Some("soon".into()),
+            decision_entrypoint: Some("stepgate.decision".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        for field in [
+            "grpc_addr",
+            "log_format",
+            "max_batch",
+            "eval_timeout",
+            "decision_entrypoint",
+        ] {
+            assert!(
+                err.to_string().contains(field),
+                "{field} missing from {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stepgate.toml");
+        std::fs::write(&path, "grpc_adr = \"x\"\n").unwrap();
+        let err = ServeConfig::from_args(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+}

@@ -1,0 +1,64 @@
+//! Who sent a call, as the transport proved it. Never taken from a request body.
+
+use std::sync::Arc;
+
+/// How the caller reached stepgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP: the caller is anonymous.
+    Tcp,
+    /// A Unix domain socket: the caller is the peer's uid.
+    Uds,
+    /// TLS with a verified client certificate.
+    Mtls,
+}
+
+impl Transport {
+    /// The name policies see in `input.caller.via`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Uds => "uds",
+            Self::Mtls => "mtls",
+        }
+    }
+}
+
+/// The authenticated peer of a call (`input.caller`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `anonymous`, `uds:uid=<uid>`, or the mTLS SPIFFE ID (else CN).
+    pub id: Arc<str>,
+    /// Whether the transport proved the identity.
+    pub authenticated: bool,
+    /// The transport.
+    pub via: Transport,
+}
+
+impl Caller {
+    /// A caller on plain TCP.
+    pub fn anonymous() -> Self {
+        Self {
+            id: "anonymous".into(),
+            authenticated: false,
+            via: Transport::Tcp,
+        }
+    }
+
+    /// A caller on a Unix socket, identified by its peer credentials; `None` when the
+    /// platform did not give any, which leaves the caller anonymous.
+    pub fn unix_peer(uid: Option<u32>) -> Self {
+        match uid {
+            Some(uid) => Self {
+                id: format!("uds:uid={uid}").into(),
+                authenticated: true,
+                via: Transport::Uds,
+            },
+            None => Self {
+                id: "anonymous".into(),
+                authenticated: false,
+                via: Transport::Uds,
+            },
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The input document (`input` in Rego), built straight into a regorus [`Value`], and the
+//! validation of the fields a decision needs.
+//!
+//! Object keys are interned once ([`KEYS`]): building an input clones `Arc`s instead of
+//! allocating a string per key per call.
+
+use std::{fmt, sync::LazyLock};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use prost_types::{Struct, value::Kind};
+use regorus::{Value, value::Object};
+
+use super::Caller;
+use crate::proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow};
+
+/// A request field that is missing or malformed; the API maps it to `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// Path of the field, e.g. `checks[2].subject.id`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl InvalidField {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The same problem, with `prefix.` in front of the field path.
+    pub fn within(self, prefix: &str) -> Self {
+        Self {
+            field: format!("{prefix}.{}", self.field),
+            problem: self.problem,
+        }
+    }
+}
+
+impl fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for InvalidField {}
+
+/// Longest accepted step name.
+const MAX_STEP_BYTES: usize = 64;
+/// Deepest accepted nesting of `attributes` / `arguments` structs.
+const MAX_STRUCT_DEPTH: usize = 32;
+
+/// Checks what every decision needs: a step, a subject id, an action, and attribute
+/// values that JSON can carry.
+pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
+    validate_step(&req.step)?;
+    let subject = req
+        .subject
+        .as_ref()
+        .ok_or_else(|| InvalidField::new("subject", "required"))?;
+    if subject.id.is_empty() {
+        return Err(InvalidField::new("subject.id", "required"));
+    }
+    if req.action.is_empty() {
+        return Err(InvalidField::new("action", "required"));
+    }
+    validate_struct(subject.attributes.as_ref(), "subject.attributes")?;
+    if let Some(resource) = &req.resource {
+        validate_struct(resource.attributes.as_ref(), "resource.attributes")?;
+    }
+    if let Some(workflow) = &req.workflow {
+        validate_struct(workflow.attributes.as_ref(), "workflow.attributes")?;
+    }
+    if let Some(agent) = &req.agent {
+        validate_struct(agent.arguments.as_ref(), "agent.arguments")?;
+    }
+    if let Some(context) = &req.context {
+        validate_struct(context.attributes.as_ref(), "context.attributes")?;
+    }
+    Ok(())
+}
+
+/// A step is a lowercase identifier: one of the known steps or a custom one.
+pub(crate) fn validate_step(step: &str) -> Result<(), InvalidField> {
+    if step.is_empty() {
+        return Err(InvalidField::new("step", "required"));
+    }
+    if step.len() > MAX_STEP_BYTES
+        || !step
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(InvalidField::new(
+            "step",
+            format!("must be lowercase letters, digits and '_', at most {MAX_STEP_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_struct(value: Option<&Struct>, field: &str) -> Result<(), InvalidField> {
+    fn walk(kind: Option<&Kind>, depth: usize) -> Result<(), &'static str> {
+        match kind {
+            Some(Kind::NumberValue(n)) if !n.is_finite() => Err("numbers must be finite"),
+            Some(Kind::StructValue(s)) => walk_fields(s, depth + 1),
+            Some(Kind::ListValue(l)) => {
+                if depth >= MAX_STRUCT_DEPTH {
+                    return Err("nested too deeply");
+                }
+                l.values
+                    .iter()
+                    .try_for_each(|v| walk(v.kind.as_ref(), depth + 1))
+            }
+            _ => Ok(()),
+        }
+    }
+    fn walk_fields(s: &Struct, depth: usize) -> Result<(), &'static str> {
+        if depth > MAX_STRUCT_DEPTH {
+            return Err("nested too deeply");
+        }
+        s.fields
+            .values()
+            .try_for_each(|v| walk(v.kind.as_ref(), depth))
+    }
+    match value {
+        Some(s) => walk_fields(s, 1).map_err(|problem| InvalidField::new(field, problem)),
+        None => Ok(()),
+    }
+}
+
+macro_rules! keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        /// Interned object keys of the input document.
+        pub(crate) struct Keys { $(pub(crate) $field: Value),* }
+        /// The keys, built once.
+        pub(crate) static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys { $($field: Value::from($name)),* });
+    };
+}
+
+keys! {
+    step = "step", subject = "subject", id = "id", kind = "kind", owner = "owner",
+    attributes = "attributes", caller = "caller", authenticated = "authenticated", via = "via",
+    action = "action", resource = "resource", type_ = "type", workflow = "workflow",
+    requester = "requester", justification = "justification", emergency = "emergency",
+    grant = "grant", agent = "agent", tool = "tool", arguments = "arguments",
+    on_behalf_of = "on_behalf_of", delegation_chain = "delegation_chain", context = "context",
+    time = "time", source_ip = "source_ip",
+}
+
+/// Builds the input document of a `Check`. `context.time` is `now`; `caller` is the
+/// transport's; `grant` is the grant record when the request named one. Empty strings and
+/// unset messages are left out ("fields that do not apply are absent").
+pub fn check_input(
+    req: &CheckRequest,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    grant: Option<Value>,
+) -> Value {
+    let k = &*KEYS;
+    let mut input = Object::new();
+    input.insert(k.step.clone(), Value::from(req.step.as_str()));
+    if let Some(subject) = &req.subject {
+        input.insert(k.subject.clone(), subject_value(subject));
+    }
+    input.insert(k.caller.clone(), caller_value(caller));
+    insert_str(&mut input, &k.action, &req.action);
+    if let Some(resource) = &req.resource {
+        input.insert(k.resource.clone(), resource_value(resource));
+    }
+    if let Some(workflow) = &req.workflow {
+        input.insert(k.workflow.clone(), workflow_value(workflow));
+    }
+    if let Some(grant) = grant {
+        input.insert(k.grant.clone(), grant);
+    }
+    if let Some(agent) = &req.agent {
+        input.insert(k.agent.clone(), agent_value(agent));
+    }
+    input.insert(k.context.clone(), context_value(req.context.as_ref(), now));
+    input.into_value()
+}
+
+pub(crate) fn subject_value(subject: &Subject) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    insert_str(&mut o, &k.id, &subject.id);
+    insert_str(&mut o, &k.kind, &subject.kind);
+    insert_str(&mut o, &k.owner, &subject.owner);
+    insert_struct(&mut o, &k.attributes, subject.attributes.as_ref());
+    o.into_value()
+}
+
+pub(crate) fn caller_value(caller: &Caller) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    o.insert(k.id.clone(), Value::String(caller.id.clone()));
+    o.insert(k.authenticated.clone(), Value::from(caller.authenticated));
+    o.insert(k.via.clone(), Value::from(caller.via.as_str()));
+    o.into_value()
+}
+
+pub(crate) fn resource_value(resource: &Resource) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    insert_str(&mut o, &k.type_, &resource.r#type);
+    insert_str(&mut o, &k.id, &resource.id);
+    insert_struct(&mut o, &k.attributes, resource.attributes.as_ref());
+    o.into_value()
+}
+
+pub(crate) fn workflow_value(workflow: &Workflow) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    insert_str(&mut o, &k.id, &workflow.id);
+    insert_str(&mut o, &k.requester, &workflow.requester);
+    insert_str(&mut o, &k.justification, &workflow.justification);
+    o.insert(k.emergency.clone(), Value::from(workflow.emergency));
+    insert_struct(&mut o, &k.attributes, workflow.attributes.as_ref());
+    o.into_value()
+}
+
+pub(crate) fn agent_value(agent: &AgentCall) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    insert_str(&mut o, &k.tool, &agent.tool);
+    insert_struct(&mut o, &k.arguments, agent.arguments.as_ref());
+    insert_str(&mut o, &k.on_behalf_of, &agent.on_behalf_of);
+    let chain: Vec<Value> = agent
+        .delegation_chain
+        .iter()
+        .map(|s| Value::from(s.as_str()))
+        .collect();
+    o.insert(k.delegation_chain.clone(), Value::from(chain));
+    o.into_value()
+}
+
+pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Value {
+    let k = &*KEYS;
+    let mut o = Object::new();
+    o.insert(
+        k.time.clone(),
+        Value::from(now.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    );
+    if let Some(context) = context {
+        insert_str(&mut o, &k.source_ip, &context.source_ip);
+        insert_struct(&mut o, &k.attributes, context.attributes.as_ref());
+    }
+    o.into_value()
+}
+
+fn insert_str(o: &mut Object, key: &Value, value: &str) {
+    if !value.is_empty() {
+        o.insert(key.clone(), Value::from(value));
+    }
+}
+
+fn insert_struct(o: &mut Object, key: &Value, value: Option<&Struct>) {
+    if let Some(s) = value {
+        o.insert(key.clone(), struct_to_value(s));
+    }
+}
+
+/// A protobuf `Struct` as a regorus object. Non-finite numbers (refused by validation)
+/// become `null`.
+pub fn struct_to_value(s: &Struct) -> Value {
+    let mut o = Object::new();
+    for (key, value) in &s.fields {
+        o.insert(
+            Value::from(key.as_str()),
+            proto_value_to_value(value.kind.as_ref()),
+        );
+    }
+    o.into_value()
+}
+
+fn proto_value_to_value(kind: Option<&Kind>) -> Value {
+    match kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) if n.is_finite() => number_value(*n),
+        Some(Kind::NumberValue(_)) => Value::Null,
+        Some(Kind::StringValue(s)) => Value::from(s.as_str()),
+        Some(Kind::BoolValue(b)) => Value::from(*b),
+        Some(Kind::StructValue(s)) => struct_to_value(s),
+        Some(Kind::ListValue(l)) => Value::from(
+            l.values
+                .iter()
+                .map(|v| proto_value_to_value(v.kind.as_ref()))
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// Whole numbers stay integers so that `x == 3` and `sprintf("%d", [x])` behave in Rego.
+fn number_value(n: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if n.fract() == 0.0 && n.abs() < EXACT {
+        Value::from(n as i64)
+    } else {
+        Value::from(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::decision::Transport;
+
+    fn strukt(json: serde_json::Value) -> Struct {
+        fn conv(v: serde_json::Value) -> prost_types::Value {
+            let kind = match v {
+                serde_json::Value::Null => Kind::NullValue(0),
+                serde_json::Value::Bool(b) => Kind::BoolValue(b),
+                serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+                serde_json::Value::String(s) => Kind::StringValue(s),
+                serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                    values: a.into_iter().map(conv).collect(),
+                }),
+                serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                    fields: o
+                        .into_iter()
+                        .map(|(k, v)| (k, conv(v)))
+                        .collect::<BTreeMap<_, _>>(),
+                }),
+            };
+            prost_types::Value { kind: Some(kind) }
+        }
+        match conv(json).kind {
+            Some(Kind::StructValue(s)) => s,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn example() -> CheckRequest {
+        CheckRequest {
+            step: "issue".into(),
+            subject: Some(Subject {
+                id: "spiffe://prod/ns/payments/sa/deployer".into(),
+                kind: "service_account".into(),
+                owner: "team-payments".into(),
+                attributes: Some(strukt(
+                    serde_json::json!({"tier": 1, "labels": ["a", null, 2.5]}),
+                )),
+            }),
+            action: "issue_credential".into(),
+            resource: Some(Resource {
+                r#type: "secret".into(),
+                id: "prod/db/password".into(),
+                attributes: None,
+            }),
+            workflow: Some(Workflow {
+                id: "CHG-1234".into(),
+                requester: "alice".into(),
+                ..Default::default()
+            }),
+            agent: None,
+            context: Some(Context {
+                source_ip: "10.1.2.3".into(),
+                attributes: None,
+            }),
+            grant_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn input_document_matches_the_spec_shape() {
+        let caller = Caller {
+            id: "uds:uid=1000".into(),
+            authenticated: true,
+            via: Transport::Uds,
+        };
+        let now = "2026-11-23T10:00:00Z".parse().unwrap();
+        let input = check_input(&example(), &caller, now, None);
+        let expected = serde_json::json!({
+            "step": "issue",
+            "subject": {"id": "spiffe://prod/ns/payments/sa/deployer", "kind": "service_account",
+                        "owner": "team-payments", "attributes": {"tier": 1, "labels": ["a", null, 2.5]}},
+            "caller": {"id": "uds:uid=1000", "authenticated": true, "via": "uds"},
+            "action": "issue_credential",
+            "resource": {"type": "secret", "id": "prod/db/password"},
+            "workflow": {"id": "CHG-1234", "requester": "alice", "emergency": false},
+            "context": {"time": "2026-11-23T10:00:00Z", "source_ip": "10.1.2.3"}
+        });
+        let actual: serde_json::Value =
+            serde_json::from_str(&input.to_json_str().unwrap()).unwrap();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn the_grant_record_becomes_input_grant() {
+        let grant = Value::from_json_str(r#"{"id": "g1", "state": "ACTIVE"}"#).unwrap();
+        let input = check_input(
+            &example(),
+            &Caller::anonymous(),
+            Utc::now(),
+            Some(grant.clone()),
+        );
+        assert_eq!(input["grant"], grant);
+    }
+
+    #[test]
+    fn whole_numbers_stay_integers() {
+        let v = struct_to_value(&strukt(serde_json::json!({"n": 3.0, "f": 0.5})));
+        assert_eq!(v["n"], Value::from(3i64));
+        assert_eq!(v["f"], Value::from(0.5));
+    }
+
+    #[test]
+    fn validation_names_each_missing_field() {
+        let cases: [(fn(&mut CheckRequest), &str); 5] = [
+            (|r| r.step.clear(), "step: required"),
+            (|r| r.step = "Use!".into(), "step: must be"),
+            (|r| r.subject = None, "subject: required"),
+            (
+                |r| r.subject.as_mut().unwrap().id.clear(),
+                "subject.id: required",
+            ),
+            (|r| r.action.clear(), "action: required"),
+        ];
+        for (mutate, expected) in cases {
+            let mut req = example();
+            mutate(&mut req);
+            let err = validate_check(&req).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err} vs {expected}");
+        }
+        validate_check(&example()).unwrap();
+    }
+
+    #[test]
+    fn validation_refuses_non_finite_and_deep_attributes() {
+        let mut req = example();
+        req.resource.as_mut().unwrap().attributes = Some(Struct {
+            fields: [(
+                "x".to_string(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        });
+        assert_eq!(
+            validate_check(&req).unwrap_err().field,
+            "resource.attributes"
+        );
+
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!({"a": deep});
+        }
+        let mut req = example();
+        req.context.as_mut().unwrap().attributes = Some(strukt(deep));
+        let err = validate_check(&req).unwrap_err();
+        assert_eq!(err.to_string(), "context.attributes: nested too deeply");
+    }
+}

@@ -1,0 +1,16 @@
+//! Decisions: the input document a policy sees, the one pipeline every adapter calls,
+//! and the decision record that is the audit evidence.
+//!
+//! Data flows one way: an adapter validates nothing itself and hands a request and the
+//! transport's [`Caller`] to [`DecisionPipeline`], which builds the input, evaluates the
+//! policy and maps the result to a fail-closed [`Decision`].
+
+mod caller;
+mod input;
+mod pipeline;
+mod record;
+
+pub use caller::{Caller, Transport};
+pub use input::{InvalidField, check_input, validate_check};
+pub use pipeline::DecisionPipeline;
+pub use record::Decision;

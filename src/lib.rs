@@ -1,0 +1,24 @@
+//! stepgate: a low-latency policy decision point sidecar for just-in-time access.
+//!
+//! At every step of an access workflow (request, approve, issue, use, renew, revoke,
+//! close, break-glass) stepgate re-evaluates Rego policies with regorus against the
+//! identity and the context, failing closed.
+//!
+//! Module map, in the direction data flows:
+//! - [`api`]: gRPC adapters and listeners (no policy logic);
+//! - [`decision`]: the input document, the one pipeline every adapter calls, the record;
+//! - [`policy`]: loading, guarding, compiling, evaluating and reloading policy sets;
+//! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
+//! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod policy;
+pub mod proto;

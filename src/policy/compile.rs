@@ -1,0 +1,426 @@
+//! Compiling a [`PolicySource`] into a [`PolicySet`]: one regorus engine with the modules
+//! and data, and per entrypoint either an RVM program or the interpreter.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use regorus::{Engine, Value, languages::rego::compiler::Compiler, rvm::program::Program};
+
+use super::{
+    EvalLimits, FileKind, LoadError, PolicySource, SourceLimits, TestReport,
+    eval::apply_engine_limits,
+};
+
+/// The rules stepgate evaluates, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entrypoint {
+    /// The decision rule every step is decided by (default `data.stepgate.decision`).
+    Decision,
+}
+
+impl Entrypoint {
+    pub(super) const ALL: [Entrypoint; 1] = [Entrypoint::Decision];
+
+    pub(super) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How to load and evaluate policy sets.
+#[derive(Debug, Clone)]
+pub struct PolicyOptions {
+    /// The decision rule, e.g. `data.stepgate.decision`.
+    pub decision_entrypoint: Arc<str>,
+    /// Guards applied to every file before parsing.
+    pub source_limits: SourceLimits,
+    /// Limits applied to every evaluation.
+    pub eval_limits: EvalLimits,
+    /// Longest a set may take to compile (and run its tests) before it is rejected.
+    pub compile_timeout: Duration,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        Self {
+            decision_entrypoint: "data.stepgate.decision".into(),
+            source_limits: SourceLimits::default(),
+            eval_limits: EvalLimits::default(),
+            compile_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PolicyOptions {
+    fn rule(&self, entrypoint: Entrypoint) -> &Arc<str> {
+        match entrypoint {
+            Entrypoint::Decision => &self.decision_entrypoint,
+        }
+    }
+}
+
+/// How one entrypoint is evaluated in a set.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    /// Compiled to RVM bytecode: the fast path.
+    Rvm(Arc<Program>),
+    /// Evaluated by cloning the warmed interpreter engine (the RVM compiler refused it).
+    Interpreter,
+    /// No rule of that name exists in the set.
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct CompiledEntrypoint {
+    pub(super) rule: Arc<str>,
+    pub(super) target: Target,
+    /// Why the RVM compiler refused the entrypoint, when it did.
+    pub(super) rvm_refusal: Option<String>,
+}
+
+/// What `stepgate check` reports about an entrypoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrypointInfo {
+    /// The rule.
+    pub rule: String,
+    /// `rvm`, `interpreter` or `missing`.
+    pub engine: &'static str,
+    /// Why the RVM compiler refused it, if it did.
+    pub rvm_refusal: Option<String>,
+}
+
+/// A compiled, immutable policy revision. Cheap to share (`Arc`); evaluation never
+/// takes a lock.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub(super) revision: Arc<str>,
+    pub(super) files: Vec<String>,
+    /// Modules and data, warmed by one evaluation so clones evaluate at full speed.
+    pub(super) engine: Engine,
+    pub(super) data: Value,
+    pub(super) entrypoints: Vec<CompiledEntrypoint>,
+    pub(super) limits: EvalLimits,
+    /// `data.<package>.<rule>` of every rule, with `file:line` of its first definition.
+    pub(super) rules: BTreeMap<String, String>,
+}
+
+impl PolicySet {
+    /// The revision: `sha256:<hex>` of the set's files.
+    pub fn revision(&self) -> &Arc<str> {
+        &self.revision
+    }
+
+    /// The files of the set, relative to its root.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// How each entrypoint is evaluated.
+    pub fn entrypoints(&self) -> Vec<EntrypointInfo> {
+        self.entrypoints
+            .iter()
+            .map(|e| EntrypointInfo {
+                rule: e.rule.to_string(),
+                engine: match e.target {
+                    Target::Rvm(_) => "rvm",
+                    Target::Interpreter => "interpreter",
+                    Target::Missing => "missing",
+                },
+                rvm_refusal: e.rvm_refusal.clone(),
+            })
+            .collect()
+    }
+
+    /// Compiles a source into a set, without running its tests.
+    pub fn compile(source: &PolicySource, options: &PolicyOptions) -> Result<Self, LoadError> {
+        let mut engine = Engine::new();
+        apply_engine_limits(&mut engine, &options.eval_limits);
+        let mut data = Value::new_object();
+        for file in &source.files {
+            match file.kind {
+                FileKind::Rego => {
+                    engine
+                        .add_policy(file.path.clone(), file.content.clone())
+                        .map_err(|e| LoadError::Compile(e.to_string()))?;
+                }
+                FileKind::Json | FileKind::Yaml => {
+                    let parsed = if file.kind == FileKind::Json {
+                        Value::from_json_str(&file.content)
+                    } else {
+                        Value::from_yaml_str(&file.content)
+                    };
+                    let data_err = |message: String| LoadError::Data {
+                        path: file.path.clone(),
+                        message,
+                    };
+                    let value = parsed.map_err(|e| data_err(e.to_string()))?;
+                    let placed = place_at_directory(&file.path, value);
+                    if !matches!(placed, Value::Object(_)) {
+                        return Err(data_err(
+                            "a data file at the root must hold an object".into(),
+                        ));
+                    }
+                    engine
+                        .add_data(placed.clone())
+                        .map_err(|e| data_err(e.to_string()))?;
+                    data = merged(data, placed);
+                }
+            }
+        }
+        let rules = rule_locations(&mut engine);
+
+        let mut entrypoints = Vec::with_capacity(Entrypoint::ALL.len());
+        for entrypoint in Entrypoint::ALL {
+            let rule = options.rule(entrypoint).clone();
+            entrypoints.push(compile_entrypoint(&mut engine, &rules, rule)?);
+        }
+        // Warm the interpreter: clones of a never-evaluated engine re-prepare on every call.
+        engine.set_input(Value::new_object());
+        for entry in &entrypoints {
+            if !matches!(entry.target, Target::Missing) {
+                let _ = engine.eval_rule(entry.rule.to_string());
+            }
+        }
+        Ok(Self {
+            revision: source.revision.clone(),
+            files: source.files.iter().map(|f| f.path.clone()).collect(),
+            engine,
+            data,
+            entrypoints,
+            limits: options.eval_limits,
+            rules,
+        })
+    }
+
+    /// Compiles the set at `source` (and, with `verify`, runs its tests) on a separate
+    /// thread bounded by `options.compile_timeout`, so no policy file can hang the
+    /// caller. With `verify`, a set whose own `test_` rules fail is rejected.
+    pub fn load(
+        source: PolicySource,
+        options: &PolicyOptions,
+        verify: bool,
+    ) -> Result<Self, LoadError> {
+        let timeout = options.compile_timeout;
+        let options = options.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("stepgate-policy-compile".into())
+            .spawn(move || {
+                let result = Self::compile(&source, &options).and_then(|set| {
+                    if !verify {
+                        return Ok(set);
+                    }
+                    let report = set.run_tests(None);
+                    let failures = report.failure_summaries();
+                    if failures.is_empty() {
+                        Ok(set)
+                    } else {
+                        Err(LoadError::TestsFailed(failures))
+                    }
+                });
+                let _ = tx.send(result);
+            })
+            .map_err(|e| LoadError::Compile(format!("cannot start the compile thread: {e}")))?;
+        // On timeout the thread is abandoned: it holds no lock and swaps nothing in.
+        rx.recv_timeout(timeout)
+            .map_err(|_| LoadError::CompileTimeout(timeout))?
+    }
+
+    /// Runs the set's `test_` rules (optionally only those whose path contains `filter`).
+    pub fn run_tests(&self, filter: Option<&str>) -> TestReport {
+        super::testing::run(self, filter)
+    }
+}
+
+fn compile_entrypoint(
+    engine: &mut Engine,
+    rules: &BTreeMap<String, String>,
+    rule: Arc<str>,
+) -> Result<CompiledEntrypoint, LoadError> {
+    if !rules.contains_key(rule.as_ref()) {
+        return Ok(CompiledEntrypoint {
+            rule,
+            target: Target::Missing,
+            rvm_refusal: None,
+        });
+    }
+    let compiled = engine
+        .compile_with_entrypoint(&rule)
+        .map_err(|e| LoadError::Compile(e.to_string()))?;
+    match Compiler::compile_from_policy(&compiled, &[rule.as_ref()]) {
+        Ok(program) => Ok(CompiledEntrypoint {
+            rule,
+            target: Target::Rvm(program),
+            rvm_refusal: None,
+        }),
+        Err(e) => Ok(CompiledEntrypoint {
+            rule,
+            target: Target::Interpreter,
+            rvm_refusal: Some(e.to_string()),
+        }),
+    }
+}
+
+/// Wraps `value` in objects named after the file's directories, as OPA does:
+/// `a/b/data.json` lands at `data.a.b`.
+fn place_at_directory(path: &str, value: Value) -> Value {
+    let mut dirs: Vec<&str> = path.split('/').collect();
+    dirs.pop();
+    dirs.into_iter().rev().fold(value, |inner, dir| {
+        let mut object = regorus::value::Object::new();
+        object.insert(Value::from(dir), inner);
+        object.into_value()
+    })
+}
+
+/// Deep-merges two data objects (the later wins on non-object conflicts, which
+/// `Engine::add_data` has already refused).
+fn merged(base: Value, extra: Value) -> Value {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            let mut out = (*base).clone();
+            for (key, value) in extra.iter() {
+                let value = match out.get(key) {
+                    Some(existing) => merged(existing.clone(), value.clone()),
+                    None => value.clone(),
+                };
+                out.insert(key.clone(), value);
+            }
+            out.into_value()
+        }
+        (_, extra) => extra,
+    }
+}
+
+/// Every rule's `data.<package>.<name>` path with `file:line`, from the parsed modules.
+fn rule_locations(engine: &mut Engine) -> BTreeMap<String, String> {
+    use regorus::unstable::{Rule, RuleHead};
+    let mut rules = BTreeMap::new();
+    for module in engine.get_modules().iter() {
+        let package = module.package.refr.span().text();
+        for rule in &module.policy {
+            let refr = match rule.as_ref() {
+                Rule::Spec {
+                    head:
+                        RuleHead::Compr { refr, .. }
+                        | RuleHead::Set { refr, .. }
+                        | RuleHead::Func { refr, .. },
+                    ..
+                } => refr,
+                Rule::Default { refr, .. } => refr,
+            };
+            let span = refr.span();
+            let name = span.text();
+            // Only the first path component: `a.b := 1` and `a[x] := 1` define under `a`.
+            let name = name.split(['.', '[']).next().unwrap_or(name).trim();
+            rules
+                .entry(format!("data.{package}.{name}"))
+                .or_insert_with(|| format!("{}:{}", span.source.file(), span.line));
+        }
+    }
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyFile;
+
+    fn source(files: &[(&str, &str)]) -> PolicySource {
+        let files = files
+            .iter()
+            .map(|(path, content)| PolicyFile {
+                path: (*path).into(),
+                kind: if path.ends_with(".rego") {
+                    FileKind::Rego
+                } else if path.ends_with(".json") {
+                    FileKind::Json
+                } else {
+                    FileKind::Yaml
+                },
+                content: (*content).into(),
+            })
+            .collect();
+        PolicySource::from_files("mem".into(), files, &SourceLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn simple_decision_compiles_to_rvm() {
+        let set = PolicySet::compile(
+            &source(&[(
+                "p.rego",
+                "package stepgate\ndecision := {\"allow\": input.step == \"use\"}\n",
+            )]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let info = set.entrypoints();
+        assert_eq!(info[0].engine, "rvm", "{info:?}");
+    }
+
+    #[test]
+    fn missing_entrypoint_is_reported_not_fatal() {
+        let set = PolicySet::compile(
+            &source(&[("p.rego", "package other\nx := 1\n")]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(set.entrypoints()[0].engine, "missing");
+    }
+
+    #[test]
+    fn compile_errors_carry_file_and_line() {
+        let err = PolicySet::compile(
+            &source(&[
+                ("ok.rego", "package a\nx := 1\n"),
+                ("bad.rego", "package b\n\ny := [1, 2\n"),
+            ]),
+            &PolicyOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bad.rego:"), "{err}");
+    }
+
+    #[test]
+    fn data_files_land_at_their_directory_path() {
+        let set = PolicySet::compile(
+            &source(&[
+                ("p.rego", "package stepgate\ndecision := {\"allow\": data.teams.payments.owner == \"alice\"}\n"),
+                ("teams/payments/data.yaml", "owner: alice\n"),
+                ("data.json", "{\"top\": true}"),
+            ]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let out = set
+            .evaluate(Entrypoint::Decision, Value::new_object())
+            .unwrap();
+        assert_eq!(out["allow"], Value::from(true));
+        assert_eq!(set.data["top"], Value::from(true));
+    }
+
+    #[test]
+    fn rule_locations_cover_every_rule_kind() {
+        let set = PolicySet::compile(
+            &source(&[(
+                "p.rego",
+                "package a.b\ndefault allow := false\nallow if input.x\ndeny contains \"m\" if input.y\nf(x) := x\nobj.key := 1\n",
+            )]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let names: Vec<_> = set.rules.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "data.a.b.allow",
+                "data.a.b.deny",
+                "data.a.b.f",
+                "data.a.b.obj"
+            ]
+        );
+        assert_eq!(set.rules["data.a.b.allow"], "p.rego:2");
+    }
+}

@@ -1,0 +1,56 @@
+//! Live reload triggers: file changes under the policy directory and SIGHUP.
+
+use std::{sync::Arc, time::Duration};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::PolicyStore;
+
+/// Keeps the reload triggers running; dropping it stops them.
+#[derive(Debug)]
+pub struct PolicyWatcher {
+    _watcher: notify::RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PolicyWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reloads `store` when a file under its directory changes (after `debounce` of quiet,
+/// so an editor's or a ConfigMap's burst of events is one reload) or on SIGHUP. Must be
+/// called inside a Tokio runtime.
+pub fn watch_policies(
+    store: Arc<PolicyStore>,
+    debounce: Duration,
+) -> Result<PolicyWatcher, notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(store.root(), RecursiveMode::Recursive)?;
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(notify::Error::io)?;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = rx.recv() => if event.is_none() { break },
+                _ = hangup.recv() => tracing::info!("SIGHUP: reloading policies"),
+            }
+            // Wait for the burst to end.
+            while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+        }
+    });
+    Ok(PolicyWatcher {
+        _watcher: watcher,
+        task,
+    })
+}
