@@ -1,1 +1,140 @@
-fn main() {}
+//! Micro-benchmarks of the decision path on the example policy set (`policies/`):
+//! policy evaluation per step on the RVM and the interpreter, input building, and a
+//! whole `Check` through the service layer without the network.
+//!
+//! Run: `cargo bench --bench decision` (add `-- --quick` for a fast pass).
+
+use std::{hint::black_box, sync::Arc};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use regorus::Value;
+use stepgate::{
+    api::DecisionApi,
+    clock::SystemClock,
+    decision::{Caller, DecisionPipeline, Transport, check_input},
+    policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource, PolicyStore},
+    proto::v1::{
+        CheckRequest, Context, Resource, Subject, Workflow,
+        decision_service_server::DecisionService,
+    },
+};
+
+fn load_set() -> PolicySet {
+    let options = PolicyOptions::default();
+    let source =
+        PolicySource::read_dir("policies".as_ref(), &options.source_limits).expect("policies/");
+    PolicySet::load(source, &options, false).expect("example policies compile")
+}
+
+fn input(name: &str) -> Value {
+    let text = std::fs::read_to_string(format!("benches/inputs/{name}.json")).expect("bench input");
+    Value::from_json_str(&text).expect("valid JSON")
+}
+
+fn string_struct(pairs: &[(&str, &str)]) -> Option<prost_types::Struct> {
+    let fields = pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(v.to_string())),
+                },
+            )
+        })
+        .collect();
+    Some(prost_types::Struct { fields })
+}
+
+/// The wire form of `benches/inputs/issue.json` (without the grant, which a Check gets
+/// from the grant store).
+pub fn issue_request() -> CheckRequest {
+    CheckRequest {
+        step: "issue".into(),
+        subject: Some(Subject {
+            id: "spiffe://prod.example.com/ns/payments/sa/deployer".into(),
+            kind: "service_account".into(),
+            owner: "team-payments".into(),
+            attributes: string_struct(&[("environment", "prod"), ("team", "payments")]),
+        }),
+        action: "issue_credential".into(),
+        resource: Some(Resource {
+            r#type: "secret".into(),
+            id: "prod/payments/db/password".into(),
+            attributes: string_struct(&[("environment", "prod"), ("sensitivity", "high")]),
+        }),
+        workflow: Some(Workflow {
+            id: "CHG-1234".into(),
+            requester: "alice".into(),
+            justification: "deploy payments 4.2 (schema migration)".into(),
+            emergency: false,
+            attributes: string_struct(&[("ticket_system", "jira")]),
+        }),
+        agent: None,
+        context: Some(Context {
+            source_ip: "10.1.2.3".into(),
+            attributes: None,
+        }),
+        grant_id: String::new(),
+    }
+}
+
+fn evaluation(c: &mut Criterion) {
+    let set = load_set();
+    let mut group = c.benchmark_group("eval");
+    for name in ["issue", "agent_use"] {
+        let doc = input(name);
+        group.bench_function(format!("{name}/rvm"), |b| {
+            b.iter(|| {
+                black_box(
+                    set.evaluate(Entrypoint::Decision, doc.clone())
+                        .expect("evaluates"),
+                )
+            })
+        });
+        group.bench_function(format!("{name}/interpreter"), |b| {
+            b.iter(|| {
+                black_box(
+                    set.evaluate_interpreted(Entrypoint::Decision, doc.clone())
+                        .expect("evaluates"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn input_building(c: &mut Criterion) {
+    let req = issue_request();
+    let caller = Caller {
+        id: "spiffe://prod.example.com/ns/vault/sa/issuer".into(),
+        authenticated: true,
+        via: Transport::Mtls,
+    };
+    let now = chrono::Utc::now();
+    c.bench_function("input/check_input", |b| {
+        b.iter(|| black_box(check_input(black_box(&req), &caller, now, None)))
+    });
+}
+
+fn check_through_service(c: &mut Criterion) {
+    let store = Arc::new(PolicyStore::new("policies", PolicyOptions::default()));
+    store.reload().expect("example policies load");
+    let pipeline = Arc::new(DecisionPipeline::new(store, Arc::new(SystemClock), 256));
+    let api = DecisionApi::new(pipeline);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let req = issue_request();
+    c.bench_function("check/service", |b| {
+        b.iter(|| {
+            let response = runtime
+                .block_on(api.check(tonic::Request::new(req.clone())))
+                .expect("check");
+            black_box(response)
+        })
+    });
+}
+
+criterion_group!(benches, evaluation, input_building, check_through_service);
+criterion_main!(benches);

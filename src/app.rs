@@ -20,7 +20,7 @@ use crate::{
     clock::{Clock, SystemClock},
     config::ServeConfig,
     decision::DecisionPipeline,
-    policy::{LoadError, PolicyStore, watch_policies},
+    policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
 };
 
 /// How long file-change events must be quiet before a reload.
@@ -120,6 +120,17 @@ impl App {
 
     /// Starts serving (health NOT_SERVING until policies load).
     pub async fn start(self) -> Result<RunningApp, AppError> {
+        // Reload triggers start before serving and before the first load, so that an
+        // early SIGHUP reloads rather than kills the process.
+        let watcher = watch_policies(
+            self.store.clone(),
+            self.config.watch_policies,
+            RELOAD_DEBOUNCE,
+        )
+        .map_err(|source| AppError::Watch {
+            dir: self.config.policies.clone(),
+            source,
+        })?;
         let limits = ServerLimits {
             max_message_bytes: self.config.max_message_bytes,
         };
@@ -130,7 +141,7 @@ impl App {
             config: self.config,
             store: self.store,
             server,
-            watcher: None,
+            _watcher: watcher,
         })
     }
 }
@@ -141,12 +152,12 @@ pub struct RunningApp {
     config: ServeConfig,
     store: Arc<PolicyStore>,
     server: GrpcServer,
-    watcher: Option<crate::policy::PolicyWatcher>,
+    _watcher: PolicyWatcher,
 }
 
 impl RunningApp {
-    /// Loads the policy directory (off the async workers), reports SERVING, and starts
-    /// watching for changes when configured to. Returns the loaded revision.
+    /// Loads the policy directory (off the async workers) and reports SERVING. Returns
+    /// the loaded revision.
     pub async fn load_policies(&mut self) -> Result<Arc<str>, AppError> {
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || store.reload())
@@ -157,16 +168,6 @@ impl RunningApp {
             source,
         })?;
         self.server.set_serving(true).await;
-        if self.config.watch_policies && self.watcher.is_none() {
-            let watcher =
-                watch_policies(self.store.clone(), RELOAD_DEBOUNCE).map_err(|source| {
-                    AppError::Watch {
-                        dir: self.config.policies.clone(),
-                        source,
-                    }
-                })?;
-            self.watcher = Some(watcher);
-        }
         Ok(revision)
     }
 
@@ -175,11 +176,11 @@ impl RunningApp {
         &self.store
     }
 
-    /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones.
+    /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
+    /// the configured grace period).
     pub async fn shutdown(self) -> Result<(), AppError> {
-        drop(self.watcher);
         self.server
-            .shutdown()
+            .shutdown(self.config.shutdown_grace)
             .await
             .map_err(|e| AppError::Server(e.to_string()))?;
         if let Some(path) = &self.config.grpc_uds {

@@ -45,6 +45,10 @@ enum Command {
         /// The decision rule.
         #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
         entrypoint: String,
+        /// Evaluate with the interpreter even where the rule compiles to the RVM
+        /// (to cross-check the two engines).
+        #[arg(long)]
+        interpreter: bool,
     },
     /// Compile and lint a policy directory; errors carry file:line.
     Check {
@@ -76,7 +80,8 @@ pub fn run() -> ExitCode {
             policies,
             input,
             entrypoint,
-        } => eval(&policies, &input, entrypoint),
+            interpreter,
+        } => eval(&policies, &input, entrypoint, interpreter),
         Command::Check { dir, entrypoint } => check(&dir, entrypoint),
         Command::Test { dir, verbose, run } => test(&dir, verbose, run.as_deref()),
     }
@@ -153,7 +158,7 @@ fn load(dir: &Path, entrypoint: String) -> Result<PolicySet, String> {
     PolicySet::load(source, &options, false).map_err(|e| e.to_string())
 }
 
-fn eval(policies: &Path, input: &Path, entrypoint: String) -> ExitCode {
+fn eval(policies: &Path, input: &Path, entrypoint: String, interpreter: bool) -> ExitCode {
     let set = match load(policies, entrypoint) {
         Ok(set) => set,
         Err(err) => return fail(&err),
@@ -191,7 +196,11 @@ fn eval(policies: &Path, input: &Path, entrypoint: String) -> ExitCode {
         }
     }
     let started = Instant::now();
-    let outcome = set.evaluate(Entrypoint::Decision, document);
+    let outcome = if interpreter {
+        set.evaluate_interpreted(Entrypoint::Decision, document)
+    } else {
+        set.evaluate(Entrypoint::Decision, document)
+    };
     let decision =
         Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
     println!("{}", decision_json(&decision));

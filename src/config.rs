@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Async worker threads [default: one per available core].
     #[arg(long, env = "STEPGATE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
+    /// Longest shutdown waits for in-flight calls before closing them [default: 10s].
+    #[arg(long, env = "STEPGATE_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -84,6 +87,7 @@ struct FileConfig {
     compile_timeout: Option<String>,
     watch_policies: Option<bool>,
     workers: Option<usize>,
+    shutdown_grace: Option<String>,
 }
 
 /// How logs are written.
@@ -116,6 +120,8 @@ pub struct ServeConfig {
     pub watch_policies: bool,
     /// Async worker threads; `None` = one per available core.
     pub workers: Option<usize>,
+    /// Longest shutdown waits for in-flight calls.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
@@ -130,6 +136,7 @@ impl Default for ServeConfig {
             max_batch: 256,
             watch_policies: true,
             workers: None,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -270,6 +277,11 @@ impl ServeConfig {
             args.compile_timeout.or(file.compile_timeout),
             defaults.policy.compile_timeout,
         );
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            args.shutdown_grace.or(file.shutdown_grace),
+            defaults.shutdown_grace,
+        );
 
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -299,6 +311,7 @@ impl ServeConfig {
                 .or(file.watch_policies)
                 .unwrap_or(defaults.watch_policies),
             workers,
+            shutdown_grace,
         })
     }
 }

@@ -16,14 +16,15 @@ use crate::{
     },
 };
 
-/// The gRPC adapter over the decision pipeline.
+/// The gRPC adapter over the decision pipeline (`stepgate.v1.DecisionService`).
 #[derive(Debug, Clone)]
-pub(crate) struct DecisionApi {
+pub struct DecisionApi {
     pipeline: Arc<DecisionPipeline>,
 }
 
 impl DecisionApi {
-    pub(crate) fn new(pipeline: Arc<DecisionPipeline>) -> Self {
+    /// An adapter deciding through `pipeline`.
+    pub fn new(pipeline: Arc<DecisionPipeline>) -> Self {
         Self { pipeline }
     }
 }

@@ -7,4 +7,5 @@ mod convert;
 mod decision_service;
 mod server;
 
+pub use decision_service::DecisionApi;
 pub use server::{GrpcServer, Listeners, ServerLimits};

@@ -2,7 +2,7 @@
 //! Unix socket, with message-size limits enforced by the transport before decoding and a
 //! graceful drain on shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -125,15 +125,31 @@ impl GrpcServer {
         }
     }
 
-    /// Stops accepting calls, lets in-flight calls finish, and returns when all are done.
-    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+    /// Stops accepting calls and lets in-flight calls finish, for at most `grace`; calls
+    /// still open then are closed.
+    pub async fn shutdown(self, grace: Duration) -> Result<(), tonic::transport::Error> {
         self.set_serving(false).await;
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            if let Ok(result) = task.await {
-                result?;
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drained = async {
+            for task in self.tasks {
+                if let Ok(result) = task.await {
+                    result?;
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(grace, drained).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Long-lived streams (health watches) never finish on their own.
+                tracing::warn!(
+                    ?grace,
+                    "calls still open after the shutdown grace period; closing them"
+                );
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
+                Ok(())
             }
         }
-        Ok(())
     }
 }

@@ -91,6 +91,20 @@ impl PolicySet {
         }
     }
 
+    /// Evaluates `entrypoint` with the interpreter even where it compiled to the RVM:
+    /// to cross-check the two engines (`stepgate eval --interpreter`) and to measure them.
+    pub fn evaluate_interpreted(
+        &self,
+        entrypoint: Entrypoint,
+        input: Value,
+    ) -> Result<Value, EvalError> {
+        let entry = &self.entrypoints[entrypoint.index()];
+        match entry.target {
+            Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
+            _ => self.evaluate_interpreter(entry, input),
+        }
+    }
+
     fn evaluate_rvm(
         &self,
         slot: usize,

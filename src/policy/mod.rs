@@ -20,7 +20,7 @@ use std::{path::PathBuf, time::Duration};
 pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet};
 pub use eval::{EvalError, EvalLimits};
 pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
-pub use store::PolicyStore;
+pub use store::{PolicyStore, ReloadCounts};
 pub use testing::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, watch_policies};
 

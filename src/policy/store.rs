@@ -3,7 +3,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use arc_swap::{ArcSwapOption, Guard};
@@ -18,6 +21,17 @@ pub struct PolicyStore {
     current: ArcSwapOption<PolicySet>,
     /// Serialises reloads (file events and SIGHUP can race); never taken by evaluation.
     reloading: Mutex<()>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// How many loads a store has accepted (including unchanged sets) and rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadCounts {
+    /// Loads that left a good revision serving.
+    pub accepted: u64,
+    /// Loads refused; the previous revision kept serving.
+    pub rejected: u64,
 }
 
 impl PolicyStore {
@@ -28,6 +42,16 @@ impl PolicyStore {
             options,
             current: ArcSwapOption::empty(),
             reloading: Mutex::new(()),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads accepted and rejected so far.
+    pub fn reload_counts(&self) -> ReloadCounts {
+        ReloadCounts {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -73,6 +97,10 @@ impl PolicyStore {
             tracing::info!(%revision, dir = %self.root.display(), "policy revision loaded");
             Ok(revision)
         });
+        match &result {
+            Ok(_) => self.accepted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.rejected.fetch_add(1, Ordering::Relaxed),
+        };
         if let Err(err) = &result {
             let serving = self
                 .current

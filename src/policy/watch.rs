@@ -1,4 +1,5 @@
-//! Live reload triggers: file changes under the policy directory and SIGHUP.
+//! Live reload triggers: SIGHUP always, and file changes under the policy directory when
+//! asked for.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +11,7 @@ use super::PolicyStore;
 /// Keeps the reload triggers running; dropping it stops them.
 #[derive(Debug)]
 pub struct PolicyWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _files: Option<notify::RecommendedWatcher>,
     task: JoinHandle<()>,
 }
 
@@ -20,27 +21,34 @@ impl Drop for PolicyWatcher {
     }
 }
 
-/// Reloads `store` when a file under its directory changes (after `debounce` of quiet,
-/// so an editor's or a ConfigMap's burst of events is one reload) or on SIGHUP. Must be
-/// called inside a Tokio runtime.
+/// Reloads `store` on SIGHUP and, with `watch_files`, when a file under its directory
+/// changes (after `debounce` of quiet, so an editor's or a ConfigMap's burst of events is
+/// one reload). Must be called inside a Tokio runtime.
 pub fn watch_policies(
     store: Arc<PolicyStore>,
+    watch_files: bool,
     debounce: Duration,
 ) -> Result<PolicyWatcher, notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(store.root(), RecursiveMode::Recursive)?;
+    let files = if watch_files {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(store.root(), RecursiveMode::Recursive)?;
+        Some(watcher)
+    } else {
+        None
+    };
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(notify::Error::io)?;
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
-                event = rx.recv() => if event.is_none() { break },
+                Some(()) = rx.recv() => {}
                 _ = hangup.recv() => tracing::info!("SIGHUP: reloading policies"),
             }
             // Wait for the burst to end.
@@ -50,7 +58,7 @@ pub fn watch_policies(
         }
     });
     Ok(PolicyWatcher {
-        _watcher: watcher,
+        _files: files,
         task,
     })
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Load harness: drives the real server's Check over loopback h2c with h2load and compares
+# it with the same server's grpc.health.v1 Check (the transport's own limit here).
+#
+#   benches/load.sh                 # release build, full runs
+#   N=50000 N1=5000 benches/load.sh # shorter runs
+#
+# The server is pinned to CPU 0 (one tokio worker), h2load to CPU 1. Every response is
+# checked: HTTP 2xx for all, no errors, and DATA bytes per response within the range a
+# real Decision (or health response) has, so a gRPC error (trailers-only, no DATA) cannot
+# pass as a decision. Prints rps, p50 and p99 (from h2load's per-request log) and server
+# CPU per call for a throughput run (-c 16 -m 8) and a single-stream run (-c 1 -m 1).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+N=${N:-200000}
+N1=${N1:-20000}
+PORT=${PORT:-19191}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp2-client" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
+
+cargo build --release --quiet --bin stepgate
+python3 benches/grpc_frame.py check > "$work/check.bin"
+printf '\0\0\0\0\0' > "$work/health.bin"
+
+taskset -c "$SERVER_CPU" target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
+  --watch-policies false --log-format json >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do
+  grep -q "policy revision loaded" "$work/server.log" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+
+# run NAME PATH BODY N C M MIN_BYTES MAX_BYTES
+run() {
+  local name=$1 path=$2 body=$3 n=$4 c=$5 m=$6 min=$7 max=$8 log="$work/$1.log" out="$work/$1.out"
+  local before after
+  before=$(cpu_ticks)
+  taskset -c "$LOAD_CPU" h2load -n "$n" -c "$c" -m "$m" \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
+    "http://127.0.0.1:$PORT$path" >"$out"
+  after=$(cpu_ticks)
+  python3 - "$name" "$n" "$min" "$max" "$out" "$log" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+name, n, lo, hi, out, log, before, after, hz = sys.argv[1:]
+n, lo, hi, hz = int(n), int(lo), int(hi), int(hz)
+text = open(out).read()
+done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+ok2xx = int(re.search(r"status codes: (\d+) 2xx", text).group(1))
+data = re.search(r"traffic: .*?(\d+) data", text)
+rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+assert int(done.group(2)) == n and ok2xx == n and int(done.group(3)) == 0 and int(done.group(4)) == 0, \
+    f"{name}: not every request succeeded:\n{text}"
+per = int(data.group(1)) / n
+assert lo <= per <= hi, f"{name}: {per:.1f} DATA bytes per response, expected {lo}..{hi}: not real answers"
+times = sorted(int(line.split()[2]) for line in open(log) if line.strip())
+p = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+cpu_us = (int(after) - int(before)) / hz * 1e6 / n
+print(f"{name:<24} {rps:>10.0f} rps   p50 {p(0.50):>5} us   p99 {p(0.99):>5} us   server CPU {cpu_us:5.1f} us/call")
+with open(out + ".rps", "w") as f:
+    f.write(f"{rps} {cpu_us}\n")
+PY
+}
+
+# A Decision response is ~250-300 bytes (ids, revision, obligations); health is 2 bytes.
+run check-throughput   /stepgate.v1.DecisionService/Check "$work/check.bin"  "$N"  16 8 150 600
+run check-single       /stepgate.v1.DecisionService/Check "$work/check.bin"  "$N1" 1  1 150 600
+run health-throughput  /grpc.health.v1.Health/Check       "$work/health.bin" "$N"  16 8 7 7
+run health-single      /grpc.health.v1.Health/Check       "$work/health.bin" "$N1" 1  1 7 7
+
+read -r check_rps check_cpu < "$work/check-throughput.out.rps"
+read -r health_rps health_cpu < "$work/health-throughput.out.rps"
+python3 -c "print(f'Check/health throughput ratio: {$check_rps/$health_rps:.2f}   CPU per call ratio: {$check_cpu/$health_cpu:.2f}')"

@@ -1,0 +1,255 @@
+//! The `stepgate` binary as an operator runs it: startup failures, signals, CLI tools.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use stepgate::proto::v1::decision_service_client::DecisionServiceClient;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::support::{ECHO_POLICY, eventually, policy_dir, request, write_policy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
+
+fn stepgate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn startup_with_a_bad_policy_set_exits_non_zero_naming_file_and_line() {
+    let dir = policy_dir(&[
+        ("ok.rego", ECHO_POLICY),
+        ("bad.rego", "package bad\n\nx := [1,\n"),
+    ]);
+    let out = stepgate(&[
+        "serve",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--state-dir-unused-check",
+    ]);
+    // Unknown flags are usage errors (clap exits 2).
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = stepgate(&[
+        "serve",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.rego:"), "{stderr}");
+}
+
+#[test]
+fn configuration_errors_exit_64_listing_every_problem() {
+    let out = stepgate(&["serve", "--grpc-addr", "nowhere", "--max-batch", "0"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("grpc_addr") && stderr.contains("max_batch"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_variables_configure_serve() {
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("STEPGATE_GRPC_ADDR", "bad-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"bad-address\""));
+}
+
+async fn uds_channel(path: &Path) -> Option<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
+    let policies = policy_dir(&[("p.rego", ECHO_POLICY)]);
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("sg.sock");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--grpc-addr", "", "--watch-policies", "false"])
+        .arg("--policies")
+        .arg(policies.path())
+        .arg("--grpc-uds")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut channel = None;
+    let serving = eventually(Duration::from_secs(20), async || {
+        let Some(connected) = uds_channel(&socket).await else {
+            return false;
+        };
+        let status = HealthClient::new(connected.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        channel = Some(connected);
+        status.is_ok_and(|s| s.into_inner().status == 1)
+    })
+    .await;
+    assert!(serving, "the server never reported SERVING");
+
+    let mut client = DecisionServiceClient::new(channel.unwrap());
+    let first = client
+        .check(request("read"))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(first.allow);
+
+    write_policy(
+        policies.path(),
+        "p.rego",
+        "package stepgate\ndecision := {\"allow\": false}\n",
+    );
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reloaded = eventually(Duration::from_secs(10), async || {
+        let decision = client
+            .check(request("read"))
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        decision.policy_revision != first.policy_revision && !decision.allow
+    })
+    .await;
+    assert!(reloaded, "SIGHUP did not reload");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
+#[test]
+fn test_subcommand_runs_test_rules_and_fails_on_any_failure() {
+    let dir = policy_dir(&[
+        ("p.rego", "package p\nallow if input.ok\n"),
+        (
+            "p_test.rego",
+            "package p_test\nimport data.p\ntest_allow if p.allow with input as {\"ok\": true}\ntest_deny if not p.allow with input as {}\n",
+        ),
+    ]);
+    let out = stepgate(&["test", dir.path().to_str().unwrap(), "-v"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PASS data.p_test.test_allow (p_test.rego:3)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+
+    write_policy(
+        dir.path(),
+        "q_test.rego",
+        "package q_test\ntest_broken if 1 == 2\n",
+    );
+    let out = stepgate(&["test", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL data.q_test.test_broken (q_test.rego:2)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn check_subcommand_reports_locations_and_engines() {
+    let dir = policy_dir(&[("p.rego", ECHO_POLICY)]);
+    let out = stepgate(&["check", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("entrypoint data.stepgate.decision: rvm"),
+        "{stdout}"
+    );
+
+    write_policy(
+        dir.path(),
+        "net.rego",
+        "package net\n\nr := http.send({})\n",
+    );
+    let out = stepgate(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("net.rego:3: http.send"));
+}
+
+#[test]
+fn eval_subcommand_prints_the_decision_as_json() {
+    let dir = policy_dir(&[("p.rego", ECHO_POLICY)]);
+    let input = dir.path().join("input.json.txt");
+    std::fs::write(&input, r#"{"action": "read", "step": "use", "caller": {"id": "cli", "via": "tcp"}, "subject": {"id": "s"}}"#).unwrap();
+    let out = stepgate(&[
+        "eval",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["allow"], true);
+    assert_eq!(decision["reasons"][0], "cli");
+    assert_eq!(decision["obligations"]["max_ttl_seconds"], 900);
+    assert!(
+        decision["policy_revision"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    // The server's clock fills context.time when the input has none.
+    assert!(decision["reasons"][2].as_str().unwrap().ends_with('Z'));
+}

@@ -1,0 +1,5 @@
+mod binary;
+mod check;
+mod health;
+mod reload;
+mod support;

@@ -1,0 +1,204 @@
+//! Starting a real server on port 0 / a temp Unix socket with a policy directory the
+//! test writes, and connecting clients to it.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use prost_types::{Struct, value::Kind};
+use stepgate::{
+    app::{App, RunningApp},
+    clock::ManualClock,
+    config::ServeConfig,
+    proto::v1::{CheckRequest, Subject, decision_service_client::DecisionServiceClient},
+};
+use tempfile::TempDir;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A policy that echoes what it saw, so tests can assert on the input document.
+pub const ECHO_POLICY: &str = r#"package stepgate
+
+decision := {
+	"allow": input.action == "read",
+	"reasons": [input.caller.id, input.caller.via, input.context.time, input.step],
+	"obligations": {"max_ttl_seconds": 900, "seen_subject": input.subject.id},
+}
+"#;
+
+/// A running server and what it was started with.
+pub struct Server {
+    pub app: Option<RunningApp>,
+    pub addr: std::net::SocketAddr,
+    pub uds: PathBuf,
+    pub policies: TempDir,
+    pub clock: ManualClock,
+    _sock_dir: TempDir,
+}
+
+pub fn write_policy(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+pub fn policy_dir(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        write_policy(dir.path(), name, text);
+    }
+    dir
+}
+
+pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
+    ServeConfig {
+        policies: policies.to_path_buf(),
+        grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+        grpc_uds: Some(uds.to_path_buf()),
+        watch_policies: false,
+        max_batch: 8,
+        shutdown_grace: Duration::from_millis(500),
+        ..ServeConfig::default()
+    }
+}
+
+impl Server {
+    /// Starts a server on `files`, with policies loaded (health SERVING).
+    pub async fn start(files: &[(&str, &str)]) -> Self {
+        Self::start_with(files, |_| {}).await
+    }
+
+    pub async fn start_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut server = Self::bound(files, tweak).await;
+        server
+            .app
+            .as_mut()
+            .unwrap()
+            .load_policies()
+            .await
+            .expect("policies load");
+        server
+    }
+
+    /// Starts serving without loading policies yet.
+    pub async fn bound(files: &[(&str, &str)], tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let policies = policy_dir(files);
+        let sock_dir = tempfile::tempdir().unwrap();
+        let uds = sock_dir.path().join("stepgate.sock");
+        let mut config = config(policies.path(), &uds);
+        tweak(&mut config);
+        let clock = ManualClock::at("2026-11-23T10:00:00Z".parse().unwrap());
+        let app = App::bind_with_clock(config, Arc::new(clock.clone()))
+            .await
+            .expect("bind");
+        let addr = app.grpc_addr().expect("tcp listener");
+        let app = app.start().await.expect("start");
+        Self {
+            app: Some(app),
+            addr,
+            uds,
+            policies,
+            clock,
+            _sock_dir: sock_dir,
+        }
+    }
+
+    pub async fn tcp_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn uds_channel(&self) -> Channel {
+        let path = self.uds.clone();
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(&self) -> DecisionServiceClient<Channel> {
+        DecisionServiceClient::new(self.tcp_channel().await)
+    }
+
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        use stepgate::clock::Clock;
+        self.clock.now()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// A valid request: step `use`, subject `svc-a`, the given action.
+pub fn request(action: &str) -> CheckRequest {
+    CheckRequest {
+        step: "use".into(),
+        subject: Some(Subject {
+            id: "svc-a".into(),
+            kind: "service_account".into(),
+            ..Default::default()
+        }),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
+/// A protobuf Struct from JSON.
+pub fn strukt(json: serde_json::Value) -> Struct {
+    fn conv(v: serde_json::Value) -> prost_types::Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(conv).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o
+                    .into_iter()
+                    .map(|(k, v)| (k, conv(v)))
+                    .collect::<BTreeMap<_, _>>(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match conv(json).kind {
+        Some(Kind::StructValue(s)) => s,
+        _ => panic!("not an object"),
+    }
+}
+
+/// Polls `probe` until it returns true, for at most `limit` (file events are async).
+pub async fn eventually(limit: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// This process's uid, as the Unix socket peer credentials will report it.
+pub fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::metadata(dir.path()).unwrap().uid()
+}
