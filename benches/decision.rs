@@ -12,6 +12,7 @@ use stepgate::{
     api::DecisionApi,
     clock::SystemClock,
     decision::{Caller, DecisionPipeline, Transport, check_input},
+    grants::MemoryGrantStore,
     policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource, PolicyStore},
     proto::v1::{
         CheckRequest, Context, Resource, Subject, Workflow,
@@ -120,7 +121,13 @@ fn input_building(c: &mut Criterion) {
 fn check_through_service(c: &mut Criterion) {
     let store = Arc::new(PolicyStore::new("policies", PolicyOptions::default()));
     store.reload().expect("example policies load");
-    let pipeline = Arc::new(DecisionPipeline::new(store, Arc::new(SystemClock), 256));
+    let grants = Arc::new(MemoryGrantStore::ephemeral(Arc::new(SystemClock)));
+    let pipeline = Arc::new(DecisionPipeline::new(
+        store,
+        grants,
+        Arc::new(SystemClock),
+        256,
+    ));
     let api = DecisionApi::new(pipeline);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

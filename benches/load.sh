@@ -60,7 +60,7 @@ n, lo, hi, hz = int(n), int(lo), int(hi), int(hz)
 text = open(out).read()
 done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
 ok2xx = int(re.search(r"status codes: (\d+) 2xx", text).group(1))
-data = re.search(r"traffic: .*?(\d+) data", text)
+data = re.search(r"traffic: .*\((\d+)\) data", text)
 rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
 assert int(done.group(2)) == n and ok2xx == n and int(done.group(3)) == 0 and int(done.group(4)) == 0, \
     f"{name}: not every request succeeded:\n{text}"

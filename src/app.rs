@@ -16,10 +16,11 @@ use std::{
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::{
-    api::{GrpcServer, Listeners, ServerLimits},
+    api::{AdminCallers, DecisionApi, GrantApi, GrpcServer, Listeners, ServerLimits},
     clock::{Clock, SystemClock},
     config::ServeConfig,
-    decision::DecisionPipeline,
+    decision::{DecisionPipeline, GrantSteps},
+    grants::{MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
 };
 
@@ -45,6 +46,14 @@ pub enum AppError {
         /// What is wrong with it.
         source: LoadError,
     },
+    /// The grant store could not be opened (journal unreadable or corrupt).
+    #[error("cannot open the grant store in {}: {source}", dir.display())]
+    Grants {
+        /// The state directory.
+        dir: PathBuf,
+        /// What is wrong.
+        source: StoreError,
+    },
     /// The policy watcher could not start.
     #[error("cannot watch {}: {source}", dir.display())]
     Watch {
@@ -62,7 +71,8 @@ pub enum AppError {
 #[derive(Debug)]
 pub struct App {
     config: ServeConfig,
-    store: Arc<PolicyStore>,
+    policies: Arc<PolicyStore>,
+    grants: Arc<MemoryGrantStore>,
     pipeline: Arc<DecisionPipeline>,
     listeners: Listeners,
 }
@@ -78,12 +88,14 @@ impl App {
         config: ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
-        let store = Arc::new(PolicyStore::new(
+        let policies = Arc::new(PolicyStore::new(
             config.policies.clone(),
             config.policy.clone(),
         ));
+        let grants = open_grants(&config, clock.clone())?;
         let pipeline = Arc::new(DecisionPipeline::new(
-            store.clone(),
+            policies.clone(),
+            grants.clone(),
             clock,
             config.max_batch,
         ));
@@ -102,7 +114,8 @@ impl App {
         }
         Ok(Self {
             config,
-            store,
+            policies,
+            grants,
             pipeline,
             listeners,
         })
@@ -118,12 +131,12 @@ impl App {
         self.config.grpc_uds.as_deref()
     }
 
-    /// Starts serving (health NOT_SERVING until policies load).
+    /// Starts serving (health NOT_SERVING until policies load) and sweeping grants.
     pub async fn start(self) -> Result<RunningApp, AppError> {
         // Reload triggers start before serving and before the first load, so that an
         // early SIGHUP reloads rather than kills the process.
         let watcher = watch_policies(
-            self.store.clone(),
+            self.policies.clone(),
             self.config.watch_policies,
             RELOAD_DEBOUNCE,
         )
@@ -131,27 +144,75 @@ impl App {
             dir: self.config.policies.clone(),
             source,
         })?;
+        let admins = match &self.config.admin_callers {
+            Some(ids) => AdminCallers::Only(ids.iter().cloned().collect()),
+            None => {
+                tracing::warn!(
+                    "--admin-callers is not set: Approve, Reject, Revoke and ConfirmRevocation are open to every caller that reaches the listener"
+                );
+                AdminCallers::Anyone
+            }
+        };
+        let steps = Arc::new(GrantSteps::new(
+            self.pipeline.clone(),
+            self.config.grants.approval_timeout,
+        ));
         let limits = ServerLimits {
             max_message_bytes: self.config.max_message_bytes,
         };
-        let server = GrpcServer::start(self.pipeline.clone(), self.listeners, limits)
-            .await
-            .map_err(|e| AppError::Server(e.to_string()))?;
+        let server = GrpcServer::start(
+            DecisionApi::new(self.pipeline.clone()),
+            GrantApi::new(steps, admins),
+            self.listeners,
+            limits,
+        )
+        .await
+        .map_err(|e| AppError::Server(e.to_string()))?;
+        let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
         Ok(RunningApp {
             config: self.config,
-            store: self.store,
+            policies: self.policies,
+            grants: self.grants,
             server,
+            sweeper,
             _watcher: watcher,
         })
     }
+}
+
+/// Opens the grant store: replays the journal (grants that ended while stepgate was down
+/// are EXPIRED now) or starts empty when ephemeral.
+fn open_grants(
+    config: &ServeConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<MemoryGrantStore>, AppError> {
+    let options = config.grants.store.clone();
+    let dir = options.state_dir.clone();
+    let (store, replayed) =
+        MemoryGrantStore::open(options, clock).map_err(|source| AppError::Grants {
+            dir: dir.clone().unwrap_or_default(),
+            source,
+        })?;
+    match &dir {
+        Some(dir) => tracing::info!(
+            dir = %dir.display(),
+            grants = store.len(),
+            expired_while_down = replayed.len(),
+            "grant journal replayed"
+        ),
+        None => tracing::info!("grants are in memory only (--ephemeral): a restart loses them"),
+    }
+    Ok(Arc::new(store))
 }
 
 /// A serving server.
 #[derive(Debug)]
 pub struct RunningApp {
     config: ServeConfig,
-    store: Arc<PolicyStore>,
+    policies: Arc<PolicyStore>,
+    grants: Arc<MemoryGrantStore>,
     server: GrpcServer,
+    sweeper: Sweeper,
     _watcher: PolicyWatcher,
 }
 
@@ -159,8 +220,8 @@ impl RunningApp {
     /// Loads the policy directory (off the async workers) and reports SERVING. Returns
     /// the loaded revision.
     pub async fn load_policies(&mut self) -> Result<Arc<str>, AppError> {
-        let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.reload())
+        let policies = self.policies.clone();
+        let loaded = tokio::task::spawn_blocking(move || policies.reload())
             .await
             .map_err(|e| AppError::Server(format!("policy loader failed: {e}")))?;
         let revision = loaded.map_err(|source| AppError::Policies {
@@ -173,20 +234,32 @@ impl RunningApp {
 
     /// The policy store (to reload or inspect the serving revision).
     pub fn policies(&self) -> &Arc<PolicyStore> {
-        &self.store
+        &self.policies
+    }
+
+    /// The grant store.
+    pub fn grants(&self) -> &Arc<MemoryGrantStore> {
+        &self.grants
     }
 
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
-    /// the configured grace period).
+    /// the configured grace period), then stops the sweeper and syncs the journal.
     pub async fn shutdown(self) -> Result<(), AppError> {
-        self.server
+        let drained = self
+            .server
             .shutdown(self.config.shutdown_grace)
             .await
-            .map_err(|e| AppError::Server(e.to_string()))?;
+            .map_err(|e| AppError::Server(e.to_string()));
+        self.sweeper.stop();
+        if let Some(journal) = self.grants.journal()
+            && let Err(err) = journal.sync()
+        {
+            tracing::error!(error = %err, "grant journal sync at shutdown failed");
+        }
         if let Some(path) = &self.config.grpc_uds {
             let _ = std::fs::remove_file(path);
         }
-        Ok(())
+        drained
     }
 }
 

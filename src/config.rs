@@ -13,7 +13,12 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::policy::{EvalLimits, PolicyOptions, SourceLimits};
+use chrono::TimeDelta;
+
+use crate::{
+    grants::{JournalOptions, StoreOptions},
+    policy::{EvalLimits, PolicyOptions, SourceLimits},
+};
 
 /// Flags of `stepgate serve`; each is also `STEPGATE_<NAME>` in the environment and
 /// `<name>` (with `_`) in the TOML file.
@@ -67,6 +72,44 @@ pub struct ServeArgs {
     /// Longest shutdown waits for in-flight calls before closing them [default: 10s].
     #[arg(long, env = "STEPGATE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
+    /// Directory of the grant journal [default: ./data].
+    #[arg(long, env = "STEPGATE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep grants in memory only, with no journal.
+    #[arg(long, env = "STEPGATE_EPHEMERAL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ephemeral: Option<bool>,
+    /// How often due grants are expired [default: 1s].
+    #[arg(long, env = "STEPGATE_SWEEP_INTERVAL", value_name = "DURATION")]
+    pub sweep_interval: Option<String>,
+    /// Caller identities allowed to call Approve, Reject, Revoke and ConfirmRevocation
+    /// [default: any caller that reaches the listener, with a warning].
+    #[arg(
+        long,
+        env = "STEPGATE_ADMIN_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
+    pub admin_callers: Option<Vec<String>>,
+    /// Approval deadline of a pending grant when policy sets none [default: 1h].
+    #[arg(long, env = "STEPGATE_APPROVAL_TIMEOUT", value_name = "DURATION")]
+    pub approval_timeout: Option<String>,
+    /// How long ended grants are kept for audit [default: 24h].
+    #[arg(long, env = "STEPGATE_GRANT_RETENTION", value_name = "DURATION")]
+    pub grant_retention: Option<String>,
+    /// How long after a grant ends its revocation must be confirmed before it is
+    /// reported overdue [default: 5m].
+    #[arg(
+        long,
+        env = "STEPGATE_REVOCATION_CONFIRM_DEADLINE",
+        value_name = "DURATION"
+    )]
+    pub revocation_confirm_deadline: Option<String>,
+    /// fdatasync the journal before acknowledging a mutation [default: true].
+    #[arg(long, env = "STEPGATE_JOURNAL_FSYNC", value_name = "BOOL")]
+    pub journal_fsync: Option<bool>,
+    /// Let concurrent mutations share one journal write and sync [default: true].
+    #[arg(long, env = "STEPGATE_JOURNAL_GROUP_COMMIT", value_name = "BOOL")]
+    pub journal_group_commit: Option<bool>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -88,6 +131,15 @@ struct FileConfig {
     watch_policies: Option<bool>,
     workers: Option<usize>,
     shutdown_grace: Option<String>,
+    state_dir: Option<PathBuf>,
+    ephemeral: Option<bool>,
+    sweep_interval: Option<String>,
+    admin_callers: Option<Vec<String>>,
+    approval_timeout: Option<String>,
+    grant_retention: Option<String>,
+    revocation_confirm_deadline: Option<String>,
+    journal_fsync: Option<bool>,
+    journal_group_commit: Option<bool>,
 }
 
 /// How logs are written.
@@ -122,6 +174,38 @@ pub struct ServeConfig {
     pub workers: Option<usize>,
     /// Longest shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// The grant store and its sweeper.
+    pub grants: GrantsConfig,
+    /// Who may call the admin RPCs; `None` = anyone who reaches the listener.
+    pub admin_callers: Option<Vec<String>>,
+}
+
+/// The grant store's configuration.
+#[derive(Debug, Clone)]
+pub struct GrantsConfig {
+    /// Journal directory and retention; `state_dir: None` is ephemeral.
+    pub store: StoreOptions,
+    /// How often due grants are expired.
+    pub sweep_interval: Duration,
+    /// Approval deadline when policy sets no `approval_timeout_seconds`.
+    pub approval_timeout: Duration,
+}
+
+impl Default for GrantsConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreOptions {
+                state_dir: Some(PathBuf::from("./data")),
+                journal: JournalOptions {
+                    group_commit: true,
+                    ..JournalOptions::default()
+                },
+                ..StoreOptions::default()
+            },
+            sweep_interval: Duration::from_secs(1),
+            approval_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -137,6 +221,8 @@ impl Default for ServeConfig {
             watch_policies: true,
             workers: None,
             shutdown_grace: Duration::from_secs(10),
+            grants: GrantsConfig::default(),
+            admin_callers: None,
         }
     }
 }
@@ -282,6 +368,64 @@ impl ServeConfig {
             args.shutdown_grace.or(file.shutdown_grace),
             defaults.shutdown_grace,
         );
+        let grants_default = &defaults.grants;
+        let sweep_interval = duration(
+            "sweep_interval",
+            args.sweep_interval.or(file.sweep_interval),
+            grants_default.sweep_interval,
+        );
+        let approval_timeout = duration(
+            "approval_timeout",
+            args.approval_timeout.or(file.approval_timeout),
+            grants_default.approval_timeout,
+        );
+        let retention = duration(
+            "grant_retention",
+            args.grant_retention.or(file.grant_retention),
+            grants_default.store.retention.to_std().unwrap_or_default(),
+        );
+        let confirm_deadline = duration(
+            "revocation_confirm_deadline",
+            args.revocation_confirm_deadline
+                .or(file.revocation_confirm_deadline),
+            grants_default
+                .store
+                .revocation_confirm_deadline
+                .to_std()
+                .unwrap_or_default(),
+        );
+        let admin_callers = args.admin_callers.or(file.admin_callers).map(|ids| {
+            ids.into_iter()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty())
+                .collect::<Vec<_>>()
+        });
+        check(
+            admin_callers.as_ref().is_none_or(|ids| !ids.is_empty()),
+            "admin_callers: lists no caller identity (leave it unset to allow any caller)".into(),
+        );
+        let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
+        let state_dir = args.state_dir.or(file.state_dir);
+        check(
+            !(ephemeral && state_dir.is_some()),
+            "state_dir: cannot be set together with ephemeral".into(),
+        );
+        let state_dir = if ephemeral {
+            None
+        } else {
+            state_dir.or(grants_default.store.state_dir.clone())
+        };
+        let journal = JournalOptions {
+            fsync: args
+                .journal_fsync
+                .or(file.journal_fsync)
+                .unwrap_or(grants_default.store.journal.fsync),
+            group_commit: args
+                .journal_group_commit
+                .or(file.journal_group_commit)
+                .unwrap_or(grants_default.store.journal.group_commit),
+            ..grants_default.store.journal.clone()
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -312,8 +456,24 @@ impl ServeConfig {
                 .unwrap_or(defaults.watch_policies),
             workers,
             shutdown_grace,
+            grants: GrantsConfig {
+                store: StoreOptions {
+                    state_dir,
+                    retention: to_delta(retention),
+                    revocation_confirm_deadline: to_delta(confirm_deadline),
+                    journal,
+                    ..grants_default.store.clone()
+                },
+                sweep_interval,
+                approval_timeout,
+            },
+            admin_callers,
         })
     }
+}
+
+fn to_delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -407,6 +567,43 @@ mod tests {
                 "{field} missing from {err}"
             );
         }
+    }
+
+    #[test]
+    fn grant_store_settings_and_ephemeral() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.grants.store.state_dir, Some(PathBuf::from("./data")));
+        assert_eq!(config.grants.sweep_interval, Duration::from_secs(1));
+        assert!(config.grants.store.journal.fsync);
+        assert_eq!(config.admin_callers, None);
+
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            sweep_interval: Some("500ms".into()),
+            admin_callers: Some(vec!["uds:uid=0".into(), " spiffe://x ".into()]),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(config.grants.store.state_dir, None);
+        assert_eq!(config.grants.sweep_interval, Duration::from_millis(500));
+        assert_eq!(
+            config.admin_callers,
+            Some(vec!["uds:uid=0".to_string(), "spiffe://x".to_string()])
+        );
+
+        let file = file("admin_callers = [\"uds:uid=1000\"]\ngrant_retention = \"1h\"\n");
+        let config = ServeConfig::merge(ServeArgs::default(), file).unwrap();
+        assert_eq!(config.admin_callers, Some(vec!["uds:uid=1000".to_string()]));
+        assert_eq!(config.grants.store.retention, TimeDelta::hours(1));
+
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            state_dir: Some("/x".into()),
+            admin_callers: Some(vec![]),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`api`]: gRPC adapters and listeners (no policy logic);
 //! - [`decision`]: the input document, the one pipeline every adapter calls, the record;
 //! - [`policy`]: loading, guarding, compiling, evaluating and reloading policy sets;
+//! - [`grants`]: time-bound grants: model, store, journal, sweeper (no gRPC, no policy);
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
 //! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract.
 
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod grants;
 pub mod policy;
 pub mod proto;

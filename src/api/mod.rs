@@ -5,7 +5,9 @@
 mod caller;
 mod convert;
 mod decision_service;
+mod grant_service;
 mod server;
 
 pub use decision_service::DecisionApi;
+pub use grant_service::{AdminCallers, GrantApi};
 pub use server::{GrpcServer, Listeners, ServerLimits};

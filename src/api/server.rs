@@ -2,7 +2,7 @@
 //! Unix socket, with message-size limits enforced by the transport before decoding and a
 //! graceful drain on shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -16,10 +16,9 @@ use tonic::transport::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use super::decision_service::DecisionApi;
-use crate::{
-    decision::DecisionPipeline,
-    proto::v1::{self, decision_service_server::DecisionServiceServer},
+use super::{DecisionApi, GrantApi};
+use crate::proto::v1::{
+    self, decision_service_server::DecisionServiceServer, grant_service_server::GrantServiceServer,
 };
 
 /// Transport limits.
@@ -46,7 +45,11 @@ impl Listeners {
 }
 
 /// The names the health service reports on: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 2] = ["", "stepgate.v1.DecisionService"];
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    "stepgate.v1.DecisionService",
+    "stepgate.v1.GrantService",
+];
 
 /// A running gRPC server: its serve tasks, its health reporter and its shutdown switch.
 #[derive(Debug)]
@@ -61,7 +64,8 @@ impl GrpcServer {
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
-        pipeline: Arc<DecisionPipeline>,
+        decisions: DecisionApi,
+        grants: GrantApi,
         listeners: Listeners,
         limits: ServerLimits,
     ) -> Result<Self, tonic_reflection::server::Error> {
@@ -76,13 +80,16 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let decisions = DecisionServiceServer::new(DecisionApi::new(pipeline))
+        let decisions = DecisionServiceServer::new(decisions)
             .max_decoding_message_size(limits.max_message_bytes);
+        let grants =
+            GrantServiceServer::new(grants).max_decoding_message_size(limits.max_message_bytes);
         let router: Router = Server::builder()
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(decisions);
+            .add_service(decisions)
+            .add_service(grants);
 
         let (shutdown, signal) = watch::channel(false);
         let drained = move || {

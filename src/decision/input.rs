@@ -11,7 +11,10 @@ use prost_types::{Struct, value::Kind};
 use regorus::{Value, value::Object};
 
 use super::Caller;
-use crate::proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow};
+use crate::{
+    grants::Grant,
+    proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
+};
 
 /// A request field that is missing or malformed; the API maps it to `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,40 +150,148 @@ keys! {
     requester = "requester", justification = "justification", emergency = "emergency",
     grant = "grant", agent = "agent", tool = "tool", arguments = "arguments",
     on_behalf_of = "on_behalf_of", delegation_chain = "delegation_chain", context = "context",
-    time = "time", source_ip = "source_ip",
+    time = "time", source_ip = "source_ip", state = "state", scope = "scope",
+    approvals = "approvals", approver = "approver", role = "role", at = "at",
+    required_approvals = "required_approvals", created_at = "created_at",
+    activated_at = "activated_at", expires_at = "expires_at", ttl_seconds = "ttl_seconds",
+    uses = "uses", max_uses = "max_uses", approval = "approval", comment = "comment",
+    verdict = "verdict", requested_ttl_seconds = "requested_ttl_seconds",
+}
+
+/// The parts of an input document. Every step's document is built from one of these,
+/// so every adapter and every grant step produce the same shape.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    /// `input.step`.
+    pub step: &'a str,
+    /// `input.subject`.
+    pub subject: Option<&'a Subject>,
+    /// `input.caller` (from the transport).
+    pub caller: &'a Caller,
+    /// `input.action`.
+    pub action: &'a str,
+    /// `input.resource`.
+    pub resource: Option<&'a Resource>,
+    /// `input.workflow`.
+    pub workflow: Option<&'a Workflow>,
+    /// `input.agent`.
+    pub agent: Option<&'a AgentCall>,
+    /// `input.context` (its `time` is always the server's).
+    pub context: Option<&'a Context>,
+}
+
+impl StepInput<'_> {
+    /// The input document at `now`, with `grant` as `input.grant` and `extra` top-level
+    /// fields (`approval`, `requested_ttl_seconds`, ...). Empty strings and unset
+    /// messages are left out ("fields that do not apply are absent").
+    pub fn build(
+        &self,
+        now: DateTime<Utc>,
+        grant: Option<Value>,
+        extra: &[(&Value, Value)],
+    ) -> Value {
+        let k = &*KEYS;
+        let mut input = Object::new();
+        input.insert(k.step.clone(), Value::from(self.step));
+        if let Some(subject) = self.subject {
+            input.insert(k.subject.clone(), subject_value(subject));
+        }
+        input.insert(k.caller.clone(), caller_value(self.caller));
+        insert_str(&mut input, &k.action, self.action);
+        if let Some(resource) = self.resource {
+            input.insert(k.resource.clone(), resource_value(resource));
+        }
+        if let Some(workflow) = self.workflow {
+            input.insert(k.workflow.clone(), workflow_value(workflow));
+        }
+        if let Some(grant) = grant {
+            input.insert(k.grant.clone(), grant);
+        }
+        if let Some(agent) = self.agent {
+            input.insert(k.agent.clone(), agent_value(agent));
+        }
+        input.insert(k.context.clone(), context_value(self.context, now));
+        for (key, value) in extra {
+            input.insert((*key).clone(), value.clone());
+        }
+        input.into_value()
+    }
 }
 
 /// Builds the input document of a `Check`. `context.time` is `now`; `caller` is the
-/// transport's; `grant` is the grant record when the request named one. Empty strings and
-/// unset messages are left out ("fields that do not apply are absent").
+/// transport's; `grant` is the grant record when the request named one.
 pub fn check_input(
     req: &CheckRequest,
     caller: &Caller,
     now: DateTime<Utc>,
     grant: Option<Value>,
 ) -> Value {
+    StepInput {
+        step: &req.step,
+        subject: req.subject.as_ref(),
+        caller,
+        action: &req.action,
+        resource: req.resource.as_ref(),
+        workflow: req.workflow.as_ref(),
+        agent: req.agent.as_ref(),
+        context: req.context.as_ref(),
+    }
+    .build(now, grant, &[])
+}
+
+/// A grant as `input.grant`: state as its short name, times as RFC 3339 strings.
+pub fn grant_value(grant: &Grant) -> Value {
     let k = &*KEYS;
-    let mut input = Object::new();
-    input.insert(k.step.clone(), Value::from(req.step.as_str()));
-    if let Some(subject) = &req.subject {
-        input.insert(k.subject.clone(), subject_value(subject));
+    let spec = &grant.spec;
+    let mut o = Object::new();
+    o.insert(k.id.clone(), Value::from(spec.id.to_string()));
+    o.insert(k.state.clone(), Value::from(grant.state.as_str()));
+    o.insert(k.subject.clone(), subject_value(&spec.subject));
+    insert_str(&mut o, &k.action, &spec.action);
+    if let Some(resource) = &spec.resource {
+        o.insert(k.resource.clone(), resource_value(resource));
     }
-    input.insert(k.caller.clone(), caller_value(caller));
-    insert_str(&mut input, &k.action, &req.action);
-    if let Some(resource) = &req.resource {
-        input.insert(k.resource.clone(), resource_value(resource));
+    if let Some(workflow) = &spec.workflow {
+        o.insert(k.workflow.clone(), workflow_value(workflow));
     }
-    if let Some(workflow) = &req.workflow {
-        input.insert(k.workflow.clone(), workflow_value(workflow));
+    o.insert(
+        k.scope.clone(),
+        Value::from(
+            spec.scope
+                .iter()
+                .map(|s| Value::from(s.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let approvals = grant
+        .approvals
+        .iter()
+        .map(|a| {
+            let mut approval = Object::new();
+            approval.insert(k.approver.clone(), Value::from(a.approver.as_str()));
+            insert_str(&mut approval, &k.role, &a.role);
+            approval.insert(k.at.clone(), Value::from(rfc3339(a.at)));
+            approval.into_value()
+        })
+        .collect::<Vec<_>>();
+    o.insert(k.approvals.clone(), Value::from(approvals));
+    o.insert(
+        k.required_approvals.clone(),
+        Value::from(u64::from(spec.required_approvals)),
+    );
+    o.insert(k.created_at.clone(), Value::from(rfc3339(spec.created_at)));
+    if let Some(at) = grant.activated_at {
+        o.insert(k.activated_at.clone(), Value::from(rfc3339(at)));
     }
-    if let Some(grant) = grant {
-        input.insert(k.grant.clone(), grant);
-    }
-    if let Some(agent) = &req.agent {
-        input.insert(k.agent.clone(), agent_value(agent));
-    }
-    input.insert(k.context.clone(), context_value(req.context.as_ref(), now));
-    input.into_value()
+    o.insert(k.expires_at.clone(), Value::from(rfc3339(grant.expires_at)));
+    o.insert(k.ttl_seconds.clone(), Value::from(spec.ttl.num_seconds()));
+    o.insert(k.uses.clone(), Value::from(grant.uses));
+    o.insert(k.max_uses.clone(), Value::from(spec.max_uses));
+    o.into_value()
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 pub(crate) fn subject_value(subject: &Subject) -> Value {
@@ -240,10 +351,7 @@ pub(crate) fn agent_value(agent: &AgentCall) -> Value {
 pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Value {
     let k = &*KEYS;
     let mut o = Object::new();
-    o.insert(
-        k.time.clone(),
-        Value::from(now.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-    );
+    o.insert(k.time.clone(), Value::from(rfc3339(now)));
     if let Some(context) = context {
         insert_str(&mut o, &k.source_ip, &context.source_ip);
         insert_struct(&mut o, &k.attributes, context.attributes.as_ref());
@@ -411,7 +519,8 @@ mod tests {
 
     #[test]
     fn validation_names_each_missing_field() {
-        let cases: [(fn(&mut CheckRequest), &str); 5] = [
+        type Mutation = fn(&mut CheckRequest);
+        let cases: [(Mutation, &str); 5] = [
             (|r| r.step.clear(), "step: required"),
             (|r| r.step = "Use!".into(), "step: must be"),
             (|r| r.subject = None, "subject: required"),

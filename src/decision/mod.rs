@@ -6,11 +6,13 @@
 //! policy and maps the result to a fail-closed [`Decision`].
 
 mod caller;
+mod grant_steps;
 mod input;
 mod pipeline;
 mod record;
 
 pub use caller::{Caller, Transport};
-pub use input::{InvalidField, check_input, validate_check};
+pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
+pub use input::{InvalidField, StepInput, check_input, grant_value, validate_check};
 pub use pipeline::DecisionPipeline;
 pub use record::Decision;

@@ -6,9 +6,12 @@ use std::{sync::Arc, time::Instant};
 use chrono::{DateTime, Utc};
 use regorus::Value;
 
-use super::{Caller, Decision, InvalidField, check_input, record::fail_closed, validate_check};
+use super::{
+    Caller, Decision, InvalidField, check_input, grant_value, record::fail_closed, validate_check,
+};
 use crate::{
     clock::Clock,
+    grants::GrantStore,
     policy::{Entrypoint, PolicyStore},
     proto::v1::CheckRequest,
 };
@@ -19,6 +22,7 @@ const MIN_CHECKS_PER_TASK: usize = 4;
 /// Decides checks against the serving policy revision.
 pub struct DecisionPipeline {
     policies: Arc<PolicyStore>,
+    grants: Arc<dyn GrantStore>,
     clock: Arc<dyn Clock>,
     max_batch: usize,
 }
@@ -32,14 +36,33 @@ impl std::fmt::Debug for DecisionPipeline {
 }
 
 impl DecisionPipeline {
-    /// A pipeline over `policies`, reading time from `clock`, accepting batches of at
-    /// most `max_batch` checks.
-    pub fn new(policies: Arc<PolicyStore>, clock: Arc<dyn Clock>, max_batch: usize) -> Self {
+    /// A pipeline over `policies` and `grants`, reading time from `clock`, accepting
+    /// batches of at most `max_batch` checks.
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        grants: Arc<dyn GrantStore>,
+        clock: Arc<dyn Clock>,
+        max_batch: usize,
+    ) -> Self {
         Self {
             policies,
+            grants,
             clock,
             max_batch,
         }
+    }
+
+    /// The grant store whose records become `input.grant`.
+    pub fn grants(&self) -> &Arc<dyn GrantStore> {
+        &self.grants
+    }
+
+    /// The serving policy revision (`none` before the first load).
+    pub fn serving_revision(&self) -> Arc<str> {
+        self.policies
+            .current()
+            .as_ref()
+            .map_or_else(|| Arc::from("none"), |set| set.revision().clone())
     }
 
     /// The policy store decisions are made under.
@@ -126,8 +149,12 @@ impl DecisionPipeline {
 
     fn decide_valid(&self, req: &CheckRequest, caller: &Caller) -> Decision {
         let now = self.clock.now();
-        // The grant store arrives with GrantService; until then no grant record is known.
-        let input = check_input(req, caller, now, None);
+        // A named grant's current record (as EXPIRED once past its end, even before the
+        // sweep) is `input.grant`; an unknown id leaves it absent for policy to judge.
+        let grant = (!req.grant_id.is_empty())
+            .then(|| self.grants.get(&req.grant_id))
+            .flatten();
+        let input = check_input(req, caller, now, grant.as_deref().map(grant_value));
         self.decide_input(input, now)
     }
 

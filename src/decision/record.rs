@@ -81,6 +81,28 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// A record made without evaluating that accepts a call (a confirmation of evidence).
+    pub fn accepted(
+        reason: impl Into<String>,
+        policy_revision: Arc<str>,
+        decided_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            allow: true,
+            ..Self::deny(reason, policy_revision, decided_at)
+        }
+    }
+
+    /// This decision turned into a deny after the fact (policy allowed, but the grant's
+    /// state machine refused, or the obligations were unusable); same id and evidence.
+    pub fn overruled(mut self, reason: impl Into<String>) -> Self {
+        self.allow = false;
+        self.reasons.push(reason.into());
+        self
+    }
+}
+
 fn map_result(result: &Value) -> (bool, Vec<String>, Value) {
     let Value::Object(object) = result else {
         let reason = if *result == Value::Undefined {

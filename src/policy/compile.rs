@@ -361,6 +361,20 @@ mod tests {
     }
 
     #[test]
+    fn compiling_is_bounded_in_time() {
+        let options = PolicyOptions {
+            compile_timeout: Duration::from_nanos(1),
+            ..Default::default()
+        };
+        let source = source(&[(
+            "p.rego",
+            "package stepgate\ndecision := {\"allow\": true}\n",
+        )]);
+        let err = PolicySet::load(source, &options, true).unwrap_err();
+        assert!(matches!(err, LoadError::CompileTimeout(_)), "{err}");
+    }
+
+    #[test]
     fn missing_entrypoint_is_reported_not_fatal() {
         let set = PolicySet::compile(
             &source(&[("p.rego", "package other\nx := 1\n")]),

@@ -45,6 +45,7 @@ fn startup_with_a_bad_policy_set_exits_non_zero_naming_file_and_line() {
         dir.path().to_str().unwrap(),
         "--grpc-addr",
         "127.0.0.1:0",
+        "--ephemeral",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -92,7 +93,14 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let sockets = tempfile::tempdir().unwrap();
     let socket = sockets.path().join("sg.sock");
     let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--grpc-addr", "", "--watch-policies", "false"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "",
+            "--watch-policies",
+            "false",
+            "--ephemeral",
+        ])
         .arg("--policies")
         .arg(policies.path())
         .arg("--grpc-uds")

@@ -13,7 +13,8 @@ use prost_types::{Struct, value::Kind};
 use stepgate::{
     app::{App, RunningApp},
     clock::ManualClock,
-    config::ServeConfig,
+    config::{GrantsConfig, ServeConfig},
+    grants::StoreOptions,
     proto::v1::{CheckRequest, Subject, decision_service_client::DecisionServiceClient},
 };
 use tempfile::TempDir;
@@ -64,6 +65,13 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
         watch_policies: false,
         max_batch: 8,
         shutdown_grace: Duration::from_millis(500),
+        grants: GrantsConfig {
+            store: StoreOptions {
+                state_dir: None,
+                ..StoreOptions::default()
+            },
+            ..GrantsConfig::default()
+        },
         ..ServeConfig::default()
     }
 }

@@ -1,0 +1,237 @@
+//! `stepgate.v1.GrantService`: the grant steps over gRPC, with the admin RPCs
+//! (Approve, Reject, Revoke, ConfirmRevocation) limited to `--admin-callers`.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio_stream::{
+    Stream, StreamExt, wrappers::BroadcastStream, wrappers::errors::BroadcastStreamRecvError,
+};
+use tonic::{Request, Response, Status};
+
+use super::{
+    caller::caller_of,
+    convert::{decision_message, invalid_argument},
+};
+use crate::{
+    decision::{Caller, GrantStepError, GrantSteps, StepOutcome},
+    grants::{GrantState, ListFilter},
+    proto::v1::{
+        self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
+        ListGrantsRequest, ListGrantsResponse, RejectRequest, RenewRequest, RequestGrantRequest,
+        RevalidateRequest, RevokeRequest, RevokeResponse, WatchGrantsRequest,
+        grant_service_server::GrantService,
+    },
+};
+
+/// Which callers may call the admin RPCs.
+#[derive(Debug, Clone)]
+pub enum AdminCallers {
+    /// Anyone who reaches the listener (stepgate warns at start).
+    Anyone,
+    /// Only these caller identities.
+    Only(Arc<[String]>),
+}
+
+impl AdminCallers {
+    fn check(&self, caller: &Caller, rpc: &str) -> Result<(), Status> {
+        match self {
+            Self::Anyone => Ok(()),
+            Self::Only(ids) if ids.iter().any(|id| **id == *caller.id) => Ok(()),
+            Self::Only(_) => Err(Status::permission_denied(format!(
+                "caller {} may not call {rpc}",
+                caller.id
+            ))),
+        }
+    }
+}
+
+/// The gRPC adapter over the grant steps.
+#[derive(Debug, Clone)]
+pub struct GrantApi {
+    steps: Arc<GrantSteps>,
+    admins: AdminCallers,
+}
+
+impl GrantApi {
+    /// An adapter running `steps`, with admin RPCs limited to `admins`.
+    pub fn new(steps: Arc<GrantSteps>, admins: AdminCallers) -> Self {
+        Self { steps, admins }
+    }
+}
+
+fn status(err: GrantStepError) -> Status {
+    match err {
+        GrantStepError::Invalid(field) => invalid_argument(field),
+        GrantStepError::NotFound(id) => Status::not_found(format!("grant {id} not found")),
+        GrantStepError::Store(err) => Status::unavailable(format!("grant store: {err}")),
+    }
+}
+
+fn grant_response(outcome: StepOutcome) -> Response<GrantResponse> {
+    Response::new(GrantResponse {
+        grant: outcome.grant.as_deref().map(v1::Grant::from),
+        decision: Some(decision_message(outcome.decision)),
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<GrantEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrantService for GrantApi {
+    async fn request_grant(
+        &self,
+        request: Request<RequestGrantRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.steps
+            .request(request.get_ref(), &caller)
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.admins.check(&caller, "Approve")?;
+        self.steps
+            .approve(request.get_ref(), &caller)
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn reject(
+        &self,
+        request: Request<RejectRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.admins.check(&caller, "Reject")?;
+        self.steps
+            .reject(request.get_ref(), &caller)
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn revalidate(
+        &self,
+        request: Request<RevalidateRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.steps
+            .revalidate(request.get_ref(), &caller)
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.steps
+            .renew(request.get_ref(), &caller)
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let caller = caller_of(&request);
+        self.admins.check(&caller, "Revoke")?;
+        let outcome = self
+            .steps
+            .revoke(request.get_ref(), &caller)
+            .map_err(status)?;
+        Ok(Response::new(RevokeResponse {
+            revoked: outcome
+                .revoked
+                .iter()
+                .map(|g| v1::Grant::from(&**g))
+                .collect(),
+            decision: Some(decision_message(outcome.decision)),
+        }))
+    }
+
+    async fn confirm_revocation(
+        &self,
+        request: Request<ConfirmRevocationRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
+        let caller = caller_of(&request);
+        self.admins.check(&caller, "ConfirmRevocation")?;
+        self.steps
+            .confirm_revocation(request.get_ref())
+            .map(grant_response)
+            .map_err(status)
+    }
+
+    async fn get_grant(
+        &self,
+        request: Request<GetGrantRequest>,
+    ) -> Result<Response<v1::Grant>, Status> {
+        let grant = self
+            .steps
+            .get(&request.get_ref().grant_id)
+            .map_err(status)?;
+        Ok(Response::new(v1::Grant::from(&*grant)))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<ListGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
+        let req = request.into_inner();
+        let state = match v1::GrantState::try_from(req.state) {
+            Ok(v1::GrantState::Unspecified) => None,
+            Ok(state) => GrantState::from_proto(state),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "state: {} is not a GrantState",
+                    req.state
+                )));
+            }
+        };
+        let filter = ListFilter {
+            subject_id: Some(req.subject_id).filter(|s| !s.is_empty()),
+            workflow_id: Some(req.workflow_id).filter(|s| !s.is_empty()),
+            state,
+        };
+        let token = Some(req.page_token.as_str()).filter(|t| !t.is_empty());
+        let page = self
+            .steps
+            .store()
+            .list(&filter, req.page_size as usize, token)
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(ListGrantsResponse {
+            grants: page.grants.iter().map(|g| v1::Grant::from(&**g)).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    type WatchGrantsStream = EventStream;
+
+    async fn watch_grants(
+        &self,
+        request: Request<WatchGrantsRequest>,
+    ) -> Result<Response<Self::WatchGrantsStream>, Status> {
+        let req = request.into_inner();
+        let filter = ListFilter {
+            subject_id: Some(req.subject_id).filter(|s| !s.is_empty()),
+            workflow_id: Some(req.workflow_id).filter(|s| !s.is_empty()),
+            state: None,
+        };
+        let events = BroadcastStream::new(self.steps.store().subscribe());
+        // A watcher that falls behind is told so (tonic ends the stream at the first
+        // error, with ABORTED) and re-lists; it never holds the store back.
+        let stream = events.filter_map(move |event| match event {
+            Ok(event) if filter.matches(&event.grant) => Some(Ok(GrantEvent::from(&event))),
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Status::aborted(format!(
+                "watcher fell {missed} events behind; re-list with ListGrants and watch again"
+            )))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,765 @@
+//! The grant steps: each `GrantService` call re-decided by policy at its step, with the
+//! grant's record as `input.grant`, then applied to the grant store.
+//!
+//! Order inside a step: validate → read the grant → refuse without evaluating what the
+//! state machine already refuses (a used-up or ended grant) → evaluate → apply the
+//! transition (which re-checks atomically, so a race with a revocation or the sweeper
+//! still ends in a deny) → record the decision in the grant's evidence trail. A denied
+//! step changes no state; only the trail grows.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use regorus::Value;
+
+use super::{
+    Caller, Decision, DecisionPipeline, InvalidField, StepInput, grant_value, input::KEYS,
+    input::validate_step,
+};
+use crate::{
+    grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
+    proto::v1::{
+        ApproveRequest, ConfirmRevocationRequest, Context, RejectRequest, RenewRequest,
+        RequestGrantRequest, RevalidateRequest, RevokeRequest, revoke_request::Target,
+    },
+};
+
+/// Why a grant step could not run at all (a policy deny is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum GrantStepError {
+    /// A request field is missing or malformed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// No grant has that id.
+    #[error("grant {0} not found")]
+    NotFound(String),
+    /// The store could not record the step (journal failure).
+    #[error("grant store: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for GrantStepError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(id) => Self::NotFound(id),
+            StoreError::InvalidPageToken => Self::Invalid(InvalidField::new(
+                "page_token",
+                "not a token this server issued",
+            )),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// The outcome of a grant step: the decision, and the grant after it (absent when a
+/// `request` was denied, so no grant exists).
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The grant after the step.
+    pub grant: Option<Arc<Grant>>,
+    /// The decision taken at the step.
+    pub decision: Decision,
+}
+
+/// The outcome of a `Revoke`: the decision and the grants it ended.
+#[derive(Debug, Clone)]
+pub struct RevokeOutcome {
+    /// The decision taken at step `revoke` (or `close` for a workflow).
+    pub decision: Decision,
+    /// Grants moved to REVOKED by this call.
+    pub revoked: Vec<Arc<Grant>>,
+}
+
+/// Runs grant steps through the decision pipeline and the grant store.
+pub struct GrantSteps {
+    pipeline: Arc<DecisionPipeline>,
+    store: Arc<dyn GrantStore>,
+    default_approval_timeout: Duration,
+}
+
+impl std::fmt::Debug for GrantSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantSteps").finish_non_exhaustive()
+    }
+}
+
+impl GrantSteps {
+    /// Grant steps deciding through `pipeline` and recording in the pipeline's store;
+    /// a pending grant's deadline is `default_approval_timeout` unless policy sets
+    /// `obligations.approval_timeout_seconds`.
+    pub fn new(pipeline: Arc<DecisionPipeline>, default_approval_timeout: Duration) -> Self {
+        let store = pipeline.grants().clone();
+        Self {
+            pipeline,
+            store,
+            default_approval_timeout,
+        }
+    }
+
+    /// The store grants are kept in.
+    pub fn store(&self) -> &Arc<dyn GrantStore> {
+        &self.store
+    }
+
+    /// Step `request`: a denied request creates nothing; an allowed one creates a grant,
+    /// PENDING when the obligations require approvals, else ACTIVE.
+    pub fn request(
+        &self,
+        req: &RequestGrantRequest,
+        caller: &Caller,
+    ) -> Result<StepOutcome, GrantStepError> {
+        let subject = req
+            .subject
+            .as_ref()
+            .ok_or_else(|| InvalidField::new("subject", "required"))?;
+        if subject.id.is_empty() {
+            return Err(InvalidField::new("subject.id", "required").into());
+        }
+        if req.action.is_empty() {
+            return Err(InvalidField::new("action", "required").into());
+        }
+        let requested_ttl = match &req.ttl {
+            Some(ttl) => Some(
+                positive_duration(ttl)
+                    .ok_or_else(|| InvalidField::new("ttl", "must be positive"))?,
+            ),
+            None => None,
+        };
+        let probe = crate::proto::v1::CheckRequest {
+            step: "request".into(),
+            subject: req.subject.clone(),
+            action: req.action.clone(),
+            resource: req.resource.clone(),
+            workflow: req.workflow.clone(),
+            agent: req.agent.clone(),
+            context: req.context.clone(),
+            grant_id: String::new(),
+        };
+        super::validate_check(&probe)?;
+
+        let now = self.store.now();
+        let k = &*KEYS;
+        let scope = Value::from(
+            req.scope
+                .iter()
+                .map(|s| Value::from(s.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let mut extra = vec![(&k.scope, scope)];
+        if let Some(ttl) = requested_ttl {
+            extra.push((&k.requested_ttl_seconds, Value::from(ttl.num_seconds())));
+        }
+        let input = StepInput {
+            step: "request",
+            subject: Some(subject),
+            caller,
+            action: &req.action,
+            resource: req.resource.as_ref(),
+            workflow: req.workflow.as_ref(),
+            agent: req.agent.as_ref(),
+            context: req.context.as_ref(),
+        }
+        .build(now, None, &extra);
+        let decision = self.pipeline.decide_input(input, now);
+        if !decision.allow {
+            return Ok(StepOutcome {
+                grant: None,
+                decision,
+            });
+        }
+        let terms = match GrantTerms::from_obligations(
+            &decision.obligations,
+            requested_ttl,
+            self.default_approval_timeout,
+        ) {
+            Ok(terms) => terms,
+            Err(reason) => {
+                return Ok(StepOutcome {
+                    grant: None,
+                    decision: decision.overruled(reason),
+                });
+            }
+        };
+        let request = GrantRequest {
+            subject: subject.clone(),
+            action: req.action.clone(),
+            resource: req.resource.clone(),
+            scope: req.scope.clone(),
+            workflow: req.workflow.clone(),
+            required_approvals: terms.required_approvals,
+            approval_deadline: now + terms.approval_timeout,
+            ttl: terms.ttl,
+            max_uses: terms.max_uses,
+            policy_revision: decision.policy_revision.clone(),
+            decision_id: decision.id,
+        };
+        let grant = match Grant::new(request, now) {
+            Ok(grant) => grant,
+            Err(err) => {
+                return Ok(StepOutcome {
+                    grant: None,
+                    decision: decision.overruled(err.to_string()),
+                });
+            }
+        };
+        let grant = self.store.create(grant)?;
+        Ok(StepOutcome {
+            grant: Some(grant),
+            decision,
+        })
+    }
+
+    /// Step `approve` with `input.approval`: the Nth distinct allowed approver activates
+    /// the grant. A denied approval is recorded in the evidence trail only.
+    pub fn approve(
+        &self,
+        req: &ApproveRequest,
+        caller: &Caller,
+    ) -> Result<StepOutcome, GrantStepError> {
+        require(&req.grant_id, "grant_id")?;
+        require(&req.approver, "approver")?;
+        let approval = ApprovalInput {
+            approver: &req.approver,
+            role: &req.role,
+            comment: &req.comment,
+            verdict: "approve",
+        };
+        self.decide_on_grant(
+            &req.grant_id,
+            "approve",
+            caller,
+            req.context.as_ref(),
+            &approval.extra(),
+            |grant, decision, now| {
+                grant.approve(
+                    Approval {
+                        approver: req.approver.clone(),
+                        role: req.role.clone(),
+                        at: now,
+                        decision_id: decision.id,
+                        comment: req.comment.clone(),
+                    },
+                    now,
+                )
+            },
+        )
+    }
+
+    /// A rejection, decided at step `approve` with `input.approval.verdict = "reject"`.
+    pub fn reject(
+        &self,
+        req: &RejectRequest,
+        caller: &Caller,
+    ) -> Result<StepOutcome, GrantStepError> {
+        require(&req.grant_id, "grant_id")?;
+        require(&req.approver, "approver")?;
+        let approval = ApprovalInput {
+            approver: &req.approver,
+            role: "",
+            comment: &req.reason,
+            verdict: "reject",
+        };
+        self.decide_on_grant(
+            &req.grant_id,
+            "approve",
+            caller,
+            None,
+            &approval.extra(),
+            |grant, decision, now| grant.reject(&req.approver, &req.reason, Some(decision.id), now),
+        )
+    }
+
+    /// Step `use`: the grant must be ACTIVE, unexpired and under `max_uses`, then policy
+    /// decides; an allowed use is counted. A missing grant is a deny, not an error.
+    pub fn revalidate(
+        &self,
+        req: &RevalidateRequest,
+        caller: &Caller,
+    ) -> Result<StepOutcome, GrantStepError> {
+        require(&req.grant_id, "grant_id")?;
+        let Some(grant) = self.store.get(&req.grant_id) else {
+            let now = self.store.now();
+            let revision = self.pipeline.serving_revision();
+            return Ok(StepOutcome {
+                grant: None,
+                decision: Decision::deny(
+                    format!("grant {} not found", req.grant_id),
+                    revision,
+                    now,
+                ),
+            });
+        };
+        let now = self.store.now();
+        if let Err(refusal) = grant.check_usable(now) {
+            let decision =
+                Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
+            return self.record_denial(&req.grant_id, decision);
+        }
+        let input = grant_step_input(
+            &grant,
+            "use",
+            caller,
+            req.agent.as_ref(),
+            req.context.as_ref(),
+        )
+        .build(now, Some(grant_value(&grant)), &[]);
+        let decision = self.pipeline.decide_input(input, now);
+        if !decision.allow {
+            return self.record_denial(&req.grant_id, decision);
+        }
+        match self.store.record_use(&req.grant_id, decision.id) {
+            Ok(updated) => Ok(StepOutcome {
+                grant: Some(updated.grant),
+                decision,
+            }),
+            Err(StoreError::Refused { source, .. }) => {
+                self.record_denial(&req.grant_id, decision.overruled(source.to_string()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Step `renew` with `input.requested_ttl_seconds`: extends an ACTIVE grant to
+    /// now + min(requested, `obligations.max_ttl_seconds`).
+    pub fn renew(
+        &self,
+        req: &RenewRequest,
+        caller: &Caller,
+    ) -> Result<StepOutcome, GrantStepError> {
+        require(&req.grant_id, "grant_id")?;
+        let requested = match &req.ttl {
+            Some(ttl) => positive_duration(ttl)
+                .ok_or_else(|| InvalidField::new("ttl", "must be positive"))?,
+            None => return Err(InvalidField::new("ttl", "required").into()),
+        };
+        let k = &*KEYS;
+        let extra = [(
+            &k.requested_ttl_seconds,
+            Value::from(requested.num_seconds()),
+        )];
+        self.decide_on_grant(
+            &req.grant_id,
+            "renew",
+            caller,
+            req.context.as_ref(),
+            &extra,
+            |grant, decision, now| {
+                let cap = match obligation_seconds(&decision.obligations, "max_ttl_seconds") {
+                    Ok(cap) => cap,
+                    Err(_) => {
+                        return Err(crate::grants::TransitionError::Forbidden(
+                            "policy obligation max_ttl_seconds is malformed",
+                        ));
+                    }
+                };
+                let ttl = cap.map_or(requested, |cap| requested.min(cap));
+                let end = now
+                    .checked_add_signed(ttl)
+                    .ok_or(crate::grants::TransitionError::TimeOutOfRange)?;
+                grant.renew(end, decision.id, now)
+            },
+        )
+    }
+
+    /// Step `revoke` (by grant or subject) or `close` (by workflow: the ticket closed).
+    /// Idempotent: grants already ended are not revoked again.
+    pub fn revoke(
+        &self,
+        req: &RevokeRequest,
+        caller: &Caller,
+    ) -> Result<RevokeOutcome, GrantStepError> {
+        let target = req.target.as_ref().ok_or_else(|| {
+            InvalidField::new(
+                "target",
+                "one of grant_id, workflow_id, subject_id is required",
+            )
+        })?;
+        let now = self.store.now();
+        let by = if req.revoked_by.is_empty() {
+            caller.id.to_string()
+        } else {
+            req.revoked_by.clone()
+        };
+        let (input, grant) = match target {
+            Target::GrantId(id) => {
+                require(id, "grant_id")?;
+                let grant = self
+                    .store
+                    .get(id)
+                    .ok_or_else(|| GrantStepError::NotFound(id.clone()))?;
+                (
+                    grant_step_input(&grant, "revoke", caller, None, None).build(
+                        now,
+                        Some(grant_value(&grant)),
+                        &[],
+                    ),
+                    Some(grant),
+                )
+            }
+            Target::WorkflowId(id) => {
+                require(id, "workflow_id")?;
+                let workflow = crate::proto::v1::Workflow {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                let input = StepInput {
+                    step: "close",
+                    subject: None,
+                    caller,
+                    action: "",
+                    resource: None,
+                    workflow: Some(&workflow),
+                    agent: None,
+                    context: None,
+                };
+                (input.build(now, None, &[]), None)
+            }
+            Target::SubjectId(id) => {
+                require(id, "subject_id")?;
+                let subject = crate::proto::v1::Subject {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                let input = StepInput {
+                    step: "revoke",
+                    subject: Some(&subject),
+                    caller,
+                    action: "",
+                    resource: None,
+                    workflow: None,
+                    agent: None,
+                    context: None,
+                };
+                (input.build(now, None, &[]), None)
+            }
+        };
+        let decision = self.pipeline.decide_input(input, now);
+        if !decision.allow {
+            if let Some(grant) = grant {
+                self.store
+                    .push_decision(&grant.spec.id.to_string(), decision.id)?;
+            }
+            return Ok(RevokeOutcome {
+                decision,
+                revoked: Vec::new(),
+            });
+        }
+        let revocation = Revocation {
+            by,
+            reason: req.reason.clone(),
+            decision_id: Some(decision.id),
+        };
+        let revoked = match target {
+            Target::GrantId(id) => {
+                let updated = self.store.revoke(id, &revocation)?;
+                if updated.transition.changed {
+                    vec![updated.grant]
+                } else {
+                    Vec::new()
+                }
+            }
+            Target::WorkflowId(id) => self.store.revoke_workflow(id, &revocation)?,
+            Target::SubjectId(id) => self.store.revoke_subject(id, &revocation)?,
+        };
+        Ok(RevokeOutcome { decision, revoked })
+    }
+
+    /// The downstream system confirms the credential is invalidated. No policy step: the
+    /// call only adds evidence, and only admin callers may make it. The returned record
+    /// (allow = the confirmation was accepted) joins the evidence trail.
+    pub fn confirm_revocation(
+        &self,
+        req: &ConfirmRevocationRequest,
+    ) -> Result<StepOutcome, GrantStepError> {
+        require(&req.grant_id, "grant_id")?;
+        require(&req.evidence, "evidence")?;
+        let now = self.store.now();
+        let revision = self.pipeline.serving_revision();
+        match self.store.confirm_revocation(&req.grant_id, &req.evidence) {
+            Ok(updated) => {
+                let decision = Decision::accepted("revocation confirmed", revision, now);
+                let updated = self
+                    .store
+                    .push_decision(&req.grant_id, decision.id)
+                    .map(|u| u.grant)
+                    .unwrap_or(updated.grant);
+                Ok(StepOutcome {
+                    grant: Some(updated),
+                    decision,
+                })
+            }
+            Err(StoreError::Refused { source, .. }) => {
+                let decision = Decision::deny(source.to_string(), revision, now);
+                self.record_denial(&req.grant_id, decision)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Reads a grant (expired ones as EXPIRED even before the sweep).
+    pub fn get(&self, id: &str) -> Result<Arc<Grant>, GrantStepError> {
+        require(id, "grant_id")?;
+        self.store
+            .get(id)
+            .ok_or_else(|| GrantStepError::NotFound(id.to_string()))
+    }
+
+    /// Evaluates `step` on an existing grant and applies `transition` when allowed.
+    fn decide_on_grant(
+        &self,
+        id: &str,
+        step: &str,
+        caller: &Caller,
+        context: Option<&Context>,
+        extra: &[(&Value, Value)],
+        mut transition: impl FnMut(
+            &mut Grant,
+            &Decision,
+            DateTime<Utc>,
+        )
+            -> Result<crate::grants::Transition, crate::grants::TransitionError>,
+    ) -> Result<StepOutcome, GrantStepError> {
+        validate_step(step)?;
+        let grant = self
+            .store
+            .get(id)
+            .ok_or_else(|| GrantStepError::NotFound(id.to_string()))?;
+        let now = self.store.now();
+        let input = grant_step_input(&grant, step, caller, None, context).build(
+            now,
+            Some(grant_value(&grant)),
+            extra,
+        );
+        let decision = self.pipeline.decide_input(input, now);
+        if !decision.allow {
+            return self.record_denial(id, decision);
+        }
+        match self
+            .store
+            .update(id, &mut |grant, now| transition(grant, &decision, now))
+        {
+            Ok(updated) => Ok(StepOutcome {
+                grant: Some(updated.grant),
+                decision,
+            }),
+            Err(StoreError::Refused { source, .. }) => {
+                self.record_denial(id, decision.overruled(source.to_string()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Adds a denied step's decision to the grant's evidence trail (no state change).
+    fn record_denial(&self, id: &str, decision: Decision) -> Result<StepOutcome, GrantStepError> {
+        let updated = self.store.push_decision(id, decision.id)?;
+        Ok(StepOutcome {
+            grant: Some(updated.grant),
+            decision,
+        })
+    }
+}
+
+/// The input parts of a step on an existing grant: its own subject, action, resource
+/// and workflow, so one set of rules can reason about every step.
+fn grant_step_input<'a>(
+    grant: &'a Grant,
+    step: &'a str,
+    caller: &'a Caller,
+    agent: Option<&'a crate::proto::v1::AgentCall>,
+    context: Option<&'a Context>,
+) -> StepInput<'a> {
+    StepInput {
+        step,
+        subject: Some(&grant.spec.subject),
+        caller,
+        action: &grant.spec.action,
+        resource: grant.spec.resource.as_ref(),
+        workflow: grant.spec.workflow.as_ref(),
+        agent,
+        context,
+    }
+}
+
+struct ApprovalInput<'a> {
+    approver: &'a str,
+    role: &'a str,
+    comment: &'a str,
+    verdict: &'a str,
+}
+
+impl ApprovalInput<'_> {
+    fn extra(&self) -> Vec<(&'static Value, Value)> {
+        let k = &*KEYS;
+        let mut approval = regorus::value::Object::new();
+        approval.insert(k.approver.clone(), Value::from(self.approver));
+        approval.insert(k.role.clone(), Value::from(self.role));
+        approval.insert(k.comment.clone(), Value::from(self.comment));
+        approval.insert(k.verdict.clone(), Value::from(self.verdict));
+        vec![(&k.approval, approval.into_value())]
+    }
+}
+
+/// What an allowed `request` grants, from its obligations.
+#[derive(Debug, PartialEq)]
+struct GrantTerms {
+    required_approvals: u32,
+    approval_timeout: TimeDelta,
+    ttl: TimeDelta,
+    max_uses: u64,
+}
+
+impl GrantTerms {
+    /// `ttl` = min(requested, `max_ttl_seconds`); a grant with neither has no end and is
+    /// refused. Malformed obligations fail closed.
+    fn from_obligations(
+        obligations: &Value,
+        requested: Option<TimeDelta>,
+        default_timeout: Duration,
+    ) -> Result<Self, String> {
+        let cap = obligation_seconds(obligations, "max_ttl_seconds")?;
+        let ttl = match (requested, cap) {
+            (Some(requested), Some(cap)) => requested.min(cap),
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => return Err("no ttl: the request sets none and the policy's obligations give no max_ttl_seconds".into()),
+        };
+        let required_approvals = obligation_count(obligations, "required_approvals")?.unwrap_or(0);
+        let required_approvals = u32::try_from(required_approvals)
+            .map_err(|_| "obligation required_approvals is too large".to_string())?;
+        let approval_timeout = obligation_seconds(obligations, "approval_timeout_seconds")?
+            .unwrap_or_else(|| TimeDelta::from_std(default_timeout).unwrap_or(TimeDelta::hours(1)));
+        let max_uses = obligation_count(obligations, "max_uses")?.unwrap_or(0);
+        Ok(Self {
+            required_approvals,
+            approval_timeout,
+            ttl,
+            max_uses,
+        })
+    }
+}
+
+/// A whole, non-negative count obligation; absent → `None`; anything else fails closed.
+fn obligation_count(obligations: &Value, name: &str) -> Result<Option<u64>, String> {
+    match &obligations[name] {
+        Value::Undefined | Value::Null => Ok(None),
+        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| {
+            format!("obligation {name} is not a whole non-negative number (fail closed)")
+        }),
+        _ => Err(format!("obligation {name} is not a number (fail closed)")),
+    }
+}
+
+/// A positive number of seconds; absent → `None`; anything else fails closed.
+fn obligation_seconds(obligations: &Value, name: &str) -> Result<Option<TimeDelta>, String> {
+    match obligation_count(obligations, name)? {
+        None => Ok(None),
+        Some(0) => Err(format!("obligation {name} is zero (fail closed)")),
+        Some(secs) => Ok(Some(
+            TimeDelta::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+                .unwrap_or(TimeDelta::MAX),
+        )),
+    }
+}
+
+fn positive_duration(d: &prost_types::Duration) -> Option<TimeDelta> {
+    let delta = TimeDelta::new(d.seconds, u32::try_from(d.nanos).ok()?)?;
+    (delta > TimeDelta::zero()).then_some(delta)
+}
+
+fn require(value: &str, field: &str) -> Result<(), InvalidField> {
+    if value.is_empty() {
+        Err(InvalidField::new(field, "required"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obligations(json: &str) -> Value {
+        Value::from_json_str(json).unwrap()
+    }
+
+    #[test]
+    fn terms_cap_the_ttl_and_read_every_obligation() {
+        let terms = GrantTerms::from_obligations(
+            &obligations(r#"{"max_ttl_seconds": 900, "required_approvals": 2, "approval_timeout_seconds": 60, "max_uses": 5}"#),
+            Some(TimeDelta::hours(2)),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(
+            terms,
+            GrantTerms {
+                required_approvals: 2,
+                approval_timeout: TimeDelta::seconds(60),
+                ttl: TimeDelta::seconds(900),
+                max_uses: 5
+            }
+        );
+        let terms = GrantTerms::from_obligations(
+            &obligations("{}"),
+            Some(TimeDelta::seconds(30)),
+            Duration::from_secs(7),
+        )
+        .unwrap();
+        assert_eq!(
+            (terms.ttl, terms.required_approvals, terms.approval_timeout),
+            (TimeDelta::seconds(30), 0, TimeDelta::seconds(7))
+        );
+    }
+
+    #[test]
+    fn malformed_or_missing_terms_fail_closed() {
+        for (json, requested) in [
+            ("{}", None),
+            (r#"{"max_ttl_seconds": "900"}"#, None),
+            (r#"{"max_ttl_seconds": 0}"#, None),
+            (r#"{"max_ttl_seconds": 1.5}"#, None),
+            (r#"{"max_ttl_seconds": 60, "required_approvals": -1}"#, None),
+            (
+                r#"{"max_ttl_seconds": 60, "max_uses": true}"#,
+                Some(TimeDelta::seconds(5)),
+            ),
+        ] {
+            assert!(
+                GrantTerms::from_obligations(&obligations(json), requested, Duration::from_secs(1))
+                    .is_err(),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_well_formed() {
+        assert_eq!(
+            positive_duration(&prost_types::Duration {
+                seconds: 5,
+                nanos: 0
+            }),
+            Some(TimeDelta::seconds(5))
+        );
+        assert_eq!(
+            positive_duration(&prost_types::Duration {
+                seconds: 0,
+                nanos: 0
+            }),
+            None
+        );
+        assert_eq!(
+            positive_duration(&prost_types::Duration {
+                seconds: -5,
+                nanos: 0
+            }),
+            None
+        );
+        assert_eq!(
+            positive_duration(&prost_types::Duration {
+                seconds: 1,
+                nanos: -1
+            }),
+            None
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Time-bound grants: the data layer behind `GrantService` (no gRPC, no policy).
+//!
+//! - [`model`]: the [`Grant`] and its pure, all-or-nothing state transitions (no way
+//!   back from REJECTED, EXPIRED or REVOKED; lazy expiry against the clock);
+//! - [`store`]: the [`GrantStore`] trait and the embedded [`MemoryGrantStore`]
+//!   (dashmap by id, indexes by workflow, subject and due time, bounded event
+//!   broadcast, retention and revocation-confirmation deadlines);
+//! - [`journal`]: the append-only, checksummed journal that makes the store durable
+//!   (replay, torn-tail truncation, compaction by snapshot, optional group commit);
+//! - [`sweeper`]: the periodic task that expires, reports and drops due grants.
+//!
+//! The adapter decides (policy) and then asks the store to apply a transition: a
+//! refused transition, or one the journal could not keep, changes nothing. Time comes
+//! from an injected [`Clock`](crate::clock::Clock), so tests move it instead of
+//! sleeping.
+
+pub mod journal;
+pub mod model;
+pub mod store;
+pub mod sweeper;
+
+#[cfg(test)]
+mod tests;
+
+pub use journal::{JournalError, JournalOptions};
+pub use model::{
+    Approval, Ending, Grant, GrantEvent, GrantEventKind, GrantRequest, GrantSpec, GrantState,
+    Revocation, Transition, TransitionError,
+};
+pub use store::{
+    Change, GrantStore, ListFilter, MemoryGrantStore, Page, StoreError, StoreOptions, StoreStats,
+    SweepReport, Updated,
+};
+pub use sweeper::{Sweeper, SweeperStats, spawn_sweeper};

@@ -1,0 +1,1407 @@
+//! The grant domain model: [`Grant`], its lifecycle [`GrantState`], and the pure state
+//! transitions that validate and then mutate a grant, never half-way.
+//!
+//! A transition either returns a [`Transition`] saying whether the grant changed and which
+//! [`GrantEventKind`]s it produced, or a typed [`TransitionError`] and leaves the grant
+//! exactly as it was. Nothing moves a REJECTED, EXPIRED or REVOKED grant to another state.
+//!
+//! Expiry is lazy: a non-terminal grant whose `expires_at` has passed is treated as
+//! EXPIRED by every transition ([`Grant::effective_state`]) whether or not a sweep has
+//! recorded it yet, so nothing is honoured after `expires_at`.
+//!
+//! Layout: a grant holds what never changes after the request (subject, action,
+//! resource, ...) in one shared [`GrantSpec`], what ends it in an optional boxed
+//! [`Ending`], and decision ids as UUIDs, so copying a grant for a transition is a few
+//! words and an idle grant stays small. [`v1::Grant`] conversions map it field for field.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::proto::v1;
+
+/// How many decision ids a grant keeps in its evidence trail. The first
+/// [`TRAIL_KEPT_HEAD`] (request, approvals) are always kept; beyond the cap the oldest of
+/// the rest (usually uses) make room. Every decision is also in the decision log, which
+/// names its grant id, so the full trail can be rebuilt from there; the cap keeps a
+/// much-used grant's memory and journal records bounded.
+pub const MAX_TRAIL: usize = 32;
+
+/// How many of the first decision ids of the trail are never dropped. See [`MAX_TRAIL`].
+pub const TRAIL_KEPT_HEAD: usize = 8;
+
+/// The lifecycle state of a grant. REJECTED, EXPIRED and REVOKED are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantState {
+    /// Awaiting approvals; `expires_at` is the approval deadline.
+    Pending,
+    /// In force until `expires_at`.
+    Active,
+    /// An approver rejected it.
+    Rejected,
+    /// Its approval deadline or its end of access passed.
+    Expired,
+    /// Revoked by grant, by workflow or by subject.
+    Revoked,
+}
+
+impl GrantState {
+    /// Every state, in proto order.
+    pub const ALL: [GrantState; 5] = [
+        GrantState::Pending,
+        GrantState::Active,
+        GrantState::Rejected,
+        GrantState::Expired,
+        GrantState::Revoked,
+    ];
+
+    /// True for REJECTED, EXPIRED and REVOKED: no transition leaves them.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Rejected | Self::Expired | Self::Revoked)
+    }
+
+    /// The short name policies see in `input.grant.state`: `PENDING`, `ACTIVE`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Active => "ACTIVE",
+            Self::Rejected => "REJECTED",
+            Self::Expired => "EXPIRED",
+            Self::Revoked => "REVOKED",
+        }
+    }
+
+    /// Position in [`GrantState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The proto enum value.
+    pub fn to_proto(self) -> v1::GrantState {
+        match self {
+            Self::Pending => v1::GrantState::Pending,
+            Self::Active => v1::GrantState::Active,
+            Self::Rejected => v1::GrantState::Rejected,
+            Self::Expired => v1::GrantState::Expired,
+            Self::Revoked => v1::GrantState::Revoked,
+        }
+    }
+
+    /// The state of a proto enum value; `None` for UNSPECIFIED (as a filter: any state).
+    pub fn from_proto(state: v1::GrantState) -> Option<Self> {
+        match state {
+            v1::GrantState::Unspecified => None,
+            v1::GrantState::Pending => Some(Self::Pending),
+            v1::GrantState::Active => Some(Self::Active),
+            v1::GrantState::Rejected => Some(Self::Rejected),
+            v1::GrantState::Expired => Some(Self::Expired),
+            v1::GrantState::Revoked => Some(Self::Revoked),
+        }
+    }
+}
+
+impl std::fmt::Display for GrantState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One allowed approval of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Who approved.
+    pub approver: String,
+    /// In which role.
+    pub role: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The `approve` decision that allowed it.
+    pub decision_id: Uuid,
+    /// The approver's comment.
+    pub comment: String,
+}
+
+/// Who ends a grant and why, for [`Grant::revoke`] and the store's bulk revocations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocation {
+    /// Who revokes; recorded as `ended_by`.
+    pub by: String,
+    /// Why; recorded as `end_reason`.
+    pub reason: String,
+    /// The `revoke` decision that allowed it, appended to the evidence trail.
+    pub decision_id: Option<Uuid>,
+}
+
+/// What an allowed `request` step asks the store to create. See [`Grant::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRequest {
+    /// Who the access is for.
+    pub subject: v1::Subject,
+    /// The action granted.
+    pub action: String,
+    /// The resource granted.
+    pub resource: Option<v1::Resource>,
+    /// Scope narrowing.
+    pub scope: Vec<String>,
+    /// The workflow (ticket) asking.
+    pub workflow: Option<v1::Workflow>,
+    /// Distinct approvals needed; 0 = ACTIVE at once.
+    pub required_approvals: u32,
+    /// The approval deadline of a PENDING grant (ignored when no approval is needed).
+    pub approval_deadline: DateTime<Utc>,
+    /// Granted duration once ACTIVE (already capped by policy).
+    pub ttl: TimeDelta,
+    /// Maximum uses; 0 = unlimited.
+    pub max_uses: u64,
+    /// Policy revision of the `request` decision (shared with the decision).
+    pub policy_revision: Arc<str>,
+    /// The `request` decision, first in the evidence trail.
+    pub decision_id: Uuid,
+}
+
+/// The part of a grant fixed at its request. Shared between a grant's versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantSpec {
+    /// Server-assigned identifier (UUIDv7; hyphenated lowercase on the wire).
+    pub id: Uuid,
+    /// Who the access is for.
+    pub subject: v1::Subject,
+    /// The action granted.
+    pub action: String,
+    /// The resource granted.
+    pub resource: Option<v1::Resource>,
+    /// Scope narrowing.
+    pub scope: Vec<String>,
+    /// The workflow it belongs to.
+    pub workflow: Option<v1::Workflow>,
+    /// Distinct allowed approvals needed to activate.
+    pub required_approvals: u32,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// Granted duration once ACTIVE (policy-capped).
+    pub ttl: TimeDelta,
+    /// Maximum uses; 0 = unlimited.
+    pub max_uses: u64,
+    /// Policy revision that created it.
+    pub policy_revision: Arc<str>,
+}
+
+/// How a grant ended; set once it is REJECTED, REVOKED or EXPIRED.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// Who or what rejected or revoked it (empty for an expiry).
+    pub by: String,
+    /// Why it ended.
+    pub reason: String,
+    /// When stepgate recorded its end (rejection, revocation, or observed expiry). Not
+    /// in the public proto; starts the revocation-confirmation and retention clocks.
+    pub at: DateTime<Utc>,
+    /// The downstream system confirmed the real credential is invalidated.
+    pub revocation_confirmed: bool,
+    /// What the downstream system gave as evidence.
+    pub revocation_evidence: String,
+    /// A `revocation_overdue` event was emitted for it (so it is emitted once). Not in
+    /// the public proto.
+    pub overdue_reported: bool,
+}
+
+/// A time-bound entitlement: `stepgate.v1.Grant` with chrono times, laid out for cheap
+/// copies (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// What was requested; never changes.
+    pub spec: Arc<GrantSpec>,
+    /// Lifecycle state as recorded (see [`Grant::effective_state`] for the lazy view).
+    pub state: GrantState,
+    /// Allowed approvals so far (distinct approvers).
+    pub approvals: Vec<Approval>,
+    /// When it became ACTIVE.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// PENDING: approval deadline; ACTIVE: end of access; terminal: as it was then.
+    pub expires_at: DateTime<Utc>,
+    /// Uses counted so far.
+    pub uses: u64,
+    /// How it ended, once it has.
+    pub ending: Option<Box<Ending>>,
+    /// The evidence trail: decisions taken about this grant, in order (capped, see
+    /// [`MAX_TRAIL`]).
+    pub decision_ids: Vec<Uuid>,
+}
+
+/// What happened to a grant, as `GrantEvent.kind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantEventKind {
+    /// Created (PENDING or ACTIVE).
+    Requested,
+    /// An approval was recorded.
+    Approved,
+    /// An approver rejected it.
+    Rejected,
+    /// It became ACTIVE.
+    Activated,
+    /// Its end of access moved.
+    Renewed,
+    /// A use was counted.
+    Used,
+    /// It was revoked.
+    Revoked,
+    /// Its approval deadline or end of access passed.
+    Expired,
+    /// The downstream system confirmed the credential is invalidated.
+    RevocationConfirmed,
+    /// It ended and the confirmation did not come within the deadline.
+    RevocationOverdue,
+}
+
+impl GrantEventKind {
+    /// The wire name: `requested`, `approved`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Activated => "activated",
+            Self::Renewed => "renewed",
+            Self::Used => "used",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::RevocationConfirmed => "revocation_confirmed",
+            Self::RevocationOverdue => "revocation_overdue",
+        }
+    }
+
+    /// This kind alone, as a static slice (for [`Transition::event`]).
+    pub const fn as_slice(self) -> &'static [GrantEventKind] {
+        match self {
+            Self::Requested => &[Self::Requested],
+            Self::Approved => &[Self::Approved],
+            Self::Rejected => &[Self::Rejected],
+            Self::Activated => &[Self::Activated],
+            Self::Renewed => &[Self::Renewed],
+            Self::Used => &[Self::Used],
+            Self::Revoked => &[Self::Revoked],
+            Self::Expired => &[Self::Expired],
+            Self::RevocationConfirmed => &[Self::RevocationConfirmed],
+            Self::RevocationOverdue => &[Self::RevocationOverdue],
+        }
+    }
+}
+
+impl std::fmt::Display for GrantEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something happened to a grant. The grant is the state after the event, shared so
+/// a broadcast to many watchers does not copy it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantEvent {
+    /// What happened.
+    pub kind: GrantEventKind,
+    /// The grant after it happened.
+    pub grant: Arc<Grant>,
+    /// When (store clock).
+    pub at: DateTime<Utc>,
+}
+
+/// The result of an allowed transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Transition {
+    /// The grant changed (and must be journaled). False for idempotent no-ops.
+    pub changed: bool,
+    /// Events to publish, in order (empty for a silent change or a no-op).
+    pub events: &'static [GrantEventKind],
+}
+
+impl Transition {
+    /// Nothing changed (an idempotent repeat, e.g. revoking an ended grant).
+    pub const UNCHANGED: Self = Self {
+        changed: false,
+        events: &[],
+    };
+    /// Changed without an event (evidence trail only).
+    pub const RECORDED: Self = Self {
+        changed: true,
+        events: &[],
+    };
+
+    /// Changed, with one event.
+    pub const fn event(kind: GrantEventKind) -> Self {
+        Self {
+            changed: true,
+            events: kind.as_slice(),
+        }
+    }
+}
+
+/// Why a transition was refused. The grant is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The step needs a PENDING grant.
+    #[error("grant is {0}, not PENDING")]
+    NotPending(GrantState),
+    /// The step needs an ACTIVE grant.
+    #[error("grant is {0}, not ACTIVE")]
+    NotActive(GrantState),
+    /// The grant's approval deadline or end of access has passed.
+    #[error("grant expired at {0}")]
+    Expired(DateTime<Utc>),
+    /// The grant has been used `max_uses` times.
+    #[error("grant exhausted: {0} of {0} uses taken")]
+    Exhausted(u64),
+    /// This approver already approved the grant.
+    #[error("{0} already approved this grant")]
+    AlreadyApproved(String),
+    /// An approval without an approver.
+    #[error("approval has no approver")]
+    MissingApprover,
+    /// A renewal that does not move `expires_at` later.
+    #[error("renewal to {requested} does not extend the grant (expires at {current})")]
+    NotAnExtension {
+        /// The current end of access.
+        current: DateTime<Utc>,
+        /// The end of access asked for.
+        requested: DateTime<Utc>,
+    },
+    /// A revocation can only be confirmed for a REVOKED or EXPIRED grant.
+    #[error("grant is {0}: only a REVOKED or EXPIRED grant's revocation can be confirmed")]
+    NotEnded(GrantState),
+    /// The grant has not reached its expiry (the sweep's `expire` on a live grant).
+    #[error("grant does not expire before {0}")]
+    NotDue(DateTime<Utc>),
+    /// A duration that is zero or negative.
+    #[error("ttl must be positive")]
+    InvalidTtl,
+    /// An approval deadline that has already passed.
+    #[error("approval deadline {0} has already passed")]
+    DeadlinePassed(DateTime<Utc>),
+    /// A time computation overflowed chrono's range.
+    #[error("time out of range")]
+    TimeOutOfRange,
+    /// A change that would break a store invariant (e.g. leave a terminal state or
+    /// change what was requested).
+    #[error("forbidden change: {0}")]
+    Forbidden(&'static str),
+}
+
+impl Grant {
+    /// A new grant for an allowed `request` step: PENDING with `expires_at` = approval
+    /// deadline when approvals are required, else ACTIVE at once until `now + ttl`. The
+    /// id is a fresh UUIDv7.
+    pub fn new(request: GrantRequest, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        if request.ttl <= TimeDelta::zero() {
+            return Err(TransitionError::InvalidTtl);
+        }
+        let (state, activated_at, expires_at) = if request.required_approvals == 0 {
+            let end = now
+                .checked_add_signed(request.ttl)
+                .ok_or(TransitionError::TimeOutOfRange)?;
+            (GrantState::Active, Some(now), end)
+        } else {
+            if request.approval_deadline <= now {
+                return Err(TransitionError::DeadlinePassed(request.approval_deadline));
+            }
+            (GrantState::Pending, None, request.approval_deadline)
+        };
+        Ok(Self {
+            spec: Arc::new(GrantSpec {
+                id: Uuid::now_v7(),
+                subject: request.subject,
+                action: request.action,
+                resource: request.resource,
+                scope: request.scope,
+                workflow: request.workflow,
+                required_approvals: request.required_approvals,
+                created_at: now,
+                ttl: request.ttl,
+                max_uses: request.max_uses,
+                policy_revision: request.policy_revision,
+            }),
+            state,
+            approvals: Vec::new(),
+            activated_at,
+            expires_at,
+            uses: 0,
+            ending: None,
+            decision_ids: vec![request.decision_id],
+        })
+    }
+
+    /// The grant's id.
+    pub fn id(&self) -> Uuid {
+        self.spec.id
+    }
+
+    /// Who the access is for.
+    pub fn subject(&self) -> &v1::Subject {
+        &self.spec.subject
+    }
+
+    /// Maximum uses; 0 = unlimited.
+    pub fn max_uses(&self) -> u64 {
+        self.spec.max_uses
+    }
+
+    /// The workflow id, if the grant belongs to a workflow with a non-empty id.
+    pub fn workflow_id(&self) -> Option<&str> {
+        self.spec
+            .workflow
+            .as_ref()
+            .map(|w| w.id.as_str())
+            .filter(|id| !id.is_empty())
+    }
+
+    /// When stepgate recorded its end, if it has ended.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.ending.as_ref().map(|e| e.at)
+    }
+
+    /// The downstream system confirmed the real credential is invalidated.
+    pub fn revocation_confirmed(&self) -> bool {
+        self.ending.as_ref().is_some_and(|e| e.revocation_confirmed)
+    }
+
+    /// A `revocation_overdue` event was emitted for it.
+    pub fn overdue_reported(&self) -> bool {
+        self.ending.as_ref().is_some_and(|e| e.overdue_reported)
+    }
+
+    /// The state as of `now`: a non-terminal grant at or past `expires_at` is EXPIRED
+    /// whether or not a sweep has recorded it.
+    pub fn effective_state(&self, now: DateTime<Utc>) -> GrantState {
+        if !self.state.is_terminal() && now >= self.expires_at {
+            GrantState::Expired
+        } else {
+            self.state
+        }
+    }
+
+    /// The grant as it must be shown at `now`: a copy with the lazy expiry applied
+    /// (state EXPIRED, ended at `now`) when it is due, else `None` (show it as is).
+    pub fn expired_view(&self, now: DateTime<Utc>) -> Option<Grant> {
+        if self.effective_state(now) == self.state {
+            return None;
+        }
+        let mut view = self.clone();
+        view.end(GrantState::Expired, "", "", now);
+        Some(view)
+    }
+
+    /// True when the grant was ever ACTIVE, has ended REVOKED or EXPIRED, and the
+    /// downstream system has not confirmed the real credential is invalidated. A grant
+    /// that never became ACTIVE had no credential behind it, so it awaits nothing.
+    pub fn awaits_confirmation(&self) -> bool {
+        self.activated_at.is_some()
+            && matches!(self.state, GrantState::Revoked | GrantState::Expired)
+            && !self.revocation_confirmed()
+    }
+
+    /// Whether a use would be allowed at `now`, without counting one: the grant is
+    /// ACTIVE, unexpired and under `max_uses`. The check [`Grant::record_use`] makes.
+    pub fn check_usable(&self, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        match self.effective_state(now) {
+            GrantState::Active => {}
+            GrantState::Expired => return Err(TransitionError::Expired(self.expires_at)),
+            other => return Err(TransitionError::NotActive(other)),
+        }
+        let max = self.spec.max_uses;
+        if max != 0 && self.uses >= max {
+            return Err(TransitionError::Exhausted(max));
+        }
+        Ok(())
+    }
+
+    /// Records an allowed approval. Needs a PENDING grant before its approval deadline
+    /// and an approver who has not approved it yet. The Nth distinct approval (N =
+    /// `required_approvals`) activates it: `activated_at = now`, `expires_at = now +
+    /// ttl`; the events are then `approved` and `activated`.
+    pub fn approve(
+        &mut self,
+        approval: Approval,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        self.require_pending(now)?;
+        if approval.approver.is_empty() {
+            return Err(TransitionError::MissingApprover);
+        }
+        if self
+            .approvals
+            .iter()
+            .any(|a| a.approver == approval.approver)
+        {
+            return Err(TransitionError::AlreadyApproved(approval.approver));
+        }
+        let activates = self.approvals.len() + 1 >= self.spec.required_approvals as usize;
+        let end = if activates {
+            Some(
+                now.checked_add_signed(self.spec.ttl)
+                    .ok_or(TransitionError::TimeOutOfRange)?,
+            )
+        } else {
+            None
+        };
+        self.trail(approval.decision_id);
+        self.approvals.push(approval);
+        Ok(match end {
+            Some(end) => {
+                self.state = GrantState::Active;
+                self.activated_at = Some(now);
+                self.expires_at = end;
+                Transition {
+                    changed: true,
+                    events: &[GrantEventKind::Approved, GrantEventKind::Activated],
+                }
+            }
+            None => Transition::event(GrantEventKind::Approved),
+        })
+    }
+
+    /// Rejects a PENDING grant before its approval deadline: REJECTED, final.
+    pub fn reject(
+        &mut self,
+        by: &str,
+        reason: &str,
+        decision_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        self.require_pending(now)?;
+        self.end(GrantState::Rejected, by, reason, now);
+        if let Some(id) = decision_id {
+            self.trail(id);
+        }
+        Ok(Transition::event(GrantEventKind::Rejected))
+    }
+
+    /// Counts one use: needs an ACTIVE grant, `now < expires_at`, and `uses < max_uses`
+    /// (or `max_uses == 0`).
+    pub fn record_use(
+        &mut self,
+        decision_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        self.check_usable(now)?;
+        self.uses = self.uses.saturating_add(1);
+        self.trail(decision_id);
+        Ok(Transition::event(GrantEventKind::Used))
+    }
+
+    /// Moves the end of access of an ACTIVE, unexpired grant later, to `new_expires_at`.
+    /// A renewal that does not extend it is refused (the grant keeps its expiry).
+    pub fn renew(
+        &mut self,
+        new_expires_at: DateTime<Utc>,
+        decision_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        match self.effective_state(now) {
+            GrantState::Active => {}
+            GrantState::Expired => return Err(TransitionError::Expired(self.expires_at)),
+            other => return Err(TransitionError::NotActive(other)),
+        }
+        if new_expires_at <= self.expires_at {
+            return Err(TransitionError::NotAnExtension {
+                current: self.expires_at,
+                requested: new_expires_at,
+            });
+        }
+        self.expires_at = new_expires_at;
+        self.trail(decision_id);
+        Ok(Transition::event(GrantEventKind::Renewed))
+    }
+
+    /// Revokes a PENDING or ACTIVE grant: REVOKED, final. Idempotent: a grant that has
+    /// already ended (including one past its expiry that no sweep has recorded yet) is
+    /// left alone and [`Transition::UNCHANGED`] says so.
+    pub fn revoke(
+        &mut self,
+        revocation: &Revocation,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        if self.effective_state(now).is_terminal() {
+            return Ok(Transition::UNCHANGED);
+        }
+        self.end(GrantState::Revoked, &revocation.by, &revocation.reason, now);
+        if let Some(id) = revocation.decision_id {
+            self.trail(id);
+        }
+        Ok(Transition::event(GrantEventKind::Revoked))
+    }
+
+    /// Records the expiry of a non-terminal grant at or past `expires_at`. A terminal
+    /// grant is left alone ([`Transition::UNCHANGED`]); a live one is refused.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Result<Transition, TransitionError> {
+        if self.state.is_terminal() {
+            return Ok(Transition::UNCHANGED);
+        }
+        if now < self.expires_at {
+            return Err(TransitionError::NotDue(self.expires_at));
+        }
+        self.end(GrantState::Expired, "", "", now);
+        Ok(Transition::event(GrantEventKind::Expired))
+    }
+
+    /// Records that the downstream system invalidated the real credential. Needs a
+    /// REVOKED or EXPIRED grant (one past its expiry counts: its expiry is recorded in
+    /// the same change, with an `expired` event first). Idempotent: a second
+    /// confirmation keeps the first evidence and changes nothing.
+    pub fn confirm_revocation(
+        &mut self,
+        evidence: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, TransitionError> {
+        let effective = self.effective_state(now);
+        if !matches!(effective, GrantState::Revoked | GrantState::Expired) {
+            return Err(TransitionError::NotEnded(effective));
+        }
+        if self.revocation_confirmed() {
+            return Ok(Transition::UNCHANGED);
+        }
+        let expiring = effective != self.state;
+        if expiring {
+            self.end(GrantState::Expired, "", "", now);
+        }
+        let ending = self.ending.get_or_insert_with(|| {
+            Box::new(Ending {
+                at: now,
+                ..Ending::default()
+            })
+        });
+        ending.revocation_confirmed = true;
+        ending.revocation_evidence = evidence.to_owned();
+        Ok(if expiring {
+            Transition {
+                changed: true,
+                events: &[GrantEventKind::Expired, GrantEventKind::RevocationConfirmed],
+            }
+        } else {
+            Transition::event(GrantEventKind::RevocationConfirmed)
+        })
+    }
+
+    /// Marks an ended, unconfirmed grant as reported overdue (once). Used by the sweep.
+    pub fn report_overdue(&mut self) -> Transition {
+        if !self.awaits_confirmation() || self.overdue_reported() {
+            return Transition::UNCHANGED;
+        }
+        match &mut self.ending {
+            Some(ending) => {
+                ending.overdue_reported = true;
+                Transition::event(GrantEventKind::RevocationOverdue)
+            }
+            None => Transition::UNCHANGED,
+        }
+    }
+
+    /// Appends a decision (also for denied steps) to the evidence trail, keeping at
+    /// most [`MAX_TRAIL`] ids.
+    pub fn push_decision(&mut self, decision_id: Uuid) -> Transition {
+        self.trail(decision_id);
+        Transition::RECORDED
+    }
+
+    pub(crate) fn trail(&mut self, decision_id: Uuid) {
+        push_trail(&mut self.decision_ids, decision_id);
+    }
+
+    fn require_pending(&self, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        match self.effective_state(now) {
+            GrantState::Pending => Ok(()),
+            GrantState::Expired => Err(TransitionError::Expired(self.expires_at)),
+            other => Err(TransitionError::NotPending(other)),
+        }
+    }
+
+    fn end(&mut self, state: GrantState, by: &str, reason: &str, now: DateTime<Utc>) {
+        self.state = state;
+        self.ending = Some(Box::new(Ending {
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+            ..Ending::default()
+        }));
+    }
+}
+
+/// Appends to an evidence trail, keeping at most [`MAX_TRAIL`] ids: the first
+/// [`TRAIL_KEPT_HEAD`] stay, the oldest after them make room.
+pub(crate) fn push_trail(trail: &mut Vec<Uuid>, decision_id: Uuid) {
+    if trail.len() >= MAX_TRAIL {
+        trail.remove(TRAIL_KEPT_HEAD.min(MAX_TRAIL - 1));
+    }
+    trail.push(decision_id);
+}
+
+// ---- conversions to and from the proto ----
+
+/// A chrono time as a protobuf timestamp.
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        // Below 2e9 by construction (leap-second nanos are below 2e9 too).
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(999_999_999),
+    }
+}
+
+/// A chrono duration as a protobuf duration (seconds and nanos of the same sign).
+pub fn duration(d: TimeDelta) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+/// A protobuf timestamp as a chrono time; `None` when out of range or malformed.
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).ok()?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+}
+
+/// A protobuf duration as a chrono duration; `None` when out of range or malformed.
+pub fn from_duration(d: &prost_types::Duration) -> Option<TimeDelta> {
+    if !(-999_999_999..=999_999_999).contains(&d.nanos)
+        || (d.seconds > 0 && d.nanos < 0)
+        || (d.seconds < 0 && d.nanos > 0)
+    {
+        return None;
+    }
+    TimeDelta::try_seconds(d.seconds)?.checked_add(&TimeDelta::nanoseconds(i64::from(d.nanos)))
+}
+
+impl From<&Approval> for v1::Approval {
+    fn from(a: &Approval) -> Self {
+        Self {
+            approver: a.approver.clone(),
+            role: a.role.clone(),
+            at: Some(timestamp(a.at)),
+            decision_id: a.decision_id.hyphenated().to_string(),
+            comment: a.comment.clone(),
+        }
+    }
+}
+
+impl From<&Grant> for v1::Grant {
+    fn from(g: &Grant) -> Self {
+        let spec = &*g.spec;
+        let ending = g.ending.as_deref();
+        let text = |f: fn(&Ending) -> &String| ending.map(f).cloned().unwrap_or_default();
+        Self {
+            id: spec.id.hyphenated().to_string(),
+            state: g.state.to_proto() as i32,
+            subject: Some(spec.subject.clone()),
+            action: spec.action.clone(),
+            resource: spec.resource.clone(),
+            scope: spec.scope.clone(),
+            workflow: spec.workflow.clone(),
+            approvals: g.approvals.iter().map(v1::Approval::from).collect(),
+            required_approvals: spec.required_approvals,
+            created_at: Some(timestamp(spec.created_at)),
+            activated_at: g.activated_at.map(timestamp),
+            expires_at: Some(timestamp(g.expires_at)),
+            ttl: Some(duration(spec.ttl)),
+            uses: g.uses,
+            max_uses: spec.max_uses,
+            ended_by: text(|e| &e.by),
+            end_reason: text(|e| &e.reason),
+            revocation_confirmed: g.revocation_confirmed(),
+            revocation_evidence: text(|e| &e.revocation_evidence),
+            policy_revision: spec.policy_revision.to_string(),
+            decision_ids: g
+                .decision_ids
+                .iter()
+                .map(|id| id.hyphenated().to_string())
+                .collect(),
+        }
+    }
+}
+
+impl From<&GrantEvent> for v1::GrantEvent {
+    fn from(e: &GrantEvent) -> Self {
+        Self {
+            kind: e.kind.as_str().to_owned(),
+            grant: Some(v1::Grant::from(e.grant.as_ref())),
+            at: Some(timestamp(e.at)),
+        }
+    }
+}
+
+/// Why a `stepgate.v1.Grant` (from the journal) is not a valid [`Grant`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid grant record: {0}")]
+pub struct InvalidGrant(pub &'static str);
+
+fn parse_uuid(s: &str, what: &'static str) -> Result<Uuid, InvalidGrant> {
+    Uuid::parse_str(s).map_err(|_| InvalidGrant(what))
+}
+
+impl Grant {
+    /// The inverse of `From<&Grant> for v1::Grant`, for the journal. `ended_at` and
+    /// `overdue_reported` are not in the proto: they are given here (`ended_at` is
+    /// required for a terminal grant).
+    pub fn from_proto(
+        g: v1::Grant,
+        ended_at: Option<DateTime<Utc>>,
+        overdue_reported: bool,
+    ) -> Result<Self, InvalidGrant> {
+        let id = parse_uuid(&g.id, "id is not a UUID")?;
+        let state = v1::GrantState::try_from(g.state)
+            .ok()
+            .and_then(GrantState::from_proto)
+            .ok_or(InvalidGrant("unknown state"))?;
+        let time = |ts: Option<prost_types::Timestamp>, what| {
+            ts.as_ref()
+                .and_then(from_timestamp)
+                .ok_or(InvalidGrant(what))
+        };
+        let created_at = time(g.created_at, "created_at missing or out of range")?;
+        let expires_at = time(g.expires_at, "expires_at missing or out of range")?;
+        let activated_at = match g.activated_at {
+            None => None,
+            Some(ts) => Some(from_timestamp(&ts).ok_or(InvalidGrant("activated_at out of range"))?),
+        };
+        let ttl = g
+            .ttl
+            .as_ref()
+            .and_then(from_duration)
+            .ok_or(InvalidGrant("ttl missing or out of range"))?;
+        let approvals = g
+            .approvals
+            .into_iter()
+            .map(|a| {
+                Ok(Approval {
+                    at: time(a.at, "approval time missing or out of range")?,
+                    decision_id: parse_uuid(&a.decision_id, "approval decision id is not a UUID")?,
+                    approver: a.approver,
+                    role: a.role,
+                    comment: a.comment,
+                })
+            })
+            .collect::<Result<Vec<_>, InvalidGrant>>()?;
+        let decision_ids = g
+            .decision_ids
+            .iter()
+            .map(|d| parse_uuid(d, "decision id is not a UUID"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ending = if state.is_terminal() {
+            Some(Box::new(Ending {
+                by: g.ended_by,
+                reason: g.end_reason,
+                at: ended_at.ok_or(InvalidGrant("an ended grant without ended_at"))?,
+                revocation_confirmed: g.revocation_confirmed,
+                revocation_evidence: g.revocation_evidence,
+                overdue_reported,
+            }))
+        } else {
+            None
+        };
+        Ok(Self {
+            spec: Arc::new(GrantSpec {
+                id,
+                subject: g.subject.ok_or(InvalidGrant("subject missing"))?,
+                action: g.action,
+                resource: g.resource,
+                scope: g.scope,
+                workflow: g.workflow,
+                required_approvals: g.required_approvals,
+                created_at,
+                ttl,
+                max_uses: g.max_uses,
+                policy_revision: g.policy_revision.into(),
+            }),
+            state,
+            approvals,
+            activated_at,
+            expires_at,
+            uses: g.uses,
+            ending,
+            decision_ids,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        "2026-11-23T10:00:00Z".parse().unwrap()
+    }
+
+    fn secs(n: i64) -> TimeDelta {
+        TimeDelta::seconds(n)
+    }
+
+    /// A recognisable decision id.
+    fn d(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    const REQUEST: u128 = 1;
+
+    fn request(required: u32, max_uses: u64) -> GrantRequest {
+        GrantRequest {
+            subject: v1::Subject {
+                id: "spiffe://prod/sa/deployer".into(),
+                kind: "service_account".into(),
+                owner: "team-payments".into(),
+                attributes: None,
+            },
+            action: "issue_credential".into(),
+            resource: Some(v1::Resource {
+                r#type: "secret".into(),
+                id: "prod/db/password".into(),
+                attributes: None,
+            }),
+            scope: vec!["read".into()],
+            workflow: Some(v1::Workflow {
+                id: "CHG-1".into(),
+                requester: "alice".into(),
+                ..Default::default()
+            }),
+            required_approvals: required,
+            approval_deadline: t0() + secs(600),
+            ttl: secs(3600),
+            max_uses,
+            policy_revision: "rev1".into(),
+            decision_id: d(REQUEST),
+        }
+    }
+
+    fn approval(who: &str, n: u128, at: DateTime<Utc>) -> Approval {
+        Approval {
+            approver: who.into(),
+            role: "asset_owner".into(),
+            at,
+            decision_id: d(n),
+            comment: String::new(),
+        }
+    }
+
+    fn pending(required: u32) -> Grant {
+        Grant::new(request(required, 0), t0()).unwrap()
+    }
+
+    fn active(max_uses: u64) -> Grant {
+        Grant::new(request(0, max_uses), t0()).unwrap()
+    }
+
+    fn revoked() -> Grant {
+        let mut g = active(0);
+        let _ = g.revoke(&Revocation::default(), t0() + secs(1)).unwrap();
+        g
+    }
+
+    fn rejected() -> Grant {
+        let mut g = pending(1);
+        let _ = g.reject("bob", "no", None, t0() + secs(1)).unwrap();
+        g
+    }
+
+    fn expired() -> Grant {
+        let mut g = active(0);
+        let _ = g.expire(t0() + secs(3600)).unwrap();
+        g
+    }
+
+    /// Applies `f` to a copy and asserts it is refused and leaves the grant unchanged.
+    fn refused(
+        g: &Grant,
+        f: impl FnOnce(&mut Grant) -> Result<Transition, TransitionError>,
+    ) -> TransitionError {
+        let mut copy = g.clone();
+        let err = f(&mut copy).expect_err("transition should be refused");
+        assert_eq!(&copy, g, "a refused transition changed the grant");
+        err
+    }
+
+    #[test]
+    fn new_grant_is_pending_with_deadline_or_active_at_once() {
+        let p = pending(2);
+        assert_eq!(p.state, GrantState::Pending);
+        assert_eq!(p.expires_at, t0() + secs(600));
+        assert_eq!(p.activated_at, None);
+        assert_eq!(p.decision_ids, vec![d(REQUEST)]);
+        assert_eq!(p.id().get_version_num(), 7);
+        let a = active(0);
+        assert_eq!(a.state, GrantState::Active);
+        assert_eq!(a.activated_at, Some(t0()));
+        assert_eq!(a.expires_at, t0() + secs(3600));
+        assert_ne!(a.id(), p.id());
+    }
+
+    #[test]
+    fn new_grant_refuses_bad_ttl_deadline_and_overflow() {
+        let mut r = request(0, 0);
+        r.ttl = TimeDelta::zero();
+        assert_eq!(Grant::new(r, t0()), Err(TransitionError::InvalidTtl));
+        let mut r = request(1, 0);
+        r.approval_deadline = t0();
+        assert_eq!(
+            Grant::new(r, t0()),
+            Err(TransitionError::DeadlinePassed(t0()))
+        );
+        let mut r = request(0, 0);
+        r.ttl = TimeDelta::MAX;
+        assert_eq!(Grant::new(r, t0()), Err(TransitionError::TimeOutOfRange));
+    }
+
+    #[test]
+    fn the_nth_distinct_approval_activates() {
+        let mut g = pending(2);
+        let t = g
+            .approve(approval("bob", 10, t0()), t0() + secs(5))
+            .unwrap();
+        assert_eq!(t, Transition::event(GrantEventKind::Approved));
+        assert_eq!(g.state, GrantState::Pending);
+        let err = refused(&g, |g| g.approve(approval("bob", 11, t0()), t0() + secs(6)));
+        assert_eq!(err, TransitionError::AlreadyApproved("bob".into()));
+        let err = refused(&g, |g| g.approve(approval("", 11, t0()), t0() + secs(6)));
+        assert_eq!(err, TransitionError::MissingApprover);
+        let t = g
+            .approve(approval("carol", 12, t0()), t0() + secs(9))
+            .unwrap();
+        assert_eq!(
+            t.events,
+            &[GrantEventKind::Approved, GrantEventKind::Activated]
+        );
+        assert_eq!(g.state, GrantState::Active);
+        assert_eq!(g.activated_at, Some(t0() + secs(9)));
+        assert_eq!(g.expires_at, t0() + secs(9) + secs(3600));
+        assert_eq!(g.approvals.len(), 2);
+        assert_eq!(g.decision_ids, vec![d(REQUEST), d(10), d(12)]);
+        let err = refused(&g, |g| {
+            g.approve(approval("dave", 13, t0()), t0() + secs(10))
+        });
+        assert_eq!(err, TransitionError::NotPending(GrantState::Active));
+    }
+
+    #[test]
+    fn approval_after_the_deadline_is_refused() {
+        let g = pending(1);
+        let deadline = g.expires_at;
+        let err = refused(&g, |g| g.approve(approval("bob", 2, deadline), deadline));
+        assert_eq!(err, TransitionError::Expired(deadline));
+        let err = refused(&g, |g| g.reject("bob", "late", None, deadline));
+        assert_eq!(err, TransitionError::Expired(deadline));
+    }
+
+    #[test]
+    fn activation_overflowing_time_is_refused_whole() {
+        let mut r = request(1, 0);
+        r.ttl = TimeDelta::MAX;
+        let g = Grant::new(r, t0()).unwrap();
+        let err = refused(&g, |g| g.approve(approval("bob", 2, t0()), t0() + secs(1)));
+        assert_eq!(err, TransitionError::TimeOutOfRange);
+    }
+
+    #[test]
+    fn reject_needs_a_pending_grant() {
+        let mut g = pending(1);
+        let t = g
+            .reject("bob", "not now", Some(d(5)), t0() + secs(2))
+            .unwrap();
+        assert_eq!(t, Transition::event(GrantEventKind::Rejected));
+        assert_eq!(g.state, GrantState::Rejected);
+        let ending = g.ending.as_deref().unwrap();
+        assert_eq!(
+            (ending.by.as_str(), ending.reason.as_str()),
+            ("bob", "not now")
+        );
+        assert_eq!(g.ended_at(), Some(t0() + secs(2)));
+        assert_eq!(g.decision_ids.last(), Some(&d(5)));
+        assert!(
+            !g.awaits_confirmation(),
+            "never active: no credential to revoke"
+        );
+        let err = refused(&active(0), |g| g.reject("bob", "", None, t0()));
+        assert_eq!(err, TransitionError::NotPending(GrantState::Active));
+    }
+
+    #[test]
+    fn uses_are_counted_until_max_uses() {
+        let mut g = active(2);
+        for i in 0..2 {
+            let t = g.record_use(d(100 + i), t0() + secs(1)).unwrap();
+            assert_eq!(t, Transition::event(GrantEventKind::Used));
+        }
+        assert_eq!(g.uses, 2);
+        let err = refused(&g, |g| g.record_use(d(103), t0() + secs(2)));
+        assert_eq!(err, TransitionError::Exhausted(2));
+        let mut unlimited = active(0);
+        for _ in 0..10 {
+            let _ = unlimited.record_use(d(9), t0()).unwrap();
+        }
+        assert_eq!(unlimited.uses, 10);
+    }
+
+    #[test]
+    fn a_use_at_or_after_expiry_is_refused() {
+        let g = active(0);
+        let end = g.expires_at;
+        assert!(g.check_usable(end - TimeDelta::nanoseconds(1)).is_ok());
+        let err = refused(&g, |g| g.record_use(d(2), end));
+        assert_eq!(err, TransitionError::Expired(end));
+        let err = refused(&pending(1), |g| g.record_use(d(2), t0()));
+        assert_eq!(err, TransitionError::NotActive(GrantState::Pending));
+        let err = refused(&revoked(), |g| g.record_use(d(2), t0() + secs(2)));
+        assert_eq!(err, TransitionError::NotActive(GrantState::Revoked));
+    }
+
+    #[test]
+    fn renew_extends_an_active_unexpired_grant_only() {
+        let mut g = active(0);
+        let later = g.expires_at + secs(600);
+        let t = g.renew(later, d(7), t0() + secs(10)).unwrap();
+        assert_eq!(t, Transition::event(GrantEventKind::Renewed));
+        assert_eq!(g.expires_at, later);
+        assert_eq!(g.decision_ids.last(), Some(&d(7)));
+        let err = refused(&g, |g| g.renew(later, d(8), t0() + secs(11)));
+        assert!(matches!(err, TransitionError::NotAnExtension { .. }));
+        let err = refused(&g, |g| g.renew(later + secs(1), d(8), later));
+        assert_eq!(err, TransitionError::Expired(later));
+        let err = refused(&pending(1), |g| g.renew(later, d(8), t0()));
+        assert_eq!(err, TransitionError::NotActive(GrantState::Pending));
+    }
+
+    #[test]
+    fn revoke_ends_live_grants_and_is_idempotent() {
+        for mut g in [pending(1), active(0)] {
+            let r = Revocation {
+                by: "ops".into(),
+                reason: "ticket closed".into(),
+                decision_id: Some(d(42)),
+            };
+            let t = g.revoke(&r, t0() + secs(3)).unwrap();
+            assert_eq!(t, Transition::event(GrantEventKind::Revoked));
+            assert_eq!(g.state, GrantState::Revoked);
+            assert_eq!(g.ending.as_deref().map(|e| e.by.as_str()), Some("ops"));
+            assert_eq!(g.ended_at(), Some(t0() + secs(3)));
+            assert_eq!(g.decision_ids.last(), Some(&d(42)));
+            let before = g.clone();
+            let t = g.revoke(&r, t0() + secs(4)).unwrap();
+            assert_eq!(t, Transition::UNCHANGED);
+            assert_eq!(g, before);
+        }
+        // Past its expiry (not yet swept): already ended, revoke leaves it alone.
+        let mut g = active(0);
+        let before = g.clone();
+        let end = g.expires_at;
+        assert_eq!(
+            g.revoke(&Revocation::default(), end).unwrap(),
+            Transition::UNCHANGED
+        );
+        assert_eq!(g, before);
+    }
+
+    #[test]
+    fn expire_only_when_due() {
+        let g = active(0);
+        let err = refused(&g, |g| g.expire(t0()));
+        assert_eq!(err, TransitionError::NotDue(g.expires_at));
+        let mut g = g;
+        let end = g.expires_at;
+        assert_eq!(
+            g.expire(end).unwrap(),
+            Transition::event(GrantEventKind::Expired)
+        );
+        assert_eq!(g.state, GrantState::Expired);
+        assert_eq!(g.ended_at(), Some(end));
+        assert_eq!(g.expire(end + secs(1)).unwrap(), Transition::UNCHANGED);
+    }
+
+    #[test]
+    fn confirm_revocation_needs_an_ended_grant_and_is_idempotent() {
+        let err = refused(&active(0), |g| g.confirm_revocation("e", t0()));
+        assert_eq!(err, TransitionError::NotEnded(GrantState::Active));
+        let err = refused(&rejected(), |g| g.confirm_revocation("e", t0()));
+        assert_eq!(err, TransitionError::NotEnded(GrantState::Rejected));
+        let mut g = revoked();
+        assert!(g.awaits_confirmation());
+        let t = g.confirm_revocation("crl-1", t0() + secs(5)).unwrap();
+        assert_eq!(t, Transition::event(GrantEventKind::RevocationConfirmed));
+        assert!(g.revocation_confirmed());
+        assert!(!g.awaits_confirmation());
+        assert_eq!(
+            g.confirm_revocation("crl-2", t0()).unwrap(),
+            Transition::UNCHANGED
+        );
+        assert_eq!(
+            g.ending.as_deref().map(|e| e.revocation_evidence.as_str()),
+            Some("crl-1")
+        );
+        // An active grant past its expiry records the expiry in the same change.
+        let mut g = active(0);
+        let end = g.expires_at;
+        let t = g.confirm_revocation("crl", end).unwrap();
+        assert_eq!(
+            t.events,
+            &[GrantEventKind::Expired, GrantEventKind::RevocationConfirmed]
+        );
+        assert_eq!(g.state, GrantState::Expired);
+        assert!(g.revocation_confirmed());
+    }
+
+    #[test]
+    fn no_way_back_from_a_terminal_state() {
+        let later = t0() + secs(10);
+        for g in [revoked(), rejected(), expired()] {
+            let state = g.state;
+            let outcomes = [
+                g.clone().approve(approval("zed", 2, later), later),
+                g.clone().reject("x", "y", None, later),
+                g.clone().record_use(d(2), later),
+                g.clone().renew(later + secs(99_999), d(2), later),
+                g.clone().expire(later),
+                g.clone().revoke(&Revocation::default(), later),
+            ];
+            for outcome in outcomes {
+                assert!(matches!(
+                    outcome,
+                    Err(_) | Ok(Transition { changed: false, .. })
+                ));
+            }
+            let mut copy = g.clone();
+            let _ = copy.confirm_revocation("e", later);
+            let _ = copy.report_overdue();
+            let _ = copy.push_decision(d(3));
+            assert_eq!(copy.state, state);
+            assert_eq!(copy.effective_state(later + secs(999_999)), state);
+        }
+    }
+
+    #[test]
+    fn lazy_expiry_view() {
+        let g = active(0);
+        let end = g.expires_at;
+        assert_eq!(g.effective_state(end - secs(1)), GrantState::Active);
+        assert!(g.expired_view(end - secs(1)).is_none());
+        assert_eq!(g.effective_state(end), GrantState::Expired);
+        let view = g.expired_view(end + secs(1)).unwrap();
+        assert_eq!(view.state, GrantState::Expired);
+        assert_eq!(view.ended_at(), Some(end + secs(1)));
+        assert_eq!(g.state, GrantState::Active);
+        let p = pending(1);
+        assert_eq!(p.effective_state(p.expires_at), GrantState::Expired);
+        assert!(revoked().expired_view(end + secs(9)).is_none());
+    }
+
+    #[test]
+    fn overdue_is_reported_once_and_only_for_credentials_that_existed() {
+        let mut g = revoked();
+        assert_eq!(
+            g.report_overdue(),
+            Transition::event(GrantEventKind::RevocationOverdue)
+        );
+        assert!(g.overdue_reported());
+        assert_eq!(g.report_overdue(), Transition::UNCHANGED);
+        // Revoked while PENDING: there never was a credential to invalidate.
+        let mut p = pending(1);
+        let _ = p.revoke(&Revocation::default(), t0()).unwrap();
+        assert!(!p.awaits_confirmation());
+        assert_eq!(p.report_overdue(), Transition::UNCHANGED);
+    }
+
+    #[test]
+    fn the_evidence_trail_is_capped_but_keeps_its_head() {
+        let mut g = active(0);
+        let uses = (MAX_TRAIL * 2) as u128;
+        for i in 0..uses {
+            let _ = g.record_use(d(1000 + i), t0()).unwrap();
+        }
+        assert_eq!(g.decision_ids.len(), MAX_TRAIL);
+        assert_eq!(g.decision_ids[0], d(REQUEST));
+        assert_eq!(g.decision_ids[1], d(1000));
+        assert_eq!(g.decision_ids.last(), Some(&d(1000 + uses - 1)));
+        assert_eq!(g.push_decision(d(5)), Transition::RECORDED);
+    }
+
+    #[test]
+    fn proto_round_trip() {
+        let mut g = pending(1);
+        let _ = g.approve(approval("bob", 3, t0()), t0() + secs(1)).unwrap();
+        let _ = g
+            .revoke(
+                &Revocation {
+                    by: "ops".into(),
+                    reason: "r".into(),
+                    decision_id: None,
+                },
+                t0() + secs(2),
+            )
+            .unwrap();
+        assert_eq!(
+            g.report_overdue(),
+            Transition::event(GrantEventKind::RevocationOverdue)
+        );
+        let proto = v1::Grant::from(&g);
+        assert_eq!(proto.state, v1::GrantState::Revoked as i32);
+        assert_eq!(proto.id, g.id().hyphenated().to_string());
+        assert_eq!(
+            proto.ttl,
+            Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0
+            })
+        );
+        assert_eq!(proto.approvals[0].approver, "bob");
+        assert_eq!(proto.ended_by, "ops");
+        assert_eq!(proto.policy_revision, "rev1");
+        assert_eq!(proto.decision_ids.len(), 2);
+        let back = Grant::from_proto(proto.clone(), g.ended_at(), true).unwrap();
+        assert_eq!(back, g);
+        assert!(
+            Grant::from_proto(proto, None, false).is_err(),
+            "ended needs ended_at"
+        );
+        let event = GrantEvent {
+            kind: GrantEventKind::RevocationOverdue,
+            grant: Arc::new(g),
+            at: t0(),
+        };
+        let proto = v1::GrantEvent::from(&event);
+        assert_eq!(proto.kind, "revocation_overdue");
+        assert_eq!(proto.at, Some(timestamp(t0())));
+    }
+
+    #[test]
+    fn invalid_proto_grants_are_refused() {
+        let good = v1::Grant::from(&active(0));
+        assert!(Grant::from_proto(good.clone(), None, false).is_ok());
+        type Spoil = fn(&mut v1::Grant);
+        let cases: [(&str, Spoil); 6] = [
+            ("id", |g| g.id = "nope".into()),
+            ("state", |g| g.state = 0),
+            ("subject", |g| g.subject = None),
+            ("expires_at", |g| g.expires_at = None),
+            ("decision id", |g| g.decision_ids.push("x".into())),
+            ("ttl", |g| {
+                g.ttl = Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: -1,
+                })
+            }),
+        ];
+        for (what, spoil) in cases {
+            let mut bad = good.clone();
+            spoil(&mut bad);
+            assert!(Grant::from_proto(bad, None, false).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(GrantState::Revoked.as_str(), "REVOKED");
+        assert!(GrantState::Expired.is_terminal() && !GrantState::Active.is_terminal());
+        for (i, s) in GrantState::ALL.into_iter().enumerate() {
+            assert_eq!(GrantState::from_proto(s.to_proto()), Some(s));
+            assert_eq!(s.index(), i);
+        }
+        assert_eq!(
+            GrantEventKind::RevocationConfirmed.as_str(),
+            "revocation_confirmed"
+        );
+        assert_eq!(GrantEventKind::Used.as_slice(), &[GrantEventKind::Used]);
+    }
+}
