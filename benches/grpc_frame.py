@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Writes a gRPC-framed (5-byte header + protobuf) stepgate.v1.CheckRequest to stdout.
+"""gRPC frames (5-byte header + protobuf) for the load harness, encoded by hand so the
+harness needs nothing beyond python3.
 
-The request is the wire form of benches/inputs/issue.json's request (without the grant):
-a production credential issue for a service account. Encoded by hand so the load harness
-needs nothing beyond python3.
+  grpc_frame.py request_grant          RequestGrantRequest: a staging secret for a
+                                       service account (no approvals needed: ACTIVE)
+  grpc_frame.py check GRANT_ID         CheckRequest: step `issue` of that credential,
+                                       naming the grant (input.grant = its record)
+  grpc_frame.py revalidate GRANT_ID    RevalidateRequest for the grant (step `use`)
+  grpc_frame.py grant_id < RESPONSE    prints the grant id of a framed GrantResponse
 """
 import sys
 
@@ -24,8 +28,8 @@ def field(num, payload):
     return varint(num << 3 | 2) + varint(len(payload)) + payload
 
 
-def boolean(num, value):
-    return varint(num << 3) + varint(1 if value else 0)
+def number(num, value):
+    return varint(num << 3) + varint(value)
 
 
 def struct(pairs):
@@ -33,18 +37,68 @@ def struct(pairs):
     return b"".join(field(1, field(1, k) + field(2, field(3, v))) for k, v in pairs.items())
 
 
-def check_request():
-    subject = field(1, "spiffe://prod.example.com/ns/payments/sa/deployer") + field(2, "service_account") \
-        + field(3, "team-payments") + field(4, struct({"environment": "prod", "team": "payments"}))
-    resource = field(1, "secret") + field(2, "prod/payments/db/password") \
-        + field(3, struct({"environment": "prod", "sensitivity": "high"}))
-    workflow = field(1, "CHG-1234") + field(2, "alice") + field(3, "deploy payments 4.2 (schema migration)") \
-        + boolean(4, False)
-    context = field(1, "10.1.2.3")
-    return field(1, "issue") + field(2, subject) + field(3, "issue_credential") + field(4, resource) \
-        + field(5, workflow) + field(7, context)
+SUBJECT = field(1, "spiffe://staging.example.com/ns/payments/sa/deployer") + field(2, "service_account") \
+    + field(3, "team-payments") + field(4, struct({"environment": "staging", "team": "payments"}))
+RESOURCE = field(1, "secret") + field(2, "staging/payments/db/password") \
+    + field(3, struct({"environment": "staging", "sensitivity": "high"}))
+WORKFLOW = field(1, "CHG-1234") + field(2, "alice") + field(3, "deploy payments 4.2 (schema migration)")
+CONTEXT = field(1, "10.1.2.3")
+
+
+def request_grant():
+    ttl = number(1, 8 * 3600)  # google.protobuf.Duration.seconds
+    return field(1, SUBJECT) + field(2, "issue_credential") + field(3, RESOURCE) + field(5, WORKFLOW) \
+        + field(6, ttl) + field(8, CONTEXT)
+
+
+def check(grant_id):
+    return field(1, "issue") + field(2, SUBJECT) + field(3, "issue_credential") + field(4, RESOURCE) \
+        + field(5, WORKFLOW) + field(7, CONTEXT) + field(8, grant_id)
+
+
+def revalidate(grant_id):
+    return field(1, grant_id) + field(2, CONTEXT)
+
+
+def read_varint(data, i):
+    shift = value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def fields(data):
+    i = 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        kind = key & 7
+        if kind == 2:
+            n, i = read_varint(data, i)
+            yield key >> 3, data[i:i + n]
+            i += n
+        elif kind == 0:
+            _, i = read_varint(data, i)
+        else:
+            raise ValueError(f"unexpected wire type {kind}")
+
+
+def grant_id(framed):
+    message = framed[5:5 + int.from_bytes(framed[1:5], "big")]
+    grant = dict(fields(message)).get(1)  # GrantResponse.grant
+    if grant is None:
+        raise SystemExit("no grant in the response: the request was denied")
+    return dict(fields(grant))[1].decode()  # Grant.id
 
 
 if __name__ == "__main__":
-    message = {"check": check_request}[sys.argv[1]]()
+    what = sys.argv[1]
+    if what == "grant_id":
+        print(grant_id(sys.stdin.buffer.read()))
+        sys.exit(0)
+    builders = {"request_grant": request_grant, "check": check, "revalidate": revalidate}
+    message = builders[what](*sys.argv[2:])
     sys.stdout.buffer.write(b"\0" + len(message).to_bytes(4, "big") + message)

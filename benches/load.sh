@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Load harness: drives the real server's Check over loopback h2c with h2load and compares
-# it with the same server's grpc.health.v1 Check (the transport's own limit here).
+# Load harness: drives the real server's Check and Revalidate over loopback h2c with
+# h2load and compares them with the same server's grpc.health.v1 Check (the transport's
+# own limit here). The server runs the example policies with a journaled grant store; the
+# harness first creates one ACTIVE grant, then Check asks step `issue` naming it and
+# Revalidate re-decides (and counts) a use of it.
 #
 #   benches/load.sh                 # release build, full runs
 #   N=50000 N1=5000 benches/load.sh # shorter runs
@@ -30,16 +33,33 @@ command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
 
 cargo build --release --quiet --bin stepgate
-python3 benches/grpc_frame.py check > "$work/check.bin"
 printf '\0\0\0\0\0' > "$work/health.bin"
 
 taskset -c "$SERVER_CPU" target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
-  --watch-policies false --log-format json >"$work/server.log" 2>&1 &
+  --watch-policies false --log-format json --state-dir "$work/state" >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do
   grep -q "policy revision loaded" "$work/server.log" 2>/dev/null && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.1
+done
+
+grpc() { # PATH BODY: one call, the framed response on stdout
+  nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$PORT$1"
+}
+python3 benches/grpc_frame.py request_grant > "$work/request.bin"
+grant=$(grpc /stepgate.v1.GrantService/RequestGrant "$work/request.bin" | python3 benches/grpc_frame.py grant_id)
+echo "grant $grant"
+python3 benches/grpc_frame.py check "$grant" > "$work/check.bin"
+python3 benches/grpc_frame.py revalidate "$grant" > "$work/revalidate.bin"
+# Both must be allowed: a deny would measure a different path.
+for call in "DecisionService/Check check" "GrantService/Revalidate revalidate"; do
+  set -- $call
+  grpc "/stepgate.v1.$1" "$work/$2.bin" | python3 -c '
+import sys
+d = sys.stdin.buffer.read()
+# allow=true is field 1 varint 1 inside the Decision message: bytes 08 01.
+sys.exit(0 if b"\x08\x01" in d else f"{sys.argv[1]} was not allowed")' "$1"
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
@@ -75,11 +95,14 @@ with open(out + ".rps", "w") as f:
 PY
 }
 
-# A Decision response is ~250-300 bytes (ids, revision, obligations); health is 2 bytes.
-run check-throughput   /stepgate.v1.DecisionService/Check "$work/check.bin"  "$N"  16 8 150 600
-run check-single       /stepgate.v1.DecisionService/Check "$work/check.bin"  "$N1" 1  1 150 600
-run health-throughput  /grpc.health.v1.Health/Check       "$work/health.bin" "$N"  16 8 7 7
-run health-single      /grpc.health.v1.Health/Check       "$work/health.bin" "$N1" 1  1 7 7
+# A Decision is ~200-400 bytes (ids, revision, obligations); a GrantResponse adds the
+# grant (~600-1200); health is 7 (frame + status).
+run check-throughput       /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N"  16 8 150 600
+run check-single           /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N1" 1  1 150 600
+run revalidate-throughput  /stepgate.v1.GrantService/Revalidate "$work/revalidate.bin" "$N"  16 8 500 2000
+run revalidate-single      /stepgate.v1.GrantService/Revalidate "$work/revalidate.bin" "$N1" 1  1 500 2000
+run health-throughput      /grpc.health.v1.Health/Check        "$work/health.bin"     "$N"  16 8 7 7
+run health-single          /grpc.health.v1.Health/Check        "$work/health.bin"     "$N1" 1  1 7 7
 
 read -r check_rps check_cpu < "$work/check-throughput.out.rps"
 read -r health_rps health_cpu < "$work/health-throughput.out.rps"

@@ -84,6 +84,8 @@ use crate::proto::v1;
 pub const JOURNAL_FILE: &str = "grants.journal";
 /// The compaction's temporary file name inside the state directory.
 pub const JOURNAL_TMP_FILE: &str = "grants.journal.tmp";
+/// The lock file that keeps a second process out of the state directory.
+pub const LOCK_FILE: &str = "LOCK";
 /// The magic bytes a journal starts with (format 1).
 pub const MAGIC: &[u8; 8] = b"SGJRNL\x00\x01";
 /// Bytes before each payload: length, payload CRC, header CRC.
@@ -148,12 +150,31 @@ pub enum JournalError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process holds the state directory.
+    #[error(
+        "{}: the state directory is in use by another stepgate process (two writers would \
+         corrupt the journal)",
+        .0.display()
+    )]
+    Locked(PathBuf),
     /// A grant too large for one record.
     #[error("grant record of {0} bytes is over the {MAX_RECORD_LEN}-byte record limit")]
     RecordTooLarge(usize),
     /// An earlier write or sync failed; nothing more is written until a restart.
     #[error("grant journal unavailable after an earlier write failure: {0}")]
     Unavailable(Arc<str>),
+}
+
+/// Takes the state directory's exclusive lock (released when the file is closed, so a
+/// crashed process never leaves it stale).
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| JournalError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::Locked(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(JournalError::io(&path, e)),
+    }
 }
 
 impl JournalError {
@@ -612,6 +633,8 @@ pub struct Replay {
 pub struct Journal {
     dir: PathBuf,
     path: PathBuf,
+    /// Held for the journal's life: an exclusive lock on `<dir>/LOCK`.
+    _lock: File,
     options: JournalOptions,
     writer: Mutex<Writer>,
     group: Mutex<Group>,
@@ -633,6 +656,7 @@ impl Journal {
     /// truncated with a warning; other damage refuses with [`JournalError::Corrupt`].
     pub fn open(dir: &Path, options: JournalOptions) -> Result<(Self, Replay), JournalError> {
         fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(JOURNAL_FILE);
         let tmp = dir.join(JOURNAL_TMP_FILE);
         match fs::remove_file(&tmp) {
@@ -699,6 +723,7 @@ impl Journal {
         let journal = Self {
             dir: dir.to_owned(),
             path,
+            _lock: lock,
             writer: Mutex::new(Writer {
                 file,
                 len,
@@ -1016,6 +1041,17 @@ mod tests {
 
     fn scan_bytes(bytes: &[u8]) -> Result<Scan, JournalError> {
         scan(Cursor::new(bytes), Path::new("grants.journal"))
+    }
+
+    #[test]
+    fn a_second_opener_of_the_state_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Journal::open(dir.path(), fast()).unwrap();
+        let err = Journal::open(dir.path(), fast()).unwrap_err();
+        assert!(matches!(err, JournalError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use by another stepgate process"));
+        drop(first);
+        Journal::open(dir.path(), fast()).unwrap();
     }
 
     #[test]

@@ -1,0 +1,718 @@
+//! Scale benchmarks of the grant store (a plain `main` printing tables, no criterion):
+//!
+//! 1. **rss**: resident memory per ACTIVE grant at `GRANT_SCALE_RSS_N` (default
+//!    1,000,000) grants in an ephemeral store, read from `/proc/self/statm` before and
+//!    after. Each variant runs in a child process of this binary so freed memory of one
+//!    does not hide the next. The headline variant is grants shaped like
+//!    `benches/inputs/issue.json` (attributes on subject, resource and workflow; 10,000
+//!    subjects, 1,000 resources, one workflow per grant), created PENDING and approved
+//!    once, as the approval path leaves them.
+//! 2. **sweep**: time of one `store.sweep()` expiring `GRANT_SCALE_SWEEP_N` (default
+//!    100,000) due ACTIVE grants, in memory and journaled with fsync (the journal is
+//!    filled with fsync off, then reopened with fsync on, so the setup does not take
+//!    100,000 fsyncs), without concurrent load.
+//! 3. **p99**: per-call latency of `GrantSteps::revalidate` on 1 and 2 threads in a
+//!    tight loop over `GRANT_SCALE_ACTIVE` (default 1,000) ACTIVE grants: in a window
+//!    without a sweep, and for the calls overlapping the sweep of the due grants; and
+//!    the same for a `Check` of step `use` naming the grant (the target is that
+//!    `Revalidate` costs no more than `Check`).
+//!
+//! Run: `cargo bench --bench grant_scale`. Quick run: `GRANT_SCALE_RSS_N=100000
+//! GRANT_SCALE_SWEEP_N=20000 GRANT_SCALE_ROUNDS=1 cargo bench --bench grant_scale`.
+//! `GRANT_SCALE_SECTIONS=rss,sweep,p99` picks sections; `GRANT_SCALE_THREADS=1,2` the
+//! revalidating thread counts.
+
+mod support;
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    io::Write as _,
+    process::Command,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use chrono::TimeDelta;
+use stepgate::{
+    clock::ManualClock,
+    grants::{
+        Approval, Grant, GrantSpec, GrantStore, JournalOptions, MemoryGrantStore, SweepReport,
+    },
+    policy::PolicyStore,
+    proto::v1,
+};
+use support::{Fixture, Shape, check_use, direct_grant, env_usize, issuer, revalidate, t0};
+use uuid::Uuid;
+
+const PAGE_SIZE: u64 = 4096;
+
+/// The system allocator, counting the bytes requested and still live once [`COUNTING`]
+/// is set (only in the RSS child processes), so RSS can be set against what the data
+/// structures asked for (the difference is allocator overhead and fragmentation).
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+fn count(delta: i64) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+/// Bytes requested from the allocator and not freed since counting started.
+fn live_heap() -> i64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; only a counter is updated.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count(layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count(layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) };
+        count(-(layout.size() as i64));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            count(new_size as i64 - layout.size() as i64);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The headline shape: `issue.json`-like grants, many subjects and resources, one
+/// workflow (ticket) per grant.
+const REALISTIC: Shape = Shape {
+    attributes: true,
+    subjects: 10_000,
+    resources: 1_000,
+    workflows: usize::MAX,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--rss-child") {
+        rss_child(args.get(i + 1).map_or("", String::as_str));
+        return;
+    }
+    let sections = std::env::var("GRANT_SCALE_SECTIONS").unwrap_or_else(|_| "rss,sweep,p99".into());
+    let sections: Vec<&str> = sections.split(',').map(str::trim).collect();
+    println!(
+        "grant_scale: {} cpus, load average {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+    if sections.contains(&"rss") {
+        rss();
+    }
+    let policies = support::policies();
+    if sections.contains(&"sweep") {
+        sweep_alone(&policies);
+    }
+    if sections.contains(&"p99") {
+        p99(&policies);
+    }
+    println!("\nload average at the end: {}", loadavg());
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Resident set size in bytes (`/proc/self/statm`, second field, in pages).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm resident field");
+    pages * PAGE_SIZE
+}
+
+// ---- 1. RSS per grant -------------------------------------------------------------
+
+const RSS_VARIANTS: &[(&str, &str)] = &[
+    (
+        "approved",
+        "issue.json-like, PENDING then approved once (headline)",
+    ),
+    (
+        "created_active",
+        "issue.json-like, ACTIVE at once (no approval)",
+    ),
+    (
+        "no_attributes",
+        "approved, no attributes on subject/resource/workflow",
+    ),
+    (
+        "shared_workflow",
+        "approved, 1,000 workflows instead of one per grant",
+    ),
+    (
+        "grants_only",
+        "approved grants in a Vec<Arc<Grant>>, no store",
+    ),
+];
+
+fn rss() {
+    let n = env_usize("GRANT_SCALE_RSS_N", 1_000_000);
+    println!("\n## RSS per active grant at {n} grants (ephemeral store, one child process each)\n");
+    println!(
+        "size_of: Grant {} B, GrantSpec {} B, Approval {} B, Subject {} B, Resource {} B, \
+         Workflow {} B, prost Struct {} B, prost Value {} B",
+        size_of::<Grant>(),
+        size_of::<GrantSpec>(),
+        size_of::<Approval>(),
+        size_of::<v1::Subject>(),
+        size_of::<v1::Resource>(),
+        size_of::<v1::Workflow>(),
+        size_of::<prost_types::Struct>(),
+        size_of::<prost_types::Value>(),
+    );
+    println!();
+    println!(
+        "| {:<16} | {:>9} | {:>10} | {:>10} | {:>11} | {:>12} | {:>6} | {} |",
+        "variant",
+        "grants",
+        "RSS before",
+        "RSS after",
+        "RSS B/grant",
+        "heap B/grant",
+        "secs",
+        "what"
+    );
+    println!(
+        "|{:-<18}|{:->11}|{:->12}|{:->12}|{:->13}|{:->14}|{:->8}|{:-<6}|",
+        "", "", "", "", "", "", "", ""
+    );
+    let exe = std::env::current_exe().expect("own path");
+    for (variant, what) in RSS_VARIANTS {
+        let out = Command::new(&exe)
+            .args(["--rss-child", variant])
+            .output()
+            .expect("child runs");
+        if !out.status.success() {
+            println!(
+                "| {variant:<16} | child failed: {} |",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            continue;
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (before, after, grants, secs, heap): (u64, u64, u64, f64, i64) = (
+            f[0].parse().expect("before"),
+            f[1].parse().expect("after"),
+            f[2].parse().expect("grants"),
+            f[3].parse().expect("secs"),
+            f[4].parse().expect("heap"),
+        );
+        println!(
+            "| {variant:<16} | {grants:>9} | {:>6} MiB | {:>6} MiB | {:>11.0} | {:>12.0} | {secs:>6.2} | {what} |",
+            before >> 20,
+            after >> 20,
+            (after - before) as f64 / grants as f64,
+            heap as f64 / grants as f64,
+        );
+    }
+    let out = Command::new(&exe)
+        .args(["--rss-child", "breakdown"])
+        .output()
+        .expect("child runs");
+    print!("\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Heap bytes requested by each part of one approved `issue.json`-like grant (printed by
+/// a child process, where the allocator counts).
+fn breakdown() {
+    let now = t0();
+    let revision: Arc<str> = "rev-0123456789abcdef".into();
+    let measure = |f: &mut dyn FnMut()| {
+        let before = live_heap();
+        f();
+        live_heap() - before
+    };
+    let mut parts: Vec<(&str, i64)> = Vec::new();
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for (name, attributes) in [("with attributes", true), ("without", false)] {
+        let shape = Shape {
+            attributes,
+            ..REALISTIC
+        };
+        parts.push((
+            name,
+            measure(&mut || keep.push(Box::new(support::subject(12_345, &shape)))),
+        ));
+        parts.push((
+            "resource",
+            measure(&mut || keep.push(Box::new(support::resource(12_345, &shape)))),
+        ));
+        parts.push((
+            "workflow",
+            measure(&mut || keep.push(Box::new(support::workflow(12_345, &shape)))),
+        ));
+    }
+    let mut grant = None;
+    let whole = measure(&mut || {
+        grant = Some(direct_grant(
+            12_345,
+            &REALISTIC,
+            1,
+            TimeDelta::hours(1),
+            0,
+            &revision,
+            now,
+        ))
+    });
+    let mut grant = grant.expect("built");
+    let approval = measure(&mut || {
+        let _ = grant
+            .approve(
+                Approval {
+                    approver: "bob".into(),
+                    role: "asset_owner".into(),
+                    at: now,
+                    decision_id: Uuid::now_v7(),
+                    comment: "ok, approved in CAB".into(),
+                },
+                now,
+            )
+            .expect("approves");
+    });
+    println!(
+        "heap requested by one approved grant (bytes): subject {} (without attributes {}), \
+         resource {} ({}), workflow {} ({}); whole PENDING grant incl. spec and trail {}; \
+         approving it (approvals Vec cap 4 x {} B + strings, trail growth) {}",
+        parts[0].1,
+        parts[3].1,
+        parts[1].1,
+        parts[4].1,
+        parts[2].1,
+        parts[5].1,
+        whole,
+        size_of::<Approval>(),
+        approval,
+    );
+    std::hint::black_box((keep, grant));
+}
+
+/// One RSS variant; prints `before after grants seconds heap_bytes`.
+fn rss_child(variant: &str) {
+    COUNTING.store(true, Ordering::Relaxed);
+    if variant == "breakdown" {
+        breakdown();
+        return;
+    }
+    let n = env_usize("GRANT_SCALE_RSS_N", 1_000_000);
+    let clock = ManualClock::at(t0());
+    let revision: Arc<str> = "rev-0123456789abcdef".into();
+    let (shape, approved) = match variant {
+        "approved" | "grants_only" => (REALISTIC, true),
+        "created_active" => (REALISTIC, false),
+        "no_attributes" => (
+            Shape {
+                attributes: false,
+                ..REALISTIC
+            },
+            true,
+        ),
+        "shared_workflow" => (
+            Shape {
+                workflows: 1_000,
+                ..REALISTIC
+            },
+            true,
+        ),
+        other => panic!("unknown RSS variant {other}"),
+    };
+    let store = MemoryGrantStore::ephemeral(Arc::new(clock));
+    let mut kept: Vec<Arc<Grant>> = Vec::new();
+    if variant == "grants_only" {
+        kept.reserve_exact(n);
+    }
+    let now = t0();
+    let approval = |decision_id| Approval {
+        approver: "bob".into(),
+        role: "asset_owner".into(),
+        at: now,
+        decision_id,
+        comment: "ok, approved in CAB".into(),
+    };
+    let before = rss_bytes();
+    let heap_before = live_heap();
+    let started = Instant::now();
+    for i in 0..n {
+        let required = u32::from(approved);
+        let mut grant = direct_grant(i, &shape, required, TimeDelta::hours(1), 0, &revision, now);
+        if variant == "grants_only" {
+            let _ = grant
+                .approve(approval(Uuid::now_v7()), now)
+                .expect("approves");
+            kept.push(Arc::new(grant));
+            continue;
+        }
+        let id = store.create(grant).expect("created").id().to_string();
+        if approved {
+            let updated = store
+                .approve(&id, &approval(Uuid::now_v7()))
+                .expect("approves");
+            debug_assert_eq!(updated.grant.state, stepgate::grants::GrantState::Active);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let heap = live_heap() - heap_before;
+    let after = rss_bytes();
+    if variant != "grants_only" {
+        assert_eq!(store.stats().active, n as u64);
+    }
+    println!("{before} {after} {n} {secs} {heap}");
+    std::io::stdout().flush().expect("flush");
+    std::hint::black_box((&store, &kept));
+}
+
+// ---- 2./3. sweep and concurrent p99 -----------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Memory,
+    Journal,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Journal => "journal+fsync",
+        }
+    }
+}
+
+/// A store holding `due` grants that expire at t0 + 1 s, and `active` grants requested
+/// and approved through policy (ACTIVE for an hour), ready to sweep once the clock
+/// moves past t0 + 1 s. Journaled: filled with fsync off, then reopened with fsync on.
+struct Setup {
+    fx: Fixture,
+    active: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, active: usize) -> Setup {
+    let dir = match mode {
+        Mode::Memory => None,
+        Mode::Journal => Some(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")),
+    };
+    let clock = ManualClock::at(t0());
+    let fill = JournalOptions {
+        fsync: false,
+        ..JournalOptions::default()
+    };
+    let fx = Fixture::open(
+        policies,
+        support::store_options(dir.as_ref().map(|d| d.path()), fill),
+        clock.clone(),
+    );
+    let revision: Arc<str> = "rev-0123456789abcdef".into();
+    for i in 0..due {
+        let grant = direct_grant(i, &REALISTIC, 0, TimeDelta::seconds(1), 0, &revision, t0());
+        fx.store.create(grant).expect("created");
+    }
+    let active: Vec<String> = (0..active)
+        .map(|i| fx.active_grant(i, &REALISTIC))
+        .collect();
+    let fx = match &dir {
+        None => fx,
+        Some(dir) => {
+            drop(fx);
+            let synced = support::store_options(Some(dir.path()), JournalOptions::default());
+            Fixture::open(policies, synced, clock)
+        }
+    };
+    assert_eq!(fx.store.len(), due + active.len());
+    Setup {
+        fx,
+        active,
+        _dir: dir,
+    }
+}
+
+/// Moves the clock past the due grants' expiry and sweeps them.
+fn sweep_due(s: &Setup, due: usize) -> (SweepReport, Duration) {
+    s.fx.clock.advance(TimeDelta::seconds(2));
+    let started = Instant::now();
+    let report = s.fx.store.sweep();
+    let wall = started.elapsed();
+    assert_eq!(report.expired, due, "every due grant expired");
+    (report, wall)
+}
+
+fn sweep_alone(policies: &Arc<PolicyStore>) {
+    let due = env_usize("GRANT_SCALE_SWEEP_N", 100_000);
+    let rounds = env_usize("GRANT_SCALE_ROUNDS", 3).max(1);
+    println!(
+        "\n## Sweep of {due} due grants, no concurrent load ({rounds} rounds, fresh store each)\n"
+    );
+    println!(
+        "| {:<14} | {:>8} | {:>12} | {:>12} | {:>12} | {:>9} |",
+        "store", "expired", "min ms", "median ms", "max ms", "compacted"
+    );
+    println!(
+        "|{:-<16}|{:->10}|{:->14}|{:->14}|{:->14}|{:->11}|",
+        "", "", "", "", "", ""
+    );
+    for mode in [Mode::Memory, Mode::Journal] {
+        let mut times = Vec::new();
+        let mut compacted = false;
+        for _ in 0..rounds {
+            let s = setup(policies, mode, due, 0);
+            let (report, _) = sweep_due(&s, due);
+            compacted |= report.compacted;
+            times.push(report.duration);
+        }
+        times.sort();
+        println!(
+            "| {:<14} | {due:>8} | {:>12.1} | {:>12.1} | {:>12.1} | {:>9} |",
+            mode.name(),
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1]),
+            compacted,
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Revalidate,
+    Check,
+}
+
+/// One call: when it started (ns since `origin`) and how long it took (ns).
+type Sample = (u64, u64);
+
+/// Runs `threads` threads calling `op` in a tight loop over the active grants (thread
+/// `t` starts at grant `t` and strides by `threads`) while `during` runs on this thread;
+/// returns every call's sample.
+fn under_load(
+    s: &Setup,
+    op: Op,
+    threads: usize,
+    origin: Instant,
+    during: impl FnOnce(),
+) -> Vec<Sample> {
+    let stop = AtomicBool::new(false);
+    let ready = Barrier::new(threads + 1);
+    let caller = issuer();
+    let samples = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (stop, ready, caller) = (&stop, &ready, &caller);
+                // Grant `i` of `s.active` was requested as `request_grant(i, &REALISTIC)`.
+                let mine: Vec<(usize, &String)> = s
+                    .active
+                    .iter()
+                    .enumerate()
+                    .skip(t)
+                    .step_by(threads)
+                    .collect();
+                let reval: Vec<_> = mine.iter().map(|(_, id)| revalidate(id)).collect();
+                let check: Vec<_> = mine
+                    .iter()
+                    .map(|(i, id)| check_use(id, *i, &REALISTIC))
+                    .collect();
+                scope.spawn(move || {
+                    let mut samples: Vec<Sample> = Vec::with_capacity(1 << 20);
+                    ready.wait();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let allowed = match op {
+                            Op::Revalidate => {
+                                s.fx.steps
+                                    .revalidate(&reval[i], caller)
+                                    .expect("revalidate")
+                                    .decision
+                                    .allow
+                            }
+                            Op::Check => {
+                                s.fx.pipeline.check(&check[i], caller).expect("check").allow
+                            }
+                        };
+                        let took = started.elapsed();
+                        assert!(allowed, "{op:?} denied");
+                        samples
+                            .push(((started - origin).as_nanos() as u64, took.as_nanos() as u64));
+                        i = (i + 1) % mine.len();
+                    }
+                    samples
+                })
+            })
+            .collect();
+        ready.wait();
+        during();
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("load thread"))
+            .collect::<Vec<_>>()
+    });
+    samples
+}
+
+#[derive(Default)]
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn summary(&mut self) -> (usize, f64, f64, f64) {
+        let v = &mut self.0;
+        if v.is_empty() {
+            return (0, 0.0, 0.0, 0.0);
+        }
+        v.sort_unstable();
+        let at =
+            |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e3;
+        (v.len(), at(0.5), at(0.99), v[v.len() - 1] as f64 / 1e3)
+    }
+}
+
+fn p99(policies: &Arc<PolicyStore>) {
+    let due = env_usize("GRANT_SCALE_SWEEP_N", 100_000);
+    let active = env_usize("GRANT_SCALE_ACTIVE", 1_000);
+    let rounds = env_usize("GRANT_SCALE_ROUNDS", 3).max(1);
+    let window = Duration::from_millis(env_usize("GRANT_SCALE_WINDOW_MS", 300) as u64);
+    let threads_list: Vec<usize> = std::env::var("GRANT_SCALE_THREADS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .map(|t| t.trim().parse().expect("GRANT_SCALE_THREADS: numbers"))
+        .collect();
+    println!(
+        "\n## Concurrent latency (µs) over {active} ACTIVE grants; sweep of {due} due grants; \
+         {rounds} rounds of a {} ms window each\n",
+        window.as_millis()
+    );
+    println!(
+        "| {:<14} | {:>3} | {:<24} | {:>7} | {:>7} | {:>8} | {:>9} | {:>8} | {:<17} |",
+        "store", "thr", "calls", "n", "p50", "p99", "max", "sweep ms", "p99 ratio"
+    );
+    println!(
+        "|{:-<16}|{:->5}|{:-<26}|{:->9}|{:->9}|{:->10}|{:->11}|{:->10}|{:-<19}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for mode in [Mode::Memory, Mode::Journal] {
+        for &threads in &threads_list {
+            let mut check = Latencies::default();
+            let mut quiet = Latencies::default();
+            let mut sweeping = Latencies::default();
+            let mut sweeps = Vec::new();
+            for _ in 0..rounds {
+                let s = setup(policies, mode, due, active);
+                // Warm the grants' evidence trails to their cap, as a long-lived grant's.
+                for id in &s.active {
+                    for _ in 0..40 {
+                        s.fx.steps
+                            .revalidate(&revalidate(id), &issuer())
+                            .expect("revalidate");
+                    }
+                }
+                let origin = Instant::now();
+                let mut marks = (0, 0);
+                let samples = under_load(&s, Op::Check, threads, origin, || {
+                    thread::sleep(window / 4);
+                    marks.0 = origin.elapsed().as_nanos() as u64;
+                    thread::sleep(window);
+                    marks.1 = origin.elapsed().as_nanos() as u64;
+                });
+                check.0.extend(
+                    samples
+                        .iter()
+                        .filter(|(at, _)| (marks.0..marks.1).contains(at))
+                        .map(|(_, l)| *l),
+                );
+                let mut quiet_marks = (0, 0);
+                let mut sweep_marks = (0, 0);
+                let mut report = None;
+                let samples = under_load(&s, Op::Revalidate, threads, origin, || {
+                    thread::sleep(window / 4);
+                    quiet_marks.0 = origin.elapsed().as_nanos() as u64;
+                    thread::sleep(window);
+                    quiet_marks.1 = origin.elapsed().as_nanos() as u64;
+                    sweep_marks.0 = origin.elapsed().as_nanos() as u64;
+                    report = Some(sweep_due(&s, due));
+                    sweep_marks.1 = origin.elapsed().as_nanos() as u64;
+                    thread::sleep(window / 4);
+                });
+                let (report, _) = report.expect("swept");
+                sweeps.push(report.duration);
+                quiet.0.extend(
+                    samples
+                        .iter()
+                        .filter(|(at, _)| (quiet_marks.0..quiet_marks.1).contains(at))
+                        .map(|(_, l)| *l),
+                );
+                sweeping.0.extend(
+                    samples
+                        .iter()
+                        .filter(|(at, l)| *at < sweep_marks.1 && at + l > sweep_marks.0)
+                        .map(|(_, l)| *l),
+                );
+            }
+            sweeps.sort();
+            let median_sweep = ms(sweeps[sweeps.len() / 2]);
+            let mut p99s: Vec<f64> = Vec::new();
+            for (label, lat) in [
+                ("check (no sweep)", &mut check),
+                ("revalidate (no sweep)", &mut quiet),
+                ("revalidate during sweep", &mut sweeping),
+            ] {
+                let (n, p50, p99, max) = lat.summary();
+                let (sweep, ratio) = match p99s.len() {
+                    0 => (String::new(), String::new()),
+                    1 => (String::new(), format!("{:.2} x check", p99 / p99s[0])),
+                    _ => (
+                        format!("{median_sweep:.1}"),
+                        format!("{:.2} x no sweep", p99 / p99s[1]),
+                    ),
+                };
+                p99s.push(p99);
+                println!(
+                    "| {:<14} | {threads:>3} | {label:<24} | {n:>7} | {p50:>7.1} | {p99:>8.1} | {max:>9.1} | {sweep:>8} | {ratio:<17} |",
+                    mode.name(),
+                );
+            }
+        }
+    }
+}
