@@ -202,15 +202,8 @@ fn rss() {
     );
     println!();
     println!(
-        "| {:<16} | {:>9} | {:>10} | {:>10} | {:>11} | {:>12} | {:>6} | {} |",
-        "variant",
-        "grants",
-        "RSS before",
-        "RSS after",
-        "RSS B/grant",
-        "heap B/grant",
-        "secs",
-        "what"
+        "| {:<16} | {:>9} | {:>10} | {:>10} | {:>11} | {:>12} | {:>6} | what |",
+        "variant", "grants", "RSS before", "RSS after", "RSS B/grant", "heap B/grant", "secs",
     );
     println!(
         "|{:-<18}|{:->11}|{:->12}|{:->12}|{:->13}|{:->14}|{:->8}|{:-<6}|",
@@ -537,7 +530,7 @@ fn under_load(
     let stop = AtomicBool::new(false);
     let ready = Barrier::new(threads + 1);
     let caller = issuer();
-    let samples = thread::scope(|scope| {
+    thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (stop, ready, caller) = (&stop, &ready, &caller);
@@ -589,8 +582,7 @@ fn under_load(
             .into_iter()
             .flat_map(|h| h.join().expect("load thread"))
             .collect::<Vec<_>>()
-    });
-    samples
+    })
 }
 
 #[derive(Default)]

@@ -250,7 +250,7 @@ impl RunningApp {
             .shutdown(self.config.shutdown_grace)
             .await
             .map_err(|e| AppError::Server(e.to_string()));
-        self.sweeper.stop();
+        self.sweeper.stop().await;
         if let Some(journal) = self.grants.journal()
             && let Err(err) = journal.sync()
         {

@@ -169,7 +169,12 @@ pub enum JournalError {
 /// crashed process never leaves it stale).
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| JournalError::io(&path, e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(JournalError::Locked(dir.to_owned())),
@@ -1049,7 +1054,10 @@ mod tests {
         let (first, _) = Journal::open(dir.path(), fast()).unwrap();
         let err = Journal::open(dir.path(), fast()).unwrap_err();
         assert!(matches!(err, JournalError::Locked(_)), "{err}");
-        assert!(err.to_string().contains("in use by another stepgate process"));
+        assert!(
+            err.to_string()
+                .contains("in use by another stepgate process")
+        );
         drop(first);
         Journal::open(dir.path(), fast()).unwrap();
     }

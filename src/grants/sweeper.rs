@@ -78,9 +78,11 @@ impl Sweeper {
         &self.stats
     }
 
-    /// Stops the task (a sweep already running on the blocking pool finishes).
-    pub fn stop(self) {
+    /// Stops the task and waits until it is gone (a sweep already running on the
+    /// blocking pool finishes first), so the store it held can be closed.
+    pub async fn stop(self) {
         self.handle.abort();
+        let _ = self.handle.await;
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use stepgate::grants::GrantStore;
 use stepgate::proto::v1::{
     ApproveRequest, CheckRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent,
     GrantResponse, GrantState, ListGrantsRequest, RejectRequest, RenewRequest, RequestGrantRequest,
@@ -905,6 +906,7 @@ async fn a_restart_replays_the_journal_including_grants_that_expired_while_down(
         .into_inner();
     assert_eq!(used.grant.unwrap().uses, 1);
     let stopped_at = first.clock_now();
+    drop(client);
     first.stop().await;
 
     let second = Server::start_with(&[("p.rego", GRANT_POLICY)], |c| {
@@ -941,4 +943,108 @@ async fn a_restart_replays_the_journal_including_grants_that_expired_while_down(
     assert_eq!(get(&mut client, &short).await.state(), GrantState::Expired);
     assert_eq!(get(&mut client, &long).await.state(), GrantState::Expired);
     third.stop().await;
+}
+
+#[tokio::test]
+async fn unconfirmed_revocations_are_reported_overdue_once() {
+    let server = server().await;
+    let mut client = grants(&server).await;
+    let mut events = client
+        .watch_grants(WatchGrantsRequest {
+            workflow_id: "CHG-12".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = client
+        .request_grant(grant_request("CHG-12", "svc-l", 0, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+        .id;
+    client
+        .revoke(RevokeRequest {
+            target: Some(Target::GrantId(id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for kind in ["requested", "activated", "revoked"] {
+        assert_eq!(next_event(&mut events).await.kind, kind);
+    }
+    server.clock.advance(TimeDelta::minutes(6));
+    let overdue = next_event(&mut events).await;
+    assert_eq!(
+        (overdue.kind.as_str(), overdue.grant.unwrap().id),
+        ("revocation_overdue", id.clone())
+    );
+    // Confirming afterwards is still accepted and is the next event; no second overdue.
+    client
+        .confirm_revocation(ConfirmRevocationRequest {
+            grant_id: id,
+            evidence: "late".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut events).await.kind, "revocation_confirmed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_watcher_is_told_it_lagged_and_the_store_is_not_held_back() {
+    let server = Server::start_with(&[("p.rego", GRANT_POLICY)], |c| {
+        c.grants.store.event_capacity = 4
+    })
+    .await;
+    let mut client = grants(&server).await;
+    let mut slow = client
+        .watch_grants(WatchGrantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Far more events than the HTTP/2 windows and the channel hold, while the watcher
+    // reads nothing: the store must not wait for it.
+    let store = server.app.as_ref().unwrap().grants().clone();
+    for i in 0..3000 {
+        store
+            .create(direct_grant(format!("svc-m{i}"), server.clock_now()))
+            .unwrap();
+    }
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted);
+    assert!(status.message().contains("re-list"), "{}", status.message());
+    server.stop().await;
+}
+
+/// A grant to create straight in the store (no RPC), to produce many events quickly.
+fn direct_grant(subject: String, now: chrono::DateTime<chrono::Utc>) -> stepgate::grants::Grant {
+    let request = stepgate::grants::GrantRequest {
+        subject: Subject {
+            id: subject,
+            ..Default::default()
+        },
+        action: "read".into(),
+        resource: None,
+        scope: Vec::new(),
+        workflow: None,
+        required_approvals: 0,
+        approval_deadline: now + TimeDelta::hours(1),
+        ttl: TimeDelta::hours(1),
+        max_uses: 0,
+        policy_revision: "test".into(),
+        decision_id: uuid::Uuid::now_v7(),
+    };
+    stepgate::grants::Grant::new(request, now).unwrap()
 }

@@ -2,6 +2,7 @@ mod binary;
 mod check;
 mod deploy;
 mod engines;
+mod example_policies;
 mod grants;
 mod health;
 mod reload;
