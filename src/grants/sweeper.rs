@@ -171,6 +171,6 @@ mod tests {
         assert!(stats.sweeps() >= 1);
         assert_eq!(store.stats().expired, 1);
         assert_eq!(store.get(&id).unwrap().state, GrantState::Expired);
-        sweeper.stop();
+        sweeper.stop().await;
     }
 }

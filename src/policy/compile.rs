@@ -362,16 +362,25 @@ mod tests {
 
     #[test]
     fn compiling_is_bounded_in_time() {
+        // The set's own tests run inside the bound; this one takes far longer than it.
         let options = PolicyOptions {
-            compile_timeout: Duration::from_nanos(1),
+            compile_timeout: Duration::from_millis(50),
+            eval_limits: EvalLimits {
+                timeout: Duration::from_secs(2),
+                ..EvalLimits::default()
+            },
             ..Default::default()
         };
         let source = source(&[(
             "p.rego",
-            "package stepgate\ndecision := {\"allow\": true}\n",
+            "package stepgate
+decision := {\"allow\": true}
+test_slow if count([x | some x in numbers.range(1, 100000000); x > 0]) > 0\n",
         )]);
+        let started = std::time::Instant::now();
         let err = PolicySet::load(source, &options, true).unwrap_err();
         assert!(matches!(err, LoadError::CompileTimeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
