@@ -108,16 +108,6 @@ impl GrantSteps {
         req: &RequestGrantRequest,
         caller: &Caller,
     ) -> Result<StepOutcome, GrantStepError> {
-        let subject = req
-            .subject
-            .as_ref()
-            .ok_or_else(|| InvalidField::new("subject", "required"))?;
-        if subject.id.is_empty() {
-            return Err(InvalidField::new("subject.id", "required").into());
-        }
-        if req.action.is_empty() {
-            return Err(InvalidField::new("action", "required").into());
-        }
         let requested_ttl = match &req.ttl {
             Some(ttl) => Some(
                 positive_duration(ttl)
@@ -125,6 +115,8 @@ impl GrantSteps {
             ),
             None => None,
         };
+        // The request's parts as a check at step `request`: validated and turned into the
+        // input document exactly as every other decision.
         let probe = crate::proto::v1::CheckRequest {
             step: "request".into(),
             subject: req.subject.clone(),
@@ -149,17 +141,7 @@ impl GrantSteps {
         if let Some(ttl) = requested_ttl {
             extra.push((&k.requested_ttl_seconds, Value::from(ttl.num_seconds())));
         }
-        let input = StepInput {
-            step: "request",
-            subject: Some(subject),
-            caller,
-            action: &req.action,
-            resource: req.resource.as_ref(),
-            workflow: req.workflow.as_ref(),
-            agent: req.agent.as_ref(),
-            context: req.context.as_ref(),
-        }
-        .build(now, None, &extra);
+        let input = StepInput::of_check(&probe, caller).build(now, None, &extra);
         let decision = self.pipeline.decide_input(input, now);
         if !decision.allow {
             return Ok(StepOutcome {
@@ -181,7 +163,7 @@ impl GrantSteps {
             }
         };
         let request = GrantRequest {
-            subject: subject.clone(),
+            subject: probe.subject.clone().unwrap_or_default(),
             action: req.action.clone(),
             resource: req.resource.clone(),
             scope: req.scope.clone(),

@@ -226,17 +226,23 @@ pub fn check_input(
     now: DateTime<Utc>,
     grant: Option<Value>,
 ) -> Value {
-    StepInput {
-        step: &req.step,
-        subject: req.subject.as_ref(),
-        caller,
-        action: &req.action,
-        resource: req.resource.as_ref(),
-        workflow: req.workflow.as_ref(),
-        agent: req.agent.as_ref(),
-        context: req.context.as_ref(),
+    StepInput::of_check(req, caller).build(now, grant, &[])
+}
+
+impl<'a> StepInput<'a> {
+    /// The parts of a `Check` request, with the transport's caller.
+    pub fn of_check(req: &'a CheckRequest, caller: &'a Caller) -> Self {
+        Self {
+            step: &req.step,
+            subject: req.subject.as_ref(),
+            caller,
+            action: &req.action,
+            resource: req.resource.as_ref(),
+            workflow: req.workflow.as_ref(),
+            agent: req.agent.as_ref(),
+            context: req.context.as_ref(),
+        }
     }
-    .build(now, grant, &[])
 }
 
 /// A grant as `input.grant`: state as its short name, times as RFC 3339 strings.
