@@ -2,25 +2,30 @@
 //!
 //! 1. **rss**: resident memory per ACTIVE grant at `GRANT_SCALE_RSS_N` (default
 //!    1,000,000) grants in an ephemeral store, read from `/proc/self/statm` before and
-//!    after. Each variant runs in a child process of this binary so freed memory of one
-//!    does not hide the next. The headline variant is grants shaped like
-//!    `benches/inputs/issue.json` (attributes on subject, resource and workflow; 10,000
-//!    subjects, 1,000 resources, one workflow per grant), created PENDING and approved
-//!    once, as the approval path leaves them.
+//!    after, next to the heap bytes the program asked for (a counting global allocator,
+//!    switched on only in the child processes). Each variant runs in a child process of
+//!    this binary so freed memory of one does not hide the next. The headline variant is
+//!    grants shaped like `benches/inputs/issue.json` (attributes on subject, resource
+//!    and workflow; 10,000 subjects, 1,000 resources, one workflow per grant), created
+//!    PENDING and approved once, as the approval path leaves them.
 //! 2. **sweep**: time of one `store.sweep()` expiring `GRANT_SCALE_SWEEP_N` (default
 //!    100,000) due ACTIVE grants, in memory and journaled with fsync (the journal is
 //!    filled with fsync off, then reopened with fsync on, so the setup does not take
-//!    100,000 fsyncs), without concurrent load.
+//!    100,000 fsyncs), without concurrent load; `GRANT_SCALE_ROUNDS` (default 3) fresh
+//!    stores each.
 //! 3. **p99**: per-call latency of `GrantSteps::revalidate` on 1 and 2 threads in a
 //!    tight loop over `GRANT_SCALE_ACTIVE` (default 1,000) ACTIVE grants: in a window
-//!    without a sweep, and for the calls overlapping the sweep of the due grants; and
-//!    the same for a `Check` of step `use` naming the grant (the target is that
-//!    `Revalidate` costs no more than `Check`).
+//!    without a sweep, and for every call overlapping a sweep of `GRANT_SCALE_SWEEP_N`
+//!    due grants. The same for a `Check` of step `use` naming the grant: without a
+//!    sweep it is the yardstick for "`Revalidate` costs no more than `Check`"; during a
+//!    sweep it takes no grant writer lock, so it separates lock waits from CPU sharing.
 //!
 //! Run: `cargo bench --bench grant_scale`. Quick run: `GRANT_SCALE_RSS_N=100000
 //! GRANT_SCALE_SWEEP_N=20000 GRANT_SCALE_ROUNDS=1 cargo bench --bench grant_scale`.
-//! `GRANT_SCALE_SECTIONS=rss,sweep,p99` picks sections; `GRANT_SCALE_THREADS=1,2` the
-//! revalidating thread counts.
+//! `GRANT_SCALE_SECTIONS=rss,sweep,p99` picks sections, `GRANT_SCALE_MODES=memory,journal`
+//! the stores, `GRANT_SCALE_THREADS=1,2` the calling thread counts, `GRANT_SCALE_ACTIVE`
+//! the number of grants they call on, `GRANT_SCALE_WINDOW_MS` (default 300) the length of
+//! the window without a sweep.
 
 mod support;
 
@@ -402,6 +407,19 @@ enum Mode {
     Journal,
 }
 
+/// The stores `GRANT_SCALE_MODES` (`memory,journal`, the default) asks for.
+fn modes() -> Vec<Mode> {
+    let modes = std::env::var("GRANT_SCALE_MODES").unwrap_or_else(|_| "memory,journal".into());
+    modes
+        .split(',')
+        .map(|m| match m.trim() {
+            "memory" => Mode::Memory,
+            "journal" => Mode::Journal,
+            other => panic!("GRANT_SCALE_MODES: unknown store {other} (memory, journal)"),
+        })
+        .collect()
+}
+
 impl Mode {
     fn name(self) -> &'static str {
         match self {
@@ -411,16 +429,17 @@ impl Mode {
     }
 }
 
-/// A store holding `due` grants that expire at t0 + 1 s, and `active` grants requested
-/// and approved through policy (ACTIVE for an hour), ready to sweep once the clock
-/// moves past t0 + 1 s. Journaled: filled with fsync off, then reopened with fsync on.
+/// A store holding `sets` sets of `due` grants (set `k` expires at t0 + 1 + 2k s, so
+/// each [`sweep_due`] expires exactly one set), and `active` grants requested and
+/// approved through policy (ACTIVE for an hour). Journaled: filled with fsync off, then
+/// reopened with fsync on.
 struct Setup {
     fx: Fixture,
     active: Vec<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
-fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, active: usize) -> Setup {
+fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, sets: usize, active: usize) -> Setup {
     let dir = match mode {
         Mode::Memory => None,
         Mode::Journal => Some(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")),
@@ -436,9 +455,12 @@ fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, active: usize) -> 
         clock.clone(),
     );
     let revision: Arc<str> = "rev-0123456789abcdef".into();
-    for i in 0..due {
-        let grant = direct_grant(i, &REALISTIC, 0, TimeDelta::seconds(1), 0, &revision, t0());
-        fx.store.create(grant).expect("created");
+    for set in 0..sets {
+        let ttl = TimeDelta::seconds(1 + 2 * set as i64);
+        for i in 0..due {
+            let grant = direct_grant(i, &REALISTIC, 0, ttl, 0, &revision, t0());
+            fx.store.create(grant).expect("created");
+        }
     }
     let active: Vec<String> = (0..active)
         .map(|i| fx.active_grant(i, &REALISTIC))
@@ -451,7 +473,7 @@ fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, active: usize) -> 
             Fixture::open(policies, synced, clock)
         }
     };
-    assert_eq!(fx.store.len(), due + active.len());
+    assert_eq!(fx.store.len(), sets * due + active.len());
     Setup {
         fx,
         active,
@@ -459,7 +481,7 @@ fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, active: usize) -> 
     }
 }
 
-/// Moves the clock past the due grants' expiry and sweeps them.
+/// Moves the clock past the next set of due grants' expiry and sweeps them.
 fn sweep_due(s: &Setup, due: usize) -> (SweepReport, Duration) {
     s.fx.clock.advance(TimeDelta::seconds(2));
     let started = Instant::now();
@@ -483,11 +505,11 @@ fn sweep_alone(policies: &Arc<PolicyStore>) {
         "|{:-<16}|{:->10}|{:->14}|{:->14}|{:->14}|{:->11}|",
         "", "", "", "", "", ""
     );
-    for mode in [Mode::Memory, Mode::Journal] {
+    for mode in modes() {
         let mut times = Vec::new();
         let mut compacted = false;
         for _ in 0..rounds {
-            let s = setup(policies, mode, due, 0);
+            let s = setup(policies, mode, due, 1, 0);
             let (report, _) = sweep_due(&s, due);
             compacted |= report.compacted;
             times.push(report.duration);
@@ -588,16 +610,32 @@ fn under_load(
 #[derive(Default)]
 struct Latencies(Vec<u64>);
 
+/// Count and percentiles (µs) of a set of latencies.
+struct Summary {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
 impl Latencies {
-    fn summary(&mut self) -> (usize, f64, f64, f64) {
+    fn summary(&mut self) -> Summary {
         let v = &mut self.0;
-        if v.is_empty() {
-            return (0, 0.0, 0.0, 0.0);
-        }
         v.sort_unstable();
-        let at =
-            |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e3;
-        (v.len(), at(0.5), at(0.99), v[v.len() - 1] as f64 / 1e3)
+        let at = |q: f64| {
+            if v.is_empty() {
+                return 0.0;
+            }
+            v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e3
+        };
+        Summary {
+            n: v.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }
 
@@ -612,26 +650,25 @@ fn p99(policies: &Arc<PolicyStore>) {
         .map(|t| t.trim().parse().expect("GRANT_SCALE_THREADS: numbers"))
         .collect();
     println!(
-        "\n## Concurrent latency (µs) over {active} ACTIVE grants; sweep of {due} due grants; \
-         {rounds} rounds of a {} ms window each\n",
+        "\n## Concurrent latency (µs) over {active} ACTIVE grants; sweeps of {due} due grants; \
+         {rounds} rounds, {} ms windows without a sweep\n",
         window.as_millis()
     );
     println!(
-        "| {:<14} | {:>3} | {:<24} | {:>7} | {:>7} | {:>8} | {:>9} | {:>8} | {:<17} |",
-        "store", "thr", "calls", "n", "p50", "p99", "max", "sweep ms", "p99 ratio"
+        "| {:<14} | {:>3} | {:<24} | {:>7} | {:>6} | {:>6} | {:>7} | {:>8} | {:>8} | {:<17} |",
+        "store", "thr", "calls", "n", "p50", "p90", "p99", "max", "sweep ms", "p99 ratio"
     );
     println!(
-        "|{:-<16}|{:->5}|{:-<26}|{:->9}|{:->9}|{:->10}|{:->11}|{:->10}|{:-<19}|",
-        "", "", "", "", "", "", "", "", ""
+        "|{:-<16}|{:->5}|{:-<26}|{:->9}|{:->8}|{:->8}|{:->9}|{:->10}|{:->10}|{:-<19}|",
+        "", "", "", "", "", "", "", "", "", ""
     );
-    for mode in [Mode::Memory, Mode::Journal] {
+    for mode in modes() {
         for &threads in &threads_list {
-            let mut check = Latencies::default();
-            let mut quiet = Latencies::default();
-            let mut sweeping = Latencies::default();
-            let mut sweeps = Vec::new();
+            // [check quiet, check during sweep, revalidate quiet, revalidate during sweep]
+            let mut lat: [Latencies; 4] = Default::default();
+            let mut sweeps: [Vec<Duration>; 2] = Default::default();
             for _ in 0..rounds {
-                let s = setup(policies, mode, due, active);
+                let s = setup(policies, mode, due, 2, active);
                 // Warm the grants' evidence trails to their cap, as a long-lived grant's.
                 for id in &s.active {
                     for _ in 0..40 {
@@ -640,69 +677,71 @@ fn p99(policies: &Arc<PolicyStore>) {
                             .expect("revalidate");
                     }
                 }
-                let origin = Instant::now();
-                let mut marks = (0, 0);
-                let samples = under_load(&s, Op::Check, threads, origin, || {
-                    thread::sleep(window / 4);
-                    marks.0 = origin.elapsed().as_nanos() as u64;
-                    thread::sleep(window);
-                    marks.1 = origin.elapsed().as_nanos() as u64;
-                });
-                check.0.extend(
-                    samples
-                        .iter()
-                        .filter(|(at, _)| (marks.0..marks.1).contains(at))
-                        .map(|(_, l)| *l),
-                );
-                let mut quiet_marks = (0, 0);
-                let mut sweep_marks = (0, 0);
-                let mut report = None;
-                let samples = under_load(&s, Op::Revalidate, threads, origin, || {
-                    thread::sleep(window / 4);
-                    quiet_marks.0 = origin.elapsed().as_nanos() as u64;
-                    thread::sleep(window);
-                    quiet_marks.1 = origin.elapsed().as_nanos() as u64;
-                    sweep_marks.0 = origin.elapsed().as_nanos() as u64;
-                    report = Some(sweep_due(&s, due));
-                    sweep_marks.1 = origin.elapsed().as_nanos() as u64;
-                    thread::sleep(window / 4);
-                });
-                let (report, _) = report.expect("swept");
-                sweeps.push(report.duration);
-                quiet.0.extend(
-                    samples
-                        .iter()
-                        .filter(|(at, _)| (quiet_marks.0..quiet_marks.1).contains(at))
-                        .map(|(_, l)| *l),
-                );
-                sweeping.0.extend(
-                    samples
-                        .iter()
-                        .filter(|(at, l)| *at < sweep_marks.1 && at + l > sweep_marks.0)
-                        .map(|(_, l)| *l),
-                );
+                for (k, op) in [Op::Check, Op::Revalidate].into_iter().enumerate() {
+                    let origin = Instant::now();
+                    let mut quiet = (0, 0);
+                    let mut sweep = (0, 0);
+                    let mut report = None;
+                    let samples = under_load(&s, op, threads, origin, || {
+                        thread::sleep(window / 4);
+                        quiet.0 = origin.elapsed().as_nanos() as u64;
+                        thread::sleep(window);
+                        quiet.1 = origin.elapsed().as_nanos() as u64;
+                        sweep.0 = origin.elapsed().as_nanos() as u64;
+                        report = Some(sweep_due(&s, due));
+                        sweep.1 = origin.elapsed().as_nanos() as u64;
+                        thread::sleep(window / 4);
+                    });
+                    let (report, _) = report.expect("swept");
+                    sweeps[k].push(report.duration);
+                    lat[2 * k].0.extend(
+                        samples
+                            .iter()
+                            .filter(|(at, _)| (quiet.0..quiet.1).contains(at))
+                            .map(|(_, l)| *l),
+                    );
+                    // Every call that overlapped the sweep.
+                    lat[2 * k + 1].0.extend(
+                        samples
+                            .iter()
+                            .filter(|(at, l)| *at < sweep.1 && at + l > sweep.0)
+                            .map(|(_, l)| *l),
+                    );
+                }
             }
-            sweeps.sort();
-            let median_sweep = ms(sweeps[sweeps.len() / 2]);
-            let mut p99s: Vec<f64> = Vec::new();
-            for (label, lat) in [
-                ("check (no sweep)", &mut check),
-                ("revalidate (no sweep)", &mut quiet),
-                ("revalidate during sweep", &mut sweeping),
-            ] {
-                let (n, p50, p99, max) = lat.summary();
-                let (sweep, ratio) = match p99s.len() {
-                    0 => (String::new(), String::new()),
-                    1 => (String::new(), format!("{:.2} x check", p99 / p99s[0])),
-                    _ => (
-                        format!("{median_sweep:.1}"),
-                        format!("{:.2} x no sweep", p99 / p99s[1]),
-                    ),
-                };
-                p99s.push(p99);
+            let sweep_ms = sweeps.map(|mut v| {
+                v.sort();
+                format!("{:.1}", ms(v[v.len() / 2]))
+            });
+            let summaries: Vec<_> = lat.iter_mut().map(Latencies::summary).collect();
+            let p99 = |i: usize| summaries[i].p99;
+            let rows = [
+                ("check (no sweep)", String::new(), String::new()),
+                (
+                    "check during sweep",
+                    sweep_ms[0].clone(),
+                    format!("{:.2} x no sweep", p99(1) / p99(0)),
+                ),
+                (
+                    "revalidate (no sweep)",
+                    String::new(),
+                    format!("{:.2} x check", p99(2) / p99(0)),
+                ),
+                (
+                    "revalidate during sweep",
+                    sweep_ms[1].clone(),
+                    format!("{:.2} x no sweep", p99(3) / p99(2)),
+                ),
+            ];
+            for ((label, sweep, ratio), l) in rows.iter().zip(&summaries) {
                 println!(
-                    "| {:<14} | {threads:>3} | {label:<24} | {n:>7} | {p50:>7.1} | {p99:>8.1} | {max:>9.1} | {sweep:>8} | {ratio:<17} |",
+                    "| {:<14} | {threads:>3} | {label:<24} | {:>7} | {:>6.1} | {:>6.1} | {:>7.1} | {:>8.1} | {sweep:>8} | {ratio:<17} |",
                     mode.name(),
+                    l.n,
+                    l.p50,
+                    l.p90,
+                    l.p99,
+                    l.max,
                 );
             }
         }
