@@ -11,7 +11,8 @@
 //!   whole grant), fsync on and off, and with group commit under N threads, each thread
 //!   mutating its own grants. For the threaded cases one iteration is one mutation per
 //!   thread, so the time is the per-mutation latency a caller sees and the throughput is
-//!   mutations per second across the threads.
+//!   mutations per second across the threads. `journal/raw_append_fdatasync` (a 64-byte
+//!   append and `fdatasync` on a plain file) is the disk's own cost, for reference.
 //!
 //! Run: `cargo bench --bench grants` (add `-- --quick` for a fast pass, or a filter such
 //! as `-- journal`).
@@ -168,9 +169,30 @@ fn journaled_rounds(
     elapsed
 }
 
+/// The disk's own cost, for reference: append a 64-byte record to a file and
+/// `fdatasync` it, no store.
+fn raw_fdatasync(iters: u64) -> Duration {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw"))
+        .expect("file");
+    let record = [0x5au8; 64];
+    let started = Instant::now();
+    for _ in 0..iters {
+        file.write_all(&record).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    started.elapsed()
+}
+
 fn journal(c: &mut Criterion) {
     let mut group = c.benchmark_group("journal");
     group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("raw_append_fdatasync", |b| b.iter_custom(raw_fdatasync));
     for (mutation, name) in [(Mutation::Use, "record_use"), (Mutation::Create, "create")] {
         for fsync in [true, false] {
             let options = JournalOptions {
