@@ -54,7 +54,7 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// The largest page served.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Due grants a sweep handles per batch (one journal write per batch).
-const SWEEP_BATCH: usize = 1024;
+const SWEEP_BATCH: usize = 64;
 /// Candidate ids a listing copies out of an index per lock.
 const LIST_CHUNK: usize = 256;
 /// Prefix of page tokens (versioned, so the format can change).
