@@ -43,11 +43,37 @@ staging := {
 
 at(time) := object.union(base, {"context": {"time": time}})
 
-allowed(inp) if count(access.deny) == 0 with input as inp
+# Each helper also checks the fast path of data.stepgate.decision (see
+# decision.rego): it gives the full rules' decision on an allowed input, their
+# obligations wherever it answers, and never answers a denied input.
+allowed(inp) if {
+	count(access.deny) == 0 with input as inp
+	data.stepgate.decision == data.stepgate.full_decision with input as inp
+}
 
-denied(inp, msg) if msg in access.deny with input as inp
+denied(inp, msg) if {
+	msg in access.deny with input as inp
+	not access.fast_ns_left with input as inp
+}
 
-obligations(inp) := o if o := access.obligations with input as inp
+obligations(inp) := o if {
+	o := access.obligations with input as inp
+	fast_obligations_agree(inp, o)
+}
+
+fast_obligations_agree(inp, _) if not access.fast_ns_left with input as inp
+
+fast_obligations_agree(inp, o) if {
+	inp.step == "use"
+	access.fast_ns_left with input as inp
+	o == {}
+}
+
+fast_obligations_agree(inp, o) if {
+	inp.step == "issue"
+	ttl := access.fast_issue_ttl with input as inp
+	o == {"max_ttl_seconds": ttl}
+}
 
 # --- allowed ------------------------------------------------------------------------
 

@@ -127,3 +127,56 @@ deny contains msg if {
 	not trim_suffix(authority, ":443") in data.stepgate_config.agents.http_allowed_hosts
 	msg := sprintf("http.get host \"%s\" is not allow-listed", [authority])
 }
+
+# --- fast path -------------------------------------------------------------------
+# fast_ok is defined only when no rule above can deny (see decision.rego): when
+# no agent is involved, or for an agent call that passes them all. It may be
+# stricter than the rules above, never looser; change it together with them.
+# lower() fails on the same values as in the rules above, so it needs no type
+# guard; the other builtins only see values already known to be of their type.
+fast_ok if {
+	not input.agent
+	not input.subject.kind == "agent"
+}
+
+fast_ok if {
+	agent := input.agent
+	principal := agent.on_behalf_of
+	lower(principal) != lower(input.subject.id)
+	trim_space(principal) != ""
+	chain := agent.delegation_chain
+	is_array(chain)
+	count(chain) <= data.stepgate_config.agents.max_delegation_depth
+	not chain[0] != principal
+	kind := input.subject.attributes.agent_kind
+	tool := agent.tool
+	tool in data.stepgate_config.agents.tools[kind]
+	is_string(tool)
+	trim_space(tool) != ""
+	trim_space(kind) != ""
+	fast_arguments_ok
+}
+
+fast_arguments_ok if {
+	input.agent.tool == "db.query"
+	sql := input.agent.arguments.sql
+	is_string(sql)
+	query := upper(trim_space(sql))
+	strings.any_prefix_match(query, ["SELECT", "WITH"])
+
+	# Instead of sql_write_keywords (several microseconds): every write keyword
+	# found as a substring becomes \x01 (a plain literal search; EXECUTE is
+	# listed before EXEC). A keyword followed by a word character is part of a
+	# longer word (UPDATED_AT) and cannot match sql_write_keywords; one followed
+	# by anything else, or by the end, might, and leaves the decision to the
+	# rules above, as does any ';'.
+	not regex.match(`;|\x01(?:[^0-9A-Za-z_]|$)`, regex.replace(query, `INSERT|UPDATE|DELETE|MERGE|UPSERT|INTO|DROP|ALTER|CREATE|TRUNCATE|GRANT|REVOKE|CALL|EXECUTE|EXEC|DO|COPY|LOCK|ATTACH|DETACH|PRAGMA|VACUUM|REINDEX`, "\u0001"))
+}
+
+fast_arguments_ok if {
+	input.agent.tool == "http.get"
+	url_authority
+	trim_suffix(url_authority, ":443") in data.stepgate_config.agents.http_allowed_hosts
+}
+
+fast_arguments_ok if not input.agent.tool in {"db.query", "http.get"}

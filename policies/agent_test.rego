@@ -28,9 +28,18 @@ sql(query) := object.union(base, {"agent": {"arguments": {"sql": query}}})
 
 fetch(url) := object.union(coding, {"agent": {"tool": "http.get", "arguments": {"url": url}}})
 
-allowed(inp) if count(agent.deny) == 0 with input as inp
+# Each helper also checks the fast path of data.stepgate.decision (see
+# decision.rego): it gives the full rules' decision on an allowed input and
+# never answers a denied one.
+allowed(inp) if {
+	count(agent.deny) == 0 with input as inp
+	data.stepgate.decision == data.stepgate.full_decision with input as inp
+}
 
-denied(inp, msg) if msg in agent.deny with input as inp
+denied(inp, msg) if {
+	msg in agent.deny with input as inp
+	not agent.fast_ok with input as inp
+}
 
 # --- principal and delegation ---------------------------------------------------------
 
@@ -171,3 +180,23 @@ test_unknown_agent_kind_gives_one_clear_reason if {
 	inp := object.union(base, {"subject": {"attributes": {"agent_kind": "autonomous"}}})
 	agent.deny == {"agent kind \"autonomous\" is not recognised"} with input as inp
 }
+
+# The fast path's literal list of write keywords (agent.rego) covers every
+# keyword of sql_write_keywords.
+write_keywords := split(trim_suffix(trim_prefix(agent.sql_write_keywords, `(?-u:\b)(`), `)(?-u:\b)`), "|")
+
+fast_path_refuses(keywords) if {
+	every keyword in keywords {
+		not agent.fast_ok with input as sql(concat(" ", ["SELECT 1 FROM tickets", keyword]))
+	}
+}
+
+test_fast_path_knows_every_write_keyword if {
+	count(write_keywords) == 23
+	agent.fast_ok with input as sql("SELECT 1 FROM tickets")
+	fast_path_refuses(array.slice(write_keywords, 0, 8))
+}
+
+test_fast_path_knows_every_write_keyword_continued if fast_path_refuses(array.slice(write_keywords, 8, 16))
+
+test_fast_path_knows_every_write_keyword_to_the_end if fast_path_refuses(array.slice(write_keywords, 16, 23))

@@ -9,10 +9,44 @@
 # empty. A missing or unknown step is denied: a step nobody wrote rules for
 # must not pass by default.
 #
+# Two ways to the same answer:
+# - full_decision builds every deny reason of the step and its obligations.
+#   It decides every input and is the reference.
+# - decision first tries the step's fast path (access.fast_ns_left or
+#   access.fast_issue_ttl, request.fast_obligations, and agent.fast_ok): a
+#   handful of inline checks, defined only when none of the deny rules of the
+#   step (and of the agent rules) can fire. The common allowed `use`, `issue`
+#   and `request` are answered there in a few microseconds; anything else
+#   falls through to full_decision. A fast path may be stricter than the rules
+#   but never looser, and must give the same obligations: the tests compare
+#   decision with full_decision (see README.md). Change a fast path together
+#   with the deny rules it mirrors.
+#
 # Hot-path rules: no `with`, `walk`, `http.send`, `print` or partial-object
-# rules here, so the decision compiles to the regorus RVM. The dispatch is an
-# else-chain so that one step costs one lookup, hot steps first.
+# rules here, so the decision compiles to the regorus RVM. Both dispatches are
+# else-chains so that one step costs one lookup, hot steps first.
 package stepgate
+
+default decision := {"allow": false, "reasons": ["policy error: no decision"], "obligations": {}}
+
+# The fast paths, hottest first (an agent's `use` is decided for every tool call).
+decision := {"allow": true, "reasons": ["use allowed"], "obligations": {}} if {
+	input.step == "use"
+	data.stepgate.agent.fast_ok
+	data.stepgate.access.fast_ns_left
+} else := {"allow": true, "reasons": ["issue allowed"], "obligations": {"max_ttl_seconds": ttl}} if {
+	input.step == "issue"
+	ttl := data.stepgate.access.fast_issue_ttl
+	ttl
+	data.stepgate.agent.fast_ok
+} else := {"allow": true, "reasons": ["request allowed"], "obligations": obligations} if {
+	input.step == "request"
+	obligations := data.stepgate.request.fast_obligations
+	obligations
+	data.stepgate.agent.fast_ok
+} else := full_decision
+
+# --- the full rules --------------------------------------------------------------
 
 step_deny := data.stepgate.access.deny if {
 	input.step == "use"
@@ -71,14 +105,12 @@ deny contains sprintf("policy error: obligations for step \"%s\" could not be co
 	input.step in {"use", "issue", "request", "renew", "break_glass"}
 }
 
-# --- the decision ----------------------------------------------------------------
-
 default allow := false
 
 allow if count(deny) == 0
 
-default decision := {"allow": false, "reasons": ["policy error: no decision"], "obligations": {}}
+default full_decision := {"allow": false, "reasons": ["policy error: no decision"], "obligations": {}}
 
-decision := {"allow": true, "reasons": [sprintf("%s allowed", [input.step])], "obligations": step_obligations} if allow
+full_decision := {"allow": true, "reasons": [sprintf("%s allowed", [input.step])], "obligations": step_obligations} if allow
 
-decision := {"allow": false, "reasons": sort(deny), "obligations": {}} if not allow
+full_decision := {"allow": false, "reasons": sort(deny), "obligations": {}} if not allow

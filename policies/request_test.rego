@@ -21,11 +21,27 @@ base := {
 
 with_resource(attributes) := object.union(base, {"resource": {"attributes": attributes}})
 
-allowed(inp) if count(request.deny) == 0 with input as inp
+# Each helper also checks the fast path of data.stepgate.decision (see
+# decision.rego): it gives the full rules' decision on an allowed input, their
+# obligations wherever it answers, and never answers a denied input.
+allowed(inp) if {
+	count(request.deny) == 0 with input as inp
+	data.stepgate.decision == data.stepgate.full_decision with input as inp
+}
 
-denied(inp, msg) if msg in request.deny with input as inp
+denied(inp, msg) if {
+	msg in request.deny with input as inp
+	not request.fast_obligations with input as inp
+}
 
-obligations(inp) := o if o := request.obligations with input as inp
+obligations(inp) := o if {
+	o := request.obligations with input as inp
+	fast_obligations_agree(inp, o)
+}
+
+fast_obligations_agree(inp, _) if not request.fast_obligations with input as inp
+
+fast_obligations_agree(inp, o) if o == request.fast_obligations with input as inp
 
 # --- allowed requests and their obligations ------------------------------------------
 
@@ -63,8 +79,9 @@ test_non_prod_request_is_active_at_once if {
 test_missing_sensitivity_means_medium if {
 	inp := json.remove(base, ["resource/attributes/sensitivity"])
 	allowed(inp)
-	obligations(inp).max_ttl_seconds == 14400
-	obligations(inp).eligible_roles == ["asset_owner", "team_lead", "security"]
+	o := obligations(inp)
+	o.max_ttl_seconds == 14400
+	o.eligible_roles == ["asset_owner", "team_lead", "security"]
 }
 
 test_production_alias_counts_as_prod if {
