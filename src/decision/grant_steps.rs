@@ -13,8 +13,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, DecisionPipeline, InvalidField, StepInput, grant_value, input::KEYS,
-    input::validate_step,
+    Caller, Decision, DecisionPipeline, InvalidField, StepInput, grant_value,
+    input::{Entries, KEYS, validate_step},
 };
 use crate::{
     grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
@@ -572,7 +572,7 @@ struct ApprovalInput<'a> {
 impl ApprovalInput<'_> {
     fn extra(&self) -> Vec<(&'static Value, Value)> {
         let k = &*KEYS;
-        let mut approval = regorus::value::Object::new();
+        let mut approval = Entries::new();
         approval.insert(k.approver.clone(), Value::from(self.approver));
         approval.insert(k.role.clone(), Value::from(self.role));
         approval.insert(k.comment.clone(), Value::from(self.comment));
