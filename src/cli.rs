@@ -38,7 +38,7 @@ enum Command {
     Serve(ServeArgs),
     /// Evaluate one input document offline and print the decision as JSON.
     Eval {
-        /// Policy directory.
+        /// Policy directory or OPA bundle (.tar.gz).
         #[arg(long, default_value = "./policies", value_name = "DIR")]
         policies: PathBuf,
         /// JSON file holding the input document.
@@ -52,17 +52,17 @@ enum Command {
         #[arg(long)]
         interpreter: bool,
     },
-    /// Compile and lint a policy directory; errors carry file:line.
+    /// Compile and lint a policy directory or bundle; errors carry file:line.
     Check {
-        /// Policy directory.
+        /// Policy directory or OPA bundle (.tar.gz).
         dir: PathBuf,
         /// The decision rule expected to exist.
         #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
         entrypoint: String,
     },
-    /// Run the test_ rules of a policy directory, as `opa test` does.
+    /// Run the test_ rules of a policy directory or bundle, as `opa test` does.
     Test {
-        /// Policy directory.
+        /// Policy directory or OPA bundle (.tar.gz).
         dir: PathBuf,
         /// List every test, not only failures.
         #[arg(short, long)]
@@ -156,7 +156,7 @@ fn load(dir: &Path, entrypoint: String) -> Result<PolicySet, String> {
         decision_entrypoint: entrypoint.into(),
         ..PolicyOptions::default()
     };
-    let source = PolicySource::read_dir(dir, &options.source_limits).map_err(|e| e.to_string())?;
+    let source = PolicySource::read(dir, &options.source_limits).map_err(|e| e.to_string())?;
     PolicySet::load(source, &options, false).map_err(|e| e.to_string())
 }
 

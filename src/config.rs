@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "STEPGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory of .rego policies and .json/.yaml data [default: ./policies].
+    /// Directory of .rego policies and .json/.yaml data, or an OPA bundle (.tar.gz)
+    /// [default: ./policies].
     #[arg(long, env = "STEPGATE_POLICIES", value_name = "DIR")]
     pub policies: Option<PathBuf>,
     /// gRPC TCP listener; '' turns it off [default: 127.0.0.1:9191].

@@ -8,6 +8,7 @@
 //!
 //! [`Value`]: regorus::Value
 
+mod bundle;
 mod compile;
 mod eval;
 mod source;
@@ -36,9 +37,17 @@ pub enum LoadError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The policy path is not a directory.
-    #[error("{}: not a directory", .0.display())]
+    /// The policy path is neither a directory nor a bundle (`.tar.gz`, `.tgz`).
+    #[error("{}: not a directory or an OPA bundle (.tar.gz)", .0.display())]
     NotADirectory(PathBuf),
+    /// An OPA bundle is malformed or asks for what stepgate refuses.
+    #[error("{}: {problem}", path.display())]
+    Bundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// What is wrong, naming the entry where there is one.
+        problem: String,
+    },
     /// The directory tree is nested too deeply (or loops through links).
     #[error("{}: directory tree nested too deeply", .0.display())]
     TooDeepTree(PathBuf),

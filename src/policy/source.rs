@@ -14,7 +14,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::LoadError;
+use super::{LoadError, bundle};
 
 /// Limits every policy file must stay within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub struct SourceLimits {
     pub max_nesting_depth: usize,
     /// Most files accepted in one set.
     pub max_files: usize,
+    /// Most bytes an OPA bundle may hold once decompressed (a decompression bomb stops
+    /// here).
+    pub max_bundle_bytes: u64,
 }
 
 impl Default for SourceLimits {
@@ -33,6 +36,7 @@ impl Default for SourceLimits {
             max_file_bytes: 1024 * 1024,
             max_nesting_depth: 12,
             max_files: 1000,
+            max_bundle_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -82,6 +86,15 @@ pub struct PolicySource {
 }
 
 impl PolicySource {
+    /// Reads the set at `path`: an OPA bundle (a `.tar.gz` or `.tgz` file) or a directory.
+    pub fn read(path: &Path, limits: &SourceLimits) -> Result<Self, LoadError> {
+        if bundle::is_bundle(path) {
+            let files = bundle::read_bundle(path, limits)?;
+            return Self::from_files(path.into(), files, limits);
+        }
+        Self::read_dir(path, limits)
+    }
+
     /// Reads every `.rego`, `.json`, `.yaml` and `.yml` file under `root`, recursively,
     /// skipping hidden files and directories (names starting with `.`, which also skips
     /// the `..data` links of a Kubernetes ConfigMap volume).

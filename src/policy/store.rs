@@ -78,7 +78,7 @@ impl PolicyStore {
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let result = PolicySource::read_dir(&self.root, &self.options.source_limits).and_then(|source| {
+        let result = PolicySource::read(&self.root, &self.options.source_limits).and_then(|source| {
             if let Some(current) = self.current.load().as_ref()
                 && current.revision() == &source.revision
             {

@@ -1,7 +1,7 @@
-//! Live reload triggers: SIGHUP always, and file changes under the policy directory when
-//! asked for.
+//! Live reload triggers: SIGHUP always, and file changes under the policy directory (or to
+//! the bundle file) when asked for.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -31,13 +31,33 @@ pub fn watch_policies(
 ) -> Result<PolicyWatcher, notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let files = if watch_files {
+        // A bundle is watched through its directory: a deploy that replaces it by rename
+        // would end a watch on the file itself.
+        let root = store.root().to_path_buf();
+        let bundle = root.is_file().then(|| root.clone());
+        let (watched, mode) = match &bundle {
+            Some(file) => (
+                file.parent()
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+                RecursiveMode::NonRecursive,
+            ),
+            None => (root, RecursiveMode::Recursive),
+        };
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+                let relevant = event.is_ok_and(|e| {
+                    !matches!(e.kind, EventKind::Access(_))
+                        && bundle.as_ref().is_none_or(|file| {
+                            e.paths.iter().any(|p| p.file_name() == file.file_name())
+                        })
+                });
+                if relevant {
                     let _ = tx.send(());
                 }
             })?;
-        watcher.watch(store.root(), RecursiveMode::Recursive)?;
+        watcher.watch(&watched, mode)?;
         Some(watcher)
     } else {
         None

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use stepgate::proto::v1::decision_service_client::DecisionServiceClient;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::support::{ECHO_POLICY, eventually, policy_dir, request, write_policy};
+use super::support::{ECHO_POLICY, eventually, policy_dir, request, write_bundle, write_policy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 
@@ -208,6 +208,43 @@ fn test_subcommand_runs_test_rules_and_fails_on_any_failure() {
         "{stdout}"
     );
     assert!(stdout.contains("2 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn cli_tools_read_opa_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.tgz");
+    write_bundle(
+        &bundle,
+        &[
+            (".manifest", r#"{"revision": "7", "roots": ["p"]}"#),
+            ("p/p.rego", "package p\nallow if input.ok\n"),
+            ("p/data.json", r#"{"limit": 2}"#),
+            (
+                "p/p_test.rego",
+                "package p_test\nimport data.p\ntest_allow if p.allow with input as {\"ok\": true}\ntest_data if data.p.limit == 2\n",
+            ),
+        ],
+    );
+    let out = stepgate(&["test", bundle.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+
+    write_bundle(
+        &bundle,
+        &[
+            (".manifest", r#"{"rego_version": 0}"#),
+            ("p.rego", "package p"),
+        ],
+    );
+    let out = stepgate(&["check", bundle.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bundle.tgz: .manifest: rego_version 0"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::support::{ECHO_POLICY, Server, eventually, request, write_policy};
+use stepgate::policy::PolicyStore;
+
+use super::support::{ECHO_POLICY, Server, eventually, request, write_bundle, write_policy};
 
 const DENY_ALL: &str =
     "package stepgate\n\ndecision := {\"allow\": false, \"reasons\": [\"v2\"]}\n";
@@ -21,6 +23,33 @@ async fn revision_and_allow(server: &Server) -> (String, bool) {
     (decision.policy_revision, decision.allow)
 }
 
+/// The revision and verdict once a revision other than `old` serves.
+async fn next_revision(server: &Server, old: &str) -> (String, bool) {
+    assert!(
+        eventually(Duration::from_secs(10), async || revision_and_allow(server)
+            .await
+            .0
+            != old)
+        .await,
+        "no revision after {old} arrived"
+    );
+    revision_and_allow(server).await
+}
+
+/// Makes `change` to the policy files and waits until the store has rejected a set.
+async fn rejected_after(store: &PolicyStore, change: impl FnOnce()) {
+    let rejected = store.reload_counts().rejected;
+    change();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .reload_counts()
+            .rejected
+            > rejected)
+        .await,
+        "the change was never rejected"
+    );
+}
+
 #[tokio::test]
 async fn file_changes_swap_in_a_good_set_and_reject_a_bad_one() {
     let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |c| c.watch_policies = true).await;
@@ -28,16 +57,7 @@ async fn file_changes_swap_in_a_good_set_and_reject_a_bad_one() {
     assert!(allow);
 
     write_policy(server.policies.path(), "p.rego", DENY_ALL);
-    assert!(
-        eventually(Duration::from_secs(10), async || revision_and_allow(
-            &server
-        )
-        .await
-        .0 != first)
-        .await,
-        "the new revision never arrived"
-    );
-    let (second, allow) = revision_and_allow(&server).await;
+    let (second, allow) = next_revision(&server, &first).await;
     assert!(!allow);
 
     // A syntax error, a failing test, an http.send call, a nesting bomb: each rejected.
@@ -58,16 +78,10 @@ async fn file_changes_swap_in_a_good_set_and_reject_a_bad_one() {
     ];
     let store = server.app.as_ref().unwrap().policies().clone();
     for (name, text) in bad_sets {
-        let rejected = store.reload_counts().rejected;
-        write_policy(server.policies.path(), name, text);
-        assert!(
-            eventually(Duration::from_secs(10), async || store
-                .reload_counts()
-                .rejected
-                > rejected)
-            .await,
-            "the bad {name} was never rejected"
-        );
+        rejected_after(&store, || {
+            write_policy(server.policies.path(), name, text);
+        })
+        .await;
         assert_eq!(
             revision_and_allow(&server).await,
             (second.clone(), false),
@@ -143,5 +157,41 @@ async fn calls_keep_succeeding_across_reloads() {
     }
     let revisions = caller.await.unwrap();
     assert!(revisions.len() >= 2, "reloads were observed: {revisions:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_opa_bundle_serves_and_reloads_when_replaced() {
+    let server = Server::start_with(&[], |c| {
+        let bundle = c.policies.join("bundle.tar.gz");
+        write_bundle(
+            &bundle,
+            &[
+                (".manifest", r#"{"revision": "1"}"#),
+                ("stepgate/p.rego", ECHO_POLICY),
+            ],
+        );
+        c.policies = bundle;
+        c.watch_policies = true;
+    })
+    .await;
+    let (first, allow) = revision_and_allow(&server).await;
+    assert!(allow);
+
+    let bundle = server.policies.path().join("bundle.tar.gz");
+    write_bundle(&bundle, &[("stepgate/p.rego", DENY_ALL)]);
+    let (second, allow) = next_revision(&server, &first).await;
+    assert!(!allow);
+
+    // A bundle that does not compile is rejected; the previous revision keeps serving.
+    let store = server.app.as_ref().unwrap().policies().clone();
+    rejected_after(&store, || {
+        write_bundle(
+            &bundle,
+            &[("stepgate/p.rego", "package stepgate\ndecision := {\n")],
+        );
+    })
+    .await;
+    assert_eq!(revision_and_allow(&server).await, (second, false));
     server.stop().await;
 }

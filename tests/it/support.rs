@@ -210,3 +210,25 @@ pub fn my_uid() -> u32 {
     let dir = tempfile::tempdir().unwrap();
     std::fs::metadata(dir.path()).unwrap().uid()
 }
+
+/// Writes an OPA bundle (gzipped tar) of `files` to `path`, through a temporary file
+/// renamed into place, as a deploy would replace it.
+pub fn write_bundle(path: &Path, files: &[(&str, &str)]) {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, text.as_bytes())
+            .unwrap();
+    }
+    let bytes = builder.into_inner().unwrap().finish().unwrap();
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, bytes).unwrap();
+    std::fs::rename(staging, path).unwrap();
+}
