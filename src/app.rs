@@ -16,7 +16,10 @@ use std::{
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::{
-    api::{AdminCallers, DecisionApi, GrantApi, GrpcServer, Listeners, ServerLimits},
+    api::{
+        AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
+        GrpcServices, Listeners, ReloadingTls, ServerLimits, TlsError, TlsWatcher,
+    },
     clock::{Clock, SystemClock},
     config::ServeConfig,
     decision::{DecisionPipeline, GrantSteps},
@@ -62,6 +65,9 @@ pub enum AppError {
         /// The underlying error.
         source: notify::Error,
     },
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(String),
@@ -110,7 +116,10 @@ impl App {
             listeners.tcp = Some(listener);
         }
         if let Some(path) = &config.grpc_uds {
-            listeners.uds = Some((bind_unix(path)?, path.clone()));
+            listeners.uds = Some((bind_unix(path, config.grpc_uds_mode)?, path.clone()));
+        }
+        if let Some(tls) = &config.tls {
+            listeners.tls = Some(ReloadingTls::load(tls.clone())?);
         }
         Ok(Self {
             config,
@@ -144,15 +153,20 @@ impl App {
             dir: self.config.policies.clone(),
             source,
         })?;
-        let admins = match &self.config.admin_callers {
-            Some(ids) => AdminCallers::Only(ids.iter().cloned().collect()),
-            None => {
-                tracing::warn!(
-                    "--admin-callers is not set: Approve, Reject, Revoke and ConfirmRevocation are open to every caller that reaches the listener"
-                );
-                AdminCallers::Anyone
-            }
+        let admins = AdminCallers::from_config(self.config.admin_callers.as_deref());
+        if self.config.admin_callers.is_none() {
+            tracing::warn!(
+                "--admin-callers is not set: Approve, Reject, Revoke and ConfirmRevocation are open to every caller that reaches the listener"
+            );
+        }
+        let tls_watcher = match &self.listeners.tls {
+            Some(tls) => Some(tls.watch().map_err(|source| AppError::Watch {
+                dir: self.config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_default(),
+                source,
+            })?),
+            None => None,
         };
+        let callers = &self.config.service_callers;
         let steps = Arc::new(GrantSteps::new(
             self.pipeline.clone(),
             self.config.grants.approval_timeout,
@@ -160,12 +174,15 @@ impl App {
         let limits = ServerLimits {
             max_message_bytes: self.config.max_message_bytes,
         };
-        let server = GrpcServer::start(
-            DecisionApi::new(self.pipeline.clone()),
-            GrantApi::new(steps, admins),
-            self.listeners,
-            limits,
-        )
+        let services = GrpcServices {
+            decisions: DecisionApi::new(self.pipeline.clone()),
+            grants: GrantApi::new(steps, admins),
+            ext_authz: ExtAuthzApi::new(self.pipeline.clone(), self.config.envoy_dry_run),
+            decision_callers: CallerAllowList::from_config(callers.decision.as_deref()),
+            grant_callers: CallerAllowList::from_config(callers.grant.as_deref()),
+            envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
+        };
+        let server = GrpcServer::start(services, self.listeners, limits)
         .await
         .map_err(|e| AppError::Server(e.to_string()))?;
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
@@ -176,6 +193,7 @@ impl App {
             server,
             sweeper,
             _watcher: watcher,
+            _tls_watcher: tls_watcher,
         })
     }
 }
@@ -214,6 +232,7 @@ pub struct RunningApp {
     server: GrpcServer,
     sweeper: Sweeper,
     _watcher: PolicyWatcher,
+    _tls_watcher: Option<TlsWatcher>,
 }
 
 impl RunningApp {
@@ -286,8 +305,9 @@ pub async fn serve(
     running.shutdown().await
 }
 
-/// Binds a Unix socket, replacing a stale socket file but never any other file.
-fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
+/// Binds a Unix socket, replacing a stale socket file but never any other file, and
+/// gives it `mode` (who may connect) when set.
+fn bind_unix(path: &Path, mode: Option<u32>) -> Result<UnixListener, AppError> {
     use std::os::unix::fs::FileTypeExt;
     let bind_err = |source| AppError::Bind {
         what: path.display().to_string(),
@@ -302,5 +322,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    UnixListener::bind(path).map_err(bind_err)
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    }
+    Ok(listener)
 }

@@ -110,6 +110,36 @@ pub struct ServeArgs {
     /// Let concurrent mutations share one journal write and sync [default: true].
     #[arg(long, env = "STEPGATE_JOURNAL_GROUP_COMMIT", value_name = "BOOL")]
     pub journal_group_commit: Option<bool>,
+    /// The Envoy ext_authz rule [default: data.envoy.authz.allow].
+    #[arg(long, env = "STEPGATE_ENVOY_ENTRYPOINT", value_name = "RULE")]
+    pub envoy_entrypoint: Option<String>,
+    /// Allow every ext_authz request but record the real decision [default: false].
+    #[arg(long, env = "STEPGATE_ENVOY_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub envoy_dry_run: Option<bool>,
+    /// PEM certificate chain of the TLS listeners; with --tls-key turns TLS on.
+    #[arg(long, env = "STEPGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STEPGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle client certificates are verified against (mTLS).
+    #[arg(long, env = "STEPGATE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by --tls-client-ca [default: false].
+    #[arg(long, env = "STEPGATE_TLS_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_require_client_cert: Option<bool>,
+    /// File mode of the gRPC Unix socket, octal, e.g. 0660 [default: as the umask leaves it].
+    #[arg(long, env = "STEPGATE_GRPC_UDS_MODE", value_name = "MODE")]
+    pub grpc_uds_mode: Option<String>,
+    /// Caller identities allowed to call DecisionService [default: any caller].
+    #[arg(long, env = "STEPGATE_DECISION_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    pub decision_callers: Option<Vec<String>>,
+    /// Caller identities allowed to call GrantService at all [default: any caller].
+    #[arg(long, env = "STEPGATE_GRANT_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    pub grant_callers: Option<Vec<String>>,
+    /// Caller identities allowed to call Envoy's Authorization/Check [default: any caller].
+    #[arg(long, env = "STEPGATE_ENVOY_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    pub envoy_callers: Option<Vec<String>>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -140,6 +170,16 @@ struct FileConfig {
     revocation_confirm_deadline: Option<String>,
     journal_fsync: Option<bool>,
     journal_group_commit: Option<bool>,
+    envoy_entrypoint: Option<String>,
+    envoy_dry_run: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_require_client_cert: Option<bool>,
+    grpc_uds_mode: Option<String>,
+    decision_callers: Option<Vec<String>>,
+    grant_callers: Option<Vec<String>>,
+    envoy_callers: Option<Vec<String>>,
 }
 
 /// How logs are written.
@@ -178,6 +218,38 @@ pub struct ServeConfig {
     pub grants: GrantsConfig,
     /// Who may call the admin RPCs; `None` = anyone who reaches the listener.
     pub admin_callers: Option<Vec<String>>,
+    /// Per-service allow-lists of caller identities; `None` = any caller.
+    pub service_callers: ServiceCallers,
+    /// Allow every ext_authz request, recording the real decision.
+    pub envoy_dry_run: bool,
+    /// TLS (and mTLS) of the TCP listeners; `None` = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// File mode of the gRPC Unix socket; `None` = as the umask leaves it.
+    pub grpc_uds_mode: Option<u32>,
+}
+
+/// Which caller identities may call each service; `None` = any caller that reaches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCallers {
+    /// `stepgate.v1.DecisionService`.
+    pub decision: Option<Vec<String>>,
+    /// `stepgate.v1.GrantService` (its admin RPCs also need `admin_callers`).
+    pub grant: Option<Vec<String>>,
+    /// `envoy.service.auth.v3.Authorization`.
+    pub envoy: Option<Vec<String>>,
+}
+
+/// TLS of the TCP listeners: the files are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates; `None` = no client certificates asked for.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a verified certificate.
+    pub require_client_cert: bool,
 }
 
 /// The grant store's configuration.
@@ -223,6 +295,10 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             grants: GrantsConfig::default(),
             admin_callers: None,
+            service_callers: ServiceCallers::default(),
+            envoy_dry_run: false,
+            tls: None,
+            grpc_uds_mode: None,
         }
     }
 }
@@ -404,6 +480,74 @@ impl ServeConfig {
             admin_callers.as_ref().is_none_or(|ids| !ids.is_empty()),
             "admin_callers: lists no caller identity (leave it unset to allow any caller)".into(),
         );
+        let mut caller_list = |name: &str, ids: Option<Vec<String>>| {
+            let ids = ids.map(|ids| {
+                ids.into_iter()
+                    .map(|id| id.trim().to_string())
+                    .filter(|id| !id.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            check(
+                ids.as_ref().is_none_or(|ids| !ids.is_empty()),
+                format!("{name}: lists no caller identity (leave it unset to allow any caller)"),
+            );
+            ids
+        };
+        let service_callers = ServiceCallers {
+            decision: caller_list(
+                "decision_callers",
+                args.decision_callers.or(file.decision_callers),
+            ),
+            grant: caller_list("grant_callers", args.grant_callers.or(file.grant_callers)),
+            envoy: caller_list("envoy_callers", args.envoy_callers.or(file.envoy_callers)),
+        };
+        let envoy_entrypoint: Arc<str> = args
+            .envoy_entrypoint
+            .or(file.envoy_entrypoint)
+            .map_or(defaults.policy.envoy_entrypoint.clone(), Into::into);
+        check(
+            envoy_entrypoint.starts_with("data.") && envoy_entrypoint.len() > 5,
+            format!(
+                "envoy_entrypoint: {envoy_entrypoint:?} must be a rule path starting with 'data.'"
+            ),
+        );
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.or(file.tls_client_ca),
+                require_client_cert: args
+                    .tls_require_client_cert
+                    .or(file.tls_require_client_cert)
+                    .unwrap_or(false),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                check(false, "tls_cert and tls_key: set both or neither".into());
+                None
+            }
+        };
+        check(
+            tls.as_ref()
+                .is_none_or(|t| !t.require_client_cert || t.client_ca.is_some()),
+            "tls_require_client_cert: needs tls_client_ca to verify client certificates".into(),
+        );
+        let grpc_uds_mode = args
+            .grpc_uds_mode
+            .or(file.grpc_uds_mode)
+            .and_then(|text| {
+                let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|mode| *mode <= 0o777);
+                check(
+                    mode.is_some(),
+                    format!("grpc_uds_mode: {text:?} is not an octal file mode such as 0660"),
+                );
+                mode
+            });
         let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
         let state_dir = args.state_dir.or(file.state_dir);
         check(
@@ -436,6 +580,7 @@ impl ServeConfig {
             grpc_uds,
             policy: PolicyOptions {
                 decision_entrypoint,
+                envoy_entrypoint,
                 source_limits: SourceLimits {
                     max_file_bytes,
                     max_nesting_depth,
@@ -468,6 +613,13 @@ impl ServeConfig {
                 approval_timeout,
             },
             admin_callers,
+            service_callers,
+            envoy_dry_run: args
+                .envoy_dry_run
+                .or(file.envoy_dry_run)
+                .unwrap_or(defaults.envoy_dry_run),
+            tls,
+            grpc_uds_mode,
         })
     }
 }

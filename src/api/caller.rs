@@ -1,13 +1,28 @@
-//! The caller identity of a gRPC call, from the transport that carried it.
+//! The caller identity of a call, from the transport that carried it.
 
 use tonic::{Request, transport::server::UdsConnectInfo};
 
+use super::tls::TlsConnectInfo;
 use crate::decision::Caller;
 
-/// The transport's word on who called: the Unix socket's peer uid, else anonymous.
-/// Metadata and message bodies are never consulted, so they cannot spoof it.
+/// The transport's word on who called: the verified mTLS client certificate, the Unix
+/// socket's peer uid, else anonymous. Metadata and message bodies are never consulted,
+/// so they cannot spoof it.
 pub(crate) fn caller_of<T>(request: &Request<T>) -> Caller {
-    match request.extensions().get::<UdsConnectInfo>() {
+    let extensions = request.extensions();
+    caller_from(extensions.get(), extensions.get())
+}
+
+/// The caller from what the listener recorded about the connection (shared by the gRPC
+/// and HTTP adapters, whose extension maps differ in type).
+pub(crate) fn caller_from(
+    tls: Option<&TlsConnectInfo>,
+    uds: Option<&UdsConnectInfo>,
+) -> Caller {
+    if let Some(tls) = tls {
+        return tls.caller.clone();
+    }
+    match uds {
         Some(info) => Caller::unix_peer(info.peer_cred.map(|cred| cred.uid())),
         None => Caller::anonymous(),
     }

@@ -9,11 +9,12 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use super::{
+    AdminCallers,
     caller::caller_of,
     convert::{decision_message, invalid_argument},
 };
 use crate::{
-    decision::{Caller, GrantStepError, GrantSteps, StepOutcome},
+    decision::{GrantStepError, GrantSteps, StepOutcome},
     grants::{GrantState, ListFilter},
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
@@ -22,28 +23,6 @@ use crate::{
         grant_service_server::GrantService,
     },
 };
-
-/// Which callers may call the admin RPCs.
-#[derive(Debug, Clone)]
-pub enum AdminCallers {
-    /// Anyone who reaches the listener (stepgate warns at start).
-    Anyone,
-    /// Only these caller identities.
-    Only(Arc<[String]>),
-}
-
-impl AdminCallers {
-    fn check(&self, caller: &Caller, rpc: &str) -> Result<(), Status> {
-        match self {
-            Self::Anyone => Ok(()),
-            Self::Only(ids) if ids.iter().any(|id| **id == *caller.id) => Ok(()),
-            Self::Only(_) => Err(Status::permission_denied(format!(
-                "caller {} may not call {rpc}",
-                caller.id
-            ))),
-        }
-    }
-}
 
 /// The gRPC adapter over the grant steps.
 #[derive(Debug, Clone)]

@@ -2,12 +2,18 @@
 //! wire messages to the decision pipeline's types and its errors to statuses; they hold
 //! no policy logic and never call each other.
 
+mod allow_list;
 mod caller;
 mod convert;
 mod decision_service;
+mod ext_authz;
 mod grant_service;
 mod server;
+mod tls;
 
+pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
-pub use grant_service::{AdminCallers, GrantApi};
-pub use server::{GrpcServer, Listeners, ServerLimits};
+pub use ext_authz::ExtAuthzApi;
+pub use grant_service::GrantApi;
+pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
+pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};

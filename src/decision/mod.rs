@@ -6,6 +6,7 @@
 //! policy and maps the result to a fail-closed [`Decision`].
 
 mod caller;
+mod envoy;
 mod grant_steps;
 mod input;
 mod pipeline;
@@ -14,5 +15,6 @@ mod record;
 pub use caller::{Caller, Transport};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use input::{InvalidField, StepInput, check_input, grant_value, validate_check};
-pub use pipeline::DecisionPipeline;
+pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
+pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Evaluation};
 pub use record::Decision;

@@ -1,13 +1,21 @@
 //! The one function every adapter calls: validate → build the input → evaluate under
 //! the serving revision → map to a fail-closed [`Decision`].
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use regorus::Value;
+use uuid::Uuid;
 
 use super::{
-    Caller, Decision, InvalidField, check_input, grant_value, record::fail_closed, validate_check,
+    Caller, Decision, InvalidField, check_input,
+    envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
+    grant_value,
+    record::fail_closed,
+    validate_check,
 };
 use crate::{
     clock::Clock,
@@ -168,4 +176,98 @@ impl DecisionPipeline {
         let outcome = set.evaluate(Entrypoint::Decision, input);
         Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed())
     }
+
+    /// Evaluates `entrypoint` on a ready input document under the serving revision and
+    /// returns the policy's raw result, for adapters whose result is not stepgate's
+    /// decision object. Every call gets its own decision id.
+    pub fn evaluate(&self, entrypoint: Entrypoint, input: Value) -> Evaluation {
+        let decided_at = self.clock.now();
+        let current = self.policies.current();
+        let Some(set) = current.as_ref() else {
+            return Evaluation {
+                id: Uuid::now_v7(),
+                result: Err(fail_closed::NO_POLICY.to_string()),
+                policy_revision: "none".into(),
+                decided_at,
+                eval_duration: Duration::ZERO,
+            };
+        };
+        let started = Instant::now();
+        let result = set.evaluate(entrypoint, input).map_err(|e| e.to_string());
+        Evaluation {
+            id: Uuid::now_v7(),
+            result,
+            policy_revision: set.revision().clone(),
+            decided_at,
+            eval_duration: started.elapsed(),
+        }
+    }
+
+    /// An Envoy ext_authz decision: the OPA-Envoy input document for `request` (with
+    /// the transport's `caller`), evaluated at the Envoy entrypoint, read as the plugin
+    /// reads results.
+    pub fn envoy_check(
+        &self,
+        request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+        caller: &Caller,
+    ) -> EnvoyDecision {
+        let outcome = match envoy_input(request, caller) {
+            Err(bad) => {
+                return EnvoyDecision {
+                    evaluation: Evaluation {
+                        id: Uuid::now_v7(),
+                        result: Ok(Value::Undefined),
+                        policy_revision: self.serving_revision(),
+                        decided_at: self.clock.now(),
+                        eval_duration: Duration::ZERO,
+                    },
+                    outcome: Err(EnvoyFailure::BadRequest(bad)),
+                };
+            }
+            Ok(input) => self.evaluate(Entrypoint::Envoy, input),
+        };
+        let verdict = match &outcome.result {
+            Ok(value) => envoy_verdict(value).map_err(EnvoyFailure::Evaluation),
+            Err(err) => Err(EnvoyFailure::Evaluation(err.clone())),
+        };
+        EnvoyDecision {
+            evaluation: outcome,
+            outcome: verdict,
+        }
+    }
+}
+
+/// One evaluation of an entrypoint: the raw result and its evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Decision id (UUIDv7).
+    pub id: Uuid,
+    /// The policy's result (`Value::Undefined` when undefined), or why there is none.
+    pub result: Result<Value, String>,
+    /// The revision that decided (`none` when no policy was loaded).
+    pub policy_revision: Arc<str>,
+    /// When.
+    pub decided_at: DateTime<Utc>,
+    /// How long the evaluation took.
+    pub eval_duration: Duration,
+}
+
+/// Why an ext_authz request got no verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvoyFailure {
+    /// The request could not be turned into an input document (answered with a 400
+    /// denial, as the OPA-Envoy plugin does).
+    BadRequest(BadEnvoyRequest),
+    /// Evaluation failed, the result was undefined or malformed (a gRPC error, so
+    /// Envoy's failure mode applies).
+    Evaluation(String),
+}
+
+/// An ext_authz decision: the evaluation and the verdict read from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyDecision {
+    /// The evaluation (id, revision, time).
+    pub evaluation: Evaluation,
+    /// The verdict, or why there is none.
+    pub outcome: Result<EnvoyVerdict, EnvoyFailure>,
 }
