@@ -18,7 +18,8 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::{
     api::{
         AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
-        GrpcServices, Listeners, ReloadingTls, ServerLimits, TlsError, TlsWatcher,
+        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, ServerLimits, TlsError,
+        TlsWatcher, http_router,
     },
     clock::{Clock, SystemClock},
     config::ServeConfig,
@@ -71,6 +72,9 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(String),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(io::Error),
 }
 
 /// A configured server with its listeners bound, not yet serving.
@@ -81,6 +85,7 @@ pub struct App {
     grants: Arc<MemoryGrantStore>,
     pipeline: Arc<DecisionPipeline>,
     listeners: Listeners,
+    http: Option<TcpListener>,
 }
 
 impl App {
@@ -107,13 +112,7 @@ impl App {
         ));
         let mut listeners = Listeners::default();
         if let Some(addr) = config.grpc_addr {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what: addr.to_string(),
-                    source,
-                })?;
-            listeners.tcp = Some(listener);
+            listeners.tcp = Some(bind_tcp(addr).await?);
         }
         if let Some(path) = &config.grpc_uds {
             listeners.uds = Some((bind_unix(path, config.grpc_uds_mode)?, path.clone()));
@@ -121,12 +120,17 @@ impl App {
         if let Some(tls) = &config.tls {
             listeners.tls = Some(ReloadingTls::load(tls.clone())?);
         }
+        let http = match config.http_addr {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        };
         Ok(Self {
             config,
             policies,
             grants,
             pipeline,
             listeners,
+            http,
         })
     }
 
@@ -138,6 +142,11 @@ impl App {
     /// The gRPC Unix socket path, if on.
     pub fn grpc_uds(&self) -> Option<&Path> {
         self.config.grpc_uds.as_deref()
+    }
+
+    /// The bound HTTP address, if the HTTP listener is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Starts serving (health NOT_SERVING until policies load) and sweeping grants.
@@ -185,12 +194,19 @@ impl App {
         let server = GrpcServer::start(services, self.listeners, limits)
         .await
         .map_err(|e| AppError::Server(e.to_string()))?;
+        let http = self.http.map(|listener| {
+            let state = HttpState {
+                pipeline: self.pipeline.clone(),
+            };
+            HttpServer::start(listener, http_router(state))
+        });
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
         Ok(RunningApp {
             config: self.config,
             policies: self.policies,
             grants: self.grants,
             server,
+            http,
             sweeper,
             _watcher: watcher,
             _tls_watcher: tls_watcher,
@@ -230,6 +246,7 @@ pub struct RunningApp {
     policies: Arc<PolicyStore>,
     grants: Arc<MemoryGrantStore>,
     server: GrpcServer,
+    http: Option<HttpServer>,
     sweeper: Sweeper,
     _watcher: PolicyWatcher,
     _tls_watcher: Option<TlsWatcher>,
@@ -261,14 +278,24 @@ impl RunningApp {
         &self.grants
     }
 
+    /// The HTTP address served on, if the HTTP listener is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(HttpServer::addr)
+    }
+
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
     /// the configured grace period), then stops the sweeper and syncs the journal.
     pub async fn shutdown(self) -> Result<(), AppError> {
-        let drained = self
-            .server
-            .shutdown(self.config.shutdown_grace)
-            .await
-            .map_err(|e| AppError::Server(e.to_string()));
+        let grace = self.config.shutdown_grace;
+        // Both listeners drain at once, so shutdown takes at most one grace period.
+        let http = async {
+            match self.http {
+                Some(http) => http.shutdown(grace).await.map_err(AppError::Http),
+                None => Ok(()),
+            }
+        };
+        let (grpc, http) = tokio::join!(self.server.shutdown(grace), http);
+        let drained = grpc.map_err(|e| AppError::Server(e.to_string())).and(http);
         self.sweeper.stop().await;
         if let Some(journal) = self.grants.journal()
             && let Err(err) = journal.sync()
@@ -295,6 +322,9 @@ pub async fn serve(
     if let Some(path) = app.grpc_uds() {
         tracing::info!(path = %path.display(), "gRPC listening on a Unix socket");
     }
+    if let Some(addr) = app.http_addr() {
+        tracing::info!(%addr, "HTTP listening (/health, /metrics)");
+    }
     let mut running = app.start().await?;
     if let Err(err) = running.load_policies().await {
         let _ = running.shutdown().await;
@@ -303,6 +333,15 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down: draining in-flight calls");
     running.shutdown().await
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            what: addr.to_string(),
+            source,
+        })
 }
 
 /// Binds a Unix socket, replacing a stale socket file but never any other file, and

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// gRPC Unix socket path [default: off].
     #[arg(long, env = "STEPGATE_GRPC_UDS", value_name = "PATH")]
     pub grpc_uds: Option<PathBuf>,
+    /// HTTP listener (/health, /metrics); '' turns it off [default: 127.0.0.1:8181].
+    #[arg(long, env = "STEPGATE_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
     /// The decision rule [default: data.stepgate.decision].
     #[arg(long, env = "STEPGATE_DECISION_ENTRYPOINT", value_name = "RULE")]
     pub decision_entrypoint: Option<String>,
@@ -149,6 +152,7 @@ struct FileConfig {
     policies: Option<PathBuf>,
     grpc_addr: Option<String>,
     grpc_uds: Option<PathBuf>,
+    http_addr: Option<String>,
     decision_entrypoint: Option<String>,
     log_format: Option<String>,
     max_message_bytes: Option<usize>,
@@ -200,6 +204,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<SocketAddr>,
     /// gRPC Unix socket; `None` = off.
     pub grpc_uds: Option<PathBuf>,
+    /// HTTP listener (`/health`, `/metrics`); `None` = off.
+    pub http_addr: Option<SocketAddr>,
     /// How policy sets are loaded and evaluated.
     pub policy: PolicyOptions,
     /// Log format.
@@ -286,6 +292,7 @@ impl Default for ServeConfig {
             policies: PathBuf::from("./policies"),
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
             grpc_uds: None,
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8181))),
             policy: PolicyOptions::default(),
             log_format: LogFormat::Text,
             max_message_bytes: 1024 * 1024,
@@ -336,18 +343,25 @@ impl ServeConfig {
         };
 
         let grpc_addr_text = args.grpc_addr.or(file.grpc_addr);
-        let grpc_addr = match grpc_addr_text.as_deref() {
-            None => defaults.grpc_addr,
-            Some("") => None,
-            Some(addr) => {
-                let parsed = addr.parse().ok();
-                check(
-                    parsed.is_some(),
-                    format!("grpc_addr: {addr:?} is not HOST:PORT (IP address and port)"),
-                );
-                parsed
-            }
-        };
+        let mut listen_addr =
+            |name: &str, text: Option<&str>, default: Option<SocketAddr>| match text {
+                None => default,
+                Some("") => None,
+                Some(addr) => {
+                    let parsed = addr.parse().ok();
+                    check(
+                        parsed.is_some(),
+                        format!("{name}: {addr:?} is not HOST:PORT (IP address and port)"),
+                    );
+                    parsed
+                }
+            };
+        let grpc_addr = listen_addr("grpc_addr", grpc_addr_text.as_deref(), defaults.grpc_addr);
+        let http_addr = listen_addr(
+            "http_addr",
+            args.http_addr.or(file.http_addr).as_deref(),
+            defaults.http_addr,
+        );
         let grpc_uds = args
             .grpc_uds
             .or(file.grpc_uds)
@@ -578,6 +592,7 @@ impl ServeConfig {
             policies: args.policies.or(file.policies).unwrap_or(defaults.policies),
             grpc_addr,
             grpc_uds,
+            http_addr,
             policy: PolicyOptions {
                 decision_entrypoint,
                 envoy_entrypoint,
@@ -653,6 +668,7 @@ mod tests {
         let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
         assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
         assert_eq!(config.grpc_uds, None);
+        assert_eq!(config.http_addr, Some("127.0.0.1:8181".parse().unwrap()));
         assert_eq!(config.policies, PathBuf::from("./policies"));
         assert_eq!(
             &*config.policy.decision_entrypoint,
@@ -687,6 +703,20 @@ mod tests {
         };
         let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
         assert_eq!(config.grpc_addr, None);
+        let config = ServeConfig::merge(ServeArgs::default(), file("http_addr = \"\"\n")).unwrap();
+        assert_eq!(config.http_addr, None);
+        let args = ServeArgs {
+            http_addr: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, file("http_addr = \"\"\n")).unwrap();
+        assert_eq!(config.http_addr, Some("127.0.0.1:0".parse().unwrap()));
+        let args = ServeArgs {
+            http_addr: Some("localhost:80".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
         let args = ServeArgs {
             grpc_addr: Some(String::new()),
             ..Default::default()

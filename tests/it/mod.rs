@@ -5,5 +5,6 @@ mod engines;
 mod example_policies;
 mod grants;
 mod health;
+mod http;
 mod reload;
 mod support;

@@ -35,6 +35,8 @@ decision := {
 pub struct Server {
     pub app: Option<RunningApp>,
     pub addr: std::net::SocketAddr,
+    /// The HTTP listener, when the test left it on.
+    pub http: Option<std::net::SocketAddr>,
     pub uds: PathBuf,
     pub policies: TempDir,
     pub clock: ManualClock,
@@ -62,6 +64,7 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
         policies: policies.to_path_buf(),
         grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
         grpc_uds: Some(uds.to_path_buf()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         watch_policies: false,
         max_batch: 8,
         shutdown_grace: Duration::from_millis(500),
@@ -106,10 +109,13 @@ impl Server {
             .await
             .expect("bind");
         let addr = app.grpc_addr().expect("tcp listener");
+        let http = app.http_addr();
         let app = app.start().await.expect("start");
+        assert_eq!(app.http_addr(), http);
         Self {
             app: Some(app),
             addr,
+            http,
             uds,
             policies,
             clock,
@@ -138,6 +144,12 @@ impl Server {
 
     pub async fn client(&self) -> DecisionServiceClient<Channel> {
         DecisionServiceClient::new(self.tcp_channel().await)
+    }
+
+    /// `GET path` on the HTTP listener.
+    pub async fn http_get(&self, path: &str) -> HttpReply {
+        let addr = self.http.expect("the HTTP listener is on");
+        http_request(addr, "GET", path, &[], "").await
     }
 
     pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
@@ -209,4 +221,56 @@ pub fn my_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::metadata(dir.path()).unwrap().uid()
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection to `addr`.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(hyper::body::Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    driver.abort();
+    HttpReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
 }
