@@ -51,13 +51,14 @@ impl Authorization for ExtAuthzApi {
         let caller = caller_of(&request);
         let decision = self.pipeline.envoy_check(request.get_ref(), &caller);
         let id = decision.evaluation.id.to_string();
+        let failed = |err: String| {
+            Status::unknown(format!(
+                "decision {id}: envoy ext_authz evaluation failed: {err}"
+            ))
+        };
         let mut response = match decision.outcome {
-            Ok(verdict) => verdict_response(verdict).map_err(Status::unknown)?,
-            Err(EnvoyFailure::Evaluation(err)) => {
-                return Err(Status::unknown(format!(
-                    "decision {id}: envoy ext_authz evaluation failed: {err}"
-                )));
-            }
+            Ok(verdict) => verdict_response(verdict).map_err(failed)?,
+            Err(EnvoyFailure::Evaluation(err)) => return Err(failed(err)),
             Err(EnvoyFailure::BadRequest(bad)) => bad_request_response(&bad.to_string()),
         };
         if self.dry_run && response.status.as_ref().is_none_or(|s| s.code != CODE_OK) {

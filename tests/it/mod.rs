@@ -3,6 +3,7 @@ mod check;
 mod deploy;
 mod engines;
 mod example_policies;
+mod ext_authz;
 mod grants;
 mod health;
 mod http;
