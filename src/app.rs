@@ -169,9 +169,16 @@ impl App {
             );
         }
         let tls_watcher = match &self.listeners.tls {
-            Some(tls) => Some(tls.watch().map_err(|source| AppError::Watch {
-                dir: self.config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_default(),
-                source,
+            Some(tls) => Some(tls.watch().map_err(|source| {
+                AppError::Watch {
+                    dir: self
+                        .config
+                        .tls
+                        .as_ref()
+                        .map(|t| t.cert.clone())
+                        .unwrap_or_default(),
+                    source,
+                }
             })?),
             None => None,
         };
@@ -192,8 +199,8 @@ impl App {
             envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
         };
         let server = GrpcServer::start(services, self.listeners, limits)
-        .await
-        .map_err(|e| AppError::Server(e.to_string()))?;
+            .await
+            .map_err(|e| AppError::Server(e.to_string()))?;
         let http = self.http.map(|listener| {
             let state = HttpState {
                 pipeline: self.pipeline.clone(),

@@ -135,13 +135,28 @@ pub struct ServeArgs {
     #[arg(long, env = "STEPGATE_GRPC_UDS_MODE", value_name = "MODE")]
     pub grpc_uds_mode: Option<String>,
     /// Caller identities allowed to call DecisionService [default: any caller].
-    #[arg(long, env = "STEPGATE_DECISION_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
     pub decision_callers: Option<Vec<String>>,
     /// Caller identities allowed to call GrantService at all [default: any caller].
-    #[arg(long, env = "STEPGATE_GRANT_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STEPGATE_GRANT_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
     pub grant_callers: Option<Vec<String>>,
     /// Caller identities allowed to call Envoy's Authorization/Check [default: any caller].
-    #[arg(long, env = "STEPGATE_ENVOY_CALLERS", value_name = "ID[,ID...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STEPGATE_ENVOY_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
     pub envoy_callers: Option<Vec<String>>,
 }
 
@@ -549,19 +564,16 @@ impl ServeConfig {
                 .is_none_or(|t| !t.require_client_cert || t.client_ca.is_some()),
             "tls_require_client_cert: needs tls_client_ca to verify client certificates".into(),
         );
-        let grpc_uds_mode = args
-            .grpc_uds_mode
-            .or(file.grpc_uds_mode)
-            .and_then(|text| {
-                let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|mode| *mode <= 0o777);
-                check(
-                    mode.is_some(),
-                    format!("grpc_uds_mode: {text:?} is not an octal file mode such as 0660"),
-                );
-                mode
-            });
+        let grpc_uds_mode = args.grpc_uds_mode.or(file.grpc_uds_mode).and_then(|text| {
+            let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|mode| *mode <= 0o777);
+            check(
+                mode.is_some(),
+                format!("grpc_uds_mode: {text:?} is not an octal file mode such as 0660"),
+            );
+            mode
+        });
         let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
         let state_dir = args.state_dir.or(file.state_dir);
         check(

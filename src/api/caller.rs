@@ -15,10 +15,7 @@ pub(crate) fn caller_of<T>(request: &Request<T>) -> Caller {
 
 /// The caller from what the listener recorded about the connection (shared by the gRPC
 /// and HTTP adapters, whose extension maps differ in type).
-pub(crate) fn caller_from(
-    tls: Option<&TlsConnectInfo>,
-    uds: Option<&UdsConnectInfo>,
-) -> Caller {
+pub(crate) fn caller_from(tls: Option<&TlsConnectInfo>, uds: Option<&UdsConnectInfo>) -> Caller {
     if let Some(tls) = tls {
         return tls.caller.clone();
     }

@@ -17,6 +17,6 @@ pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
 pub use ext_authz::ExtAuthzApi;
 pub use grant_service::GrantApi;
+pub use http::{HttpServer, HttpState, router as http_router};
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
-pub use http::{HttpServer, HttpState, router as http_router};

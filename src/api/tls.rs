@@ -241,8 +241,9 @@ fn build(settings: &TlsConfig) -> Result<Configs, TlsError> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            let certs: Vec<CertificateDer<'static>> =
-                read_pem(ca, |path| CertificateDer::pem_file_iter(path).and_then(Iterator::collect))?;
+            let certs: Vec<CertificateDer<'static>> = read_pem(ca, |path| {
+                CertificateDer::pem_file_iter(path).and_then(Iterator::collect)
+            })?;
             let (added, _ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(file_error(ca, "no usable CA CERTIFICATE in the file"));

@@ -192,7 +192,10 @@ fn attributes_value(a: &AttributeContext) -> Value {
         .value(&k.destination, a.destination.as_ref().map(peer_value))
         .value(&k.request, a.request.as_ref().map(request_value))
         .map(&k.context_extensions, &a.context_extensions)
-        .value(&k.metadata_context, a.metadata_context.as_ref().map(metadata_value))
+        .value(
+            &k.metadata_context,
+            a.metadata_context.as_ref().map(metadata_value),
+        )
         .value(
             &k.route_metadata_context,
             a.route_metadata_context.as_ref().map(metadata_value),
@@ -447,9 +450,8 @@ fn parse_body(http: &HttpRequest) -> Result<(Value, bool), BadEnvoyRequest> {
         BadEnvoyRequest("attributes.request.http.body: not valid UTF-8".to_string())
     })?;
     let parsed = if json {
-        Value::from_json_str(text).map_err(|e| {
-            BadEnvoyRequest(format!("attributes.request.http.body: not JSON: {e}"))
-        })?
+        Value::from_json_str(text)
+            .map_err(|e| BadEnvoyRequest(format!("attributes.request.http.body: not JSON: {e}")))?
     } else {
         form_values(text, "body")?
     };
@@ -510,12 +512,16 @@ pub fn envoy_verdict(result: &Value) -> Result<EnvoyVerdict, String> {
         }
     };
     if allowed {
-        verdict.request_headers_to_remove =
-            strings(field("request_headers_to_remove"), "request_headers_to_remove")?;
+        verdict.request_headers_to_remove = strings(
+            field("request_headers_to_remove"),
+            "request_headers_to_remove",
+        )?;
         verdict.response_headers_to_add =
             headers(field("response_headers_to_add"), "response_headers_to_add")?;
-        verdict.query_parameters_to_remove =
-            strings(field("query_parameters_to_remove"), "query_parameters_to_remove")?;
+        verdict.query_parameters_to_remove = strings(
+            field("query_parameters_to_remove"),
+            "query_parameters_to_remove",
+        )?;
         verdict.query_parameters_to_set = query_parameters(field("query_parameters_to_set"))?;
     } else {
         verdict.body = match field("body") {
@@ -531,7 +537,10 @@ pub fn envoy_verdict(result: &Value) -> Result<EnvoyVerdict, String> {
         if let Some(status) = field("http_status") {
             verdict.http_status = match status {
                 Value::Number(n) => n.as_i64().ok_or_else(|| {
-                    format!("error converting JSON number to int: {}", status_text(status))
+                    format!(
+                        "error converting JSON number to int: {}",
+                        status_text(status)
+                    )
                 })?,
                 other => {
                     return Err(format!(

@@ -13,8 +13,8 @@ mod pipeline;
 mod record;
 
 pub use caller::{Caller, Transport};
+pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use input::{InvalidField, StepInput, check_input, grant_value, validate_check};
-pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Evaluation};
 pub use record::Decision;

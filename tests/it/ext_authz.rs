@@ -176,7 +176,10 @@ fn code(response: &CheckResponse) -> i32 {
 }
 
 fn decision_id(response: &CheckResponse) -> String {
-    let metadata = response.dynamic_metadata.as_ref().expect("dynamic_metadata");
+    let metadata = response
+        .dynamic_metadata
+        .as_ref()
+        .expect("dynamic_metadata");
     match to_json(&metadata.fields["decision_id"]) {
         Json::String(id) => id,
         other => panic!("decision_id is {other}"),
@@ -206,11 +209,15 @@ async fn the_input_is_the_opa_envoy_plugins_and_the_caller_is_the_transports() {
     );
     let mut client = client(&server).await;
     let mut call = tonic::Request::new(request.clone());
-    call.metadata_mut()
-        .insert("x-spiffe-id", "spiffe://cluster.local/ns/admin/sa/root".parse().unwrap());
+    call.metadata_mut().insert(
+        "x-spiffe-id",
+        "spiffe://cluster.local/ns/admin/sa/root".parse().unwrap(),
+    );
     call.metadata_mut().insert(
         "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/admin/sa/root".parse().unwrap(),
+        "URI=spiffe://cluster.local/ns/admin/sa/root"
+            .parse()
+            .unwrap(),
     );
     let response = client.check(call).await.unwrap().into_inner();
     assert_eq!(code(&response), 0, "{response:?}");
@@ -222,7 +229,10 @@ async fn the_input_is_the_opa_envoy_plugins_and_the_caller_is_the_transports() {
     assert_eq!(http["method"], "POST");
     assert_eq!(http["headers"]["content-type"], "application/json");
     assert_eq!(http["headers"][":authority"], "books.shop.svc");
-    assert_eq!(http["path"], "/books/new%20releases?limit=10&tag=sci-fi&tag=classic&q=a+b");
+    assert_eq!(
+        http["path"],
+        "/books/new%20releases?limit=10&tag=sci-fi&tag=classic&q=a+b"
+    );
     assert_eq!(http["size"], json!(body.len()));
     assert_eq!(http["body"], body);
     assert_eq!(http["protocol"], "HTTP/1.1");
@@ -238,9 +248,13 @@ async fn the_input_is_the_opa_envoy_plugins_and_the_caller_is_the_transports() {
         attributes["request"]["time"],
         json!({"seconds": 1_795_428_000, "nanos": 5})
     );
-    assert_eq!(attributes["contextExtensions"], json!({"virtual_host": "books"}));
     assert_eq!(
-        attributes["metadataContext"]["filterMetadata"]["envoy.filters.http.jwt_authn"]["payload"]["sub"],
+        attributes["contextExtensions"],
+        json!({"virtual_host": "books"})
+    );
+    assert_eq!(
+        attributes["metadataContext"]["filterMetadata"]["envoy.filters.http.jwt_authn"]["payload"]
+            ["sub"],
         "alice"
     );
     assert_eq!(input["parsed_path"], json!(["books", "new releases"]));
@@ -273,7 +287,8 @@ async fn the_input_is_the_opa_envoy_plugins_and_the_caller_is_the_transports() {
         .and_then(|a| a.request.as_mut())
         .and_then(|r| r.http.as_mut())
         .unwrap();
-    http.headers.insert("content-length".into(), "100000".into());
+    http.headers
+        .insert("content-length".into(), "100000".into());
     let response = check(&server, request.clone()).await.unwrap();
     let input = &struct_json(response.dynamic_metadata.as_ref().unwrap())["input"];
     assert_eq!(
@@ -300,7 +315,12 @@ async fn the_object_form_shapes_allowed_and_denied_responses() {
     let server = Server::start(&[("envoy.rego", SHAPING)]).await;
     let allowed = check(
         &server,
-        envoy_request("GET", "/books?debug=1", &[("authorization", "Bearer good")], ""),
+        envoy_request(
+            "GET",
+            "/books?debug=1",
+            &[("authorization", "Bearer good")],
+            "",
+        ),
     )
     .await
     .unwrap();
@@ -318,11 +338,18 @@ async fn the_object_form_shapes_allowed_and_denied_responses() {
         .collect();
     assert_eq!(
         headers,
-        [("x-user", "alice"), ("x-role", "reader"), ("x-role", "auditor")]
+        [
+            ("x-user", "alice"),
+            ("x-role", "reader"),
+            ("x-role", "auditor")
+        ]
     );
     assert_eq!(ok.headers_to_remove, ["x-debug"]);
     let added = ok.response_headers_to_add[0].header.as_ref().unwrap();
-    assert_eq!((added.key.as_str(), added.value.as_str()), ("x-served-by", "stepgate"));
+    assert_eq!(
+        (added.key.as_str(), added.value.as_str()),
+        ("x-served-by", "stepgate")
+    );
     let set: Vec<(&str, &str)> = ok
         .query_parameters_to_set
         .iter()
@@ -332,16 +359,24 @@ async fn the_object_form_shapes_allowed_and_denied_responses() {
     assert_eq!(ok.query_parameters_to_remove, ["debug"]);
     let metadata = struct_json(allowed.dynamic_metadata.as_ref().unwrap());
     assert_eq!(metadata["policy"], "shaping");
-    assert!(!decision_id(&allowed).is_empty(), "decision id beside the policy's metadata");
+    assert!(
+        !decision_id(&allowed).is_empty(),
+        "decision id beside the policy's metadata"
+    );
 
-    let denied = check(&server, envoy_request("GET", "/books", &[], "")).await.unwrap();
+    let denied = check(&server, envoy_request("GET", "/books", &[], ""))
+        .await
+        .unwrap();
     assert_eq!(code(&denied), 7, "PERMISSION_DENIED");
     let Some(HttpResponse::DeniedResponse(no)) = &denied.http_response else {
         panic!("no denied_response: {denied:?}");
     };
     assert_eq!(no.status.as_ref().unwrap().code, 401);
     assert_eq!(no.body, "login first");
-    assert_eq!(no.headers[0].header.as_ref().unwrap().key, "www-authenticate");
+    assert_eq!(
+        no.headers[0].header.as_ref().unwrap().key,
+        "www-authenticate"
+    );
     assert_ne!(decision_id(&denied), decision_id(&allowed));
     server.stop().await;
 }
@@ -352,10 +387,17 @@ async fn the_boolean_form_at_a_configured_entrypoint() {
         config.policy.envoy_entrypoint = "data.gate.allow".into();
     })
     .await;
-    let allowed = check(&server, envoy_request("GET", "/x", &[], "")).await.unwrap();
+    let allowed = check(&server, envoy_request("GET", "/x", &[], ""))
+        .await
+        .unwrap();
     assert_eq!(code(&allowed), 0);
-    assert!(allowed.http_response.is_none(), "a boolean sets no HTTP response");
-    let denied = check(&server, envoy_request("POST", "/x", &[], "")).await.unwrap();
+    assert!(
+        allowed.http_response.is_none(),
+        "a boolean sets no HTTP response"
+    );
+    let denied = check(&server, envoy_request("POST", "/x", &[], ""))
+        .await
+        .unwrap();
     assert_eq!(code(&denied), 7);
     assert!(denied.http_response.is_none());
     assert!(!decision_id(&denied).is_empty());
@@ -385,7 +427,11 @@ async fn evaluation_errors_are_grpc_errors_and_bad_requests_are_400_denials() {
         panic!("{response:?}");
     };
     assert_eq!(denied.status.as_ref().unwrap().code, 400);
-    assert!(denied.body.contains("attributes.request.http.body"), "{}", denied.body);
+    assert!(
+        denied.body.contains("attributes.request.http.body"),
+        "{}",
+        denied.body
+    );
     server.stop().await;
 }
 
@@ -395,7 +441,9 @@ async fn no_policy_is_an_error_and_dry_run_allows_but_still_decides() {
         config.envoy_dry_run = true;
     })
     .await;
-    let response = check(&server, envoy_request("GET", "/books", &[], "")).await.unwrap();
+    let response = check(&server, envoy_request("GET", "/books", &[], ""))
+        .await
+        .unwrap();
     assert_eq!(code(&response), 0, "dry run lets a denied request pass");
     assert!(matches!(
         &response.http_response,
@@ -411,6 +459,10 @@ async fn no_policy_is_an_error_and_dry_run_allows_but_still_decides() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unknown);
-    assert!(err.message().contains("data.envoy.authz.allow"), "{}", err.message());
+    assert!(
+        err.message().contains("data.envoy.authz.allow"),
+        "{}",
+        err.message()
+    );
     server.stop().await;
 }

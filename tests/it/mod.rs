@@ -7,5 +7,7 @@ mod ext_authz;
 mod grants;
 mod health;
 mod http;
+mod mtls;
+mod pki;
 mod reload;
 mod support;
