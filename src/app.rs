@@ -198,14 +198,17 @@ impl App {
             grant_callers: CallerAllowList::from_config(callers.grant.as_deref()),
             envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
         };
+        let http_tls = self.listeners.tls.clone();
         let server = GrpcServer::start(services, self.listeners, limits)
             .await
             .map_err(|e| AppError::Server(e.to_string()))?;
         let http = self.http.map(|listener| {
             let state = HttpState {
                 pipeline: self.pipeline.clone(),
+                decision_callers: CallerAllowList::from_config(callers.decision.as_deref()),
+                max_body_bytes: self.config.max_message_bytes,
             };
-            HttpServer::start(listener, http_router(state))
+            HttpServer::start(listener, http_router(state), http_tls.clone())
         });
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
         Ok(RunningApp {

@@ -13,6 +13,16 @@ pub(crate) fn caller_of<T>(request: &Request<T>) -> Caller {
     caller_from(extensions.get(), extensions.get())
 }
 
+/// The caller of an HTTP request: the mTLS identity the HTTP listener recorded for its
+/// connection, else anonymous. Headers are never consulted.
+pub(crate) fn http_caller<B>(request: &axum::http::Request<B>) -> Caller {
+    let tls = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<TlsConnectInfo>>()
+        .map(|info| &info.0);
+    caller_from(tls, None)
+}
+
 /// The caller from what the listener recorded about the connection (shared by the gRPC
 /// and HTTP adapters, whose extension maps differ in type).
 pub(crate) fn caller_from(tls: Option<&TlsConnectInfo>, uds: Option<&UdsConnectInfo>) -> Caller {

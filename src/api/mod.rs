@@ -3,6 +3,7 @@
 //! statuses or HTTP responses; they hold no policy logic and never call each other.
 
 mod allow_list;
+mod authzen;
 mod caller;
 mod convert;
 mod decision_service;
@@ -10,6 +11,7 @@ mod ext_authz;
 mod grant_service;
 mod http;
 mod observability;
+mod opa_rest;
 mod server;
 mod tls;
 

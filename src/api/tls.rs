@@ -67,7 +67,7 @@ pub enum TlsError {
 pub enum Alpn {
     /// gRPC: HTTP/2 only.
     Grpc,
-    /// The HTTP API: HTTP/2 and HTTP/1.1.
+    /// The HTTP API: HTTP/1.1 (what OPA's REST clients speak).
     Http,
 }
 
@@ -268,7 +268,7 @@ fn build(settings: &TlsConfig) -> Result<Configs, TlsError> {
     };
     Ok(Configs {
         grpc: with_alpn(&[b"h2"]),
-        http: with_alpn(&[b"h2", b"http/1.1"]),
+        http: with_alpn(&[b"http/1.1"]),
     })
 }
 

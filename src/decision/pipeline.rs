@@ -20,7 +20,7 @@ use super::{
 use crate::{
     clock::Clock,
     grants::GrantStore,
-    policy::{Entrypoint, PolicyStore},
+    policy::{Entrypoint, EvalError, PolicySet, PolicyStore},
     proto::v1::CheckRequest,
 };
 
@@ -179,8 +179,21 @@ impl DecisionPipeline {
 
     /// Evaluates `entrypoint` on a ready input document under the serving revision and
     /// returns the policy's raw result, for adapters whose result is not stepgate's
-    /// decision object. Every call gets its own decision id.
+    /// decision object (OPA REST `POST /`). Every call gets its own decision id.
     pub fn evaluate(&self, entrypoint: Entrypoint, input: Value) -> Evaluation {
+        self.evaluation(|set| set.evaluate(entrypoint, input))
+    }
+
+    /// The document at `data.<path>` for an OPA REST Data API client (`Value::Undefined`
+    /// when nothing is defined there); `input: None` leaves `input` undefined.
+    pub fn query_data(&self, path: &[&str], input: Option<Value>) -> Evaluation {
+        self.evaluation(|set| set.evaluate_path(path, input))
+    }
+
+    fn evaluation(
+        &self,
+        evaluate: impl FnOnce(&PolicySet) -> Result<Value, EvalError>,
+    ) -> Evaluation {
         let decided_at = self.clock.now();
         let current = self.policies.current();
         let Some(set) = current.as_ref() else {
@@ -193,7 +206,7 @@ impl DecisionPipeline {
             };
         };
         let started = Instant::now();
-        let result = set.evaluate(entrypoint, input).map_err(|e| e.to_string());
+        let result = evaluate(set).map_err(|e| e.to_string());
         Evaluation {
             id: Uuid::now_v7(),
             result,

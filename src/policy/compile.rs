@@ -124,6 +124,19 @@ impl PolicySet {
         &self.files
     }
 
+    /// Every policy module as `(file, source text)`, for `GET /v1/policies`.
+    pub fn policy_sources(&self) -> Vec<(String, String)> {
+        self.engine
+            .get_policies()
+            .map(|sources| {
+                sources
+                    .iter()
+                    .map(|s| (s.file().clone(), s.contents().clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// How each entrypoint is evaluated.
     pub fn entrypoints(&self) -> Vec<EntrypointInfo> {
         self.entrypoints

@@ -8,6 +8,7 @@ mod grants;
 mod health;
 mod http;
 mod mtls;
+mod opa_rest;
 mod pki;
 mod reload;
 mod support;

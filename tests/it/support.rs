@@ -247,8 +247,20 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpReply {
-    use http_body_util::{BodyExt, Full};
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http_request_over(stream, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request over `stream` (plain TCP or TLS) to `addr`.
+pub async fn http_request_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    use http_body_util::{BodyExt, Full};
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
