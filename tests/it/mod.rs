@@ -1,3 +1,4 @@
+mod authzen;
 mod binary;
 mod check;
 mod deploy;
