@@ -9,6 +9,7 @@ mod grants;
 mod health;
 mod http;
 mod mtls;
+mod opa_client;
 mod opa_rest;
 mod pki;
 mod reload;
