@@ -136,7 +136,9 @@ fn semantic(body: &Value) -> Result<Option<Semantic>, InvalidField> {
     match field(options, "evaluations_semantic") {
         None => Ok(None),
         Some(Value::String(s)) if &**s == "execute_all" => Ok(None),
-        Some(Value::String(s)) if &**s == "deny_on_first_deny" => Ok(Some(Semantic::DenyOnFirstDeny)),
+        Some(Value::String(s)) if &**s == "deny_on_first_deny" => {
+            Ok(Some(Semantic::DenyOnFirstDeny))
+        }
         Some(Value::String(s)) if &**s == "permit_on_first_permit" => {
             Ok(Some(Semantic::PermitOnFirstPermit))
         }
@@ -147,7 +149,10 @@ fn semantic(body: &Value) -> Result<Option<Semantic>, InvalidField> {
     }
 }
 
-async fn read(state: &HttpState, request: Request) -> Result<(crate::decision::Caller, Value), Refusal> {
+async fn read(
+    state: &HttpState,
+    request: Request,
+) -> Result<(crate::decision::Caller, Value), Refusal> {
     let caller = http_caller(&request);
     if !state.decision_callers.allows(&caller) {
         return Err(Refusal {
@@ -183,7 +188,10 @@ fn string_field(object: &Value, name: &str, path: &str) -> Result<String, Invali
     match field(object, name) {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.to_string()),
-        Some(_) => Err(InvalidField::new(format!("{path}.{name}"), "must be a string")),
+        Some(_) => Err(InvalidField::new(
+            format!("{path}.{name}"),
+            "must be a string",
+        )),
     }
 }
 
@@ -259,7 +267,10 @@ fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     headers.get("x-request-id").cloned()
 }
 
-fn respond(answer: Result<serde_json::Value, Refusal>, request_id: Option<HeaderValue>) -> Response {
+fn respond(
+    answer: Result<serde_json::Value, Refusal>,
+    request_id: Option<HeaderValue>,
+) -> Response {
     let mut response = match answer {
         Ok(body) => (
             StatusCode::OK,

@@ -155,7 +155,11 @@ fn data_path<'a>(uri_path: &'a str, prefix: &str) -> Vec<&'a str> {
 fn decoded(segments: &[&str]) -> Vec<String> {
     segments
         .iter()
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect()
 }
 
@@ -254,7 +258,12 @@ async fn default_decision(State(state): State<HttpState>, request: Request) -> R
         Ok(input) => input.unwrap_or_else(Value::new_object),
         Err(err) => return err.into_response(),
     };
-    let rule = state.pipeline.policies().options().decision_entrypoint.clone();
+    let rule = state
+        .pipeline
+        .policies()
+        .options()
+        .decision_entrypoint
+        .clone();
     let evaluation = state.pipeline.evaluate(Entrypoint::Decision, input);
     bare_answer(evaluation, &rule, &call)
 }
@@ -263,7 +272,10 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     if call.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    Ok(Some(with_transport_caller(parse_json(&call.body, "body")?, &call.caller)))
+    Ok(Some(with_transport_caller(
+        parse_json(&call.body, "body")?,
+        &call.caller,
+    )))
 }
 
 fn bare_answer(evaluation: Evaluation, document: &str, call: &Call) -> Response {
@@ -326,7 +338,8 @@ fn encode(status: StatusCode, value: &Value, pretty: bool) -> Response {
     };
     match bytes {
         Ok(bytes) => json_response(status, bytes),
-        Err(err) => OpaError::internal(format!("result not representable as JSON: {err}"))
-            .into_response(),
+        Err(err) => {
+            OpaError::internal(format!("result not representable as JSON: {err}")).into_response()
+        }
     }
 }

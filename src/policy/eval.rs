@@ -116,9 +116,8 @@ impl PolicySet {
             && path.iter().all(|segment| is_identifier(segment))
             && let Some(entrypoint) = Entrypoint::ALL.into_iter().find(|e| {
                 let rule = &self.entrypoints[e.index()].rule;
-                rule.strip_prefix("data.").is_some_and(|rest| {
-                    rest.split('.').eq(path.iter().copied())
-                })
+                rule.strip_prefix("data.")
+                    .is_some_and(|rest| rest.split('.').eq(path.iter().copied()))
             })
         {
             return self.evaluate(entrypoint, input.clone());
@@ -357,10 +356,16 @@ mod tests {
             Value::from(true)
         );
         assert_eq!(path(&["stepgate", "odd", "a-b"], None), Value::from(1));
-        assert_eq!(path(&["stepgate"], Some("{}"))["odd"]["a-b"], Value::from(1));
+        assert_eq!(
+            path(&["stepgate"], Some("{}"))["odd"]["a-b"],
+            Value::from(1)
+        );
         assert_eq!(path(&["nothing", "here"], None), Value::Undefined);
         assert_eq!(path(&["stepgate", "has_input"], None), Value::Undefined);
-        assert_eq!(path(&["stepgate", "has_input"], Some("{}")), Value::from(true));
+        assert_eq!(
+            path(&["stepgate", "has_input"], Some("{}")),
+            Value::from(true)
+        );
         // A segment cannot break out of its string literal.
         assert_eq!(path(&["stepgate\"] | data[\"x"], None), Value::Undefined);
     }

@@ -34,7 +34,10 @@ async fn post(server: &Server, path: &str, body: &Value) -> HttpReply {
         server.http.unwrap(),
         "POST",
         path,
-        &[("content-type", "application/json"), ("x-request-id", "req-42")],
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "req-42"),
+        ],
         &body.to_string(),
     )
     .await
@@ -57,7 +60,14 @@ async fn the_access_evaluation_example() {
     assert_eq!(body["decision"], json!(true));
     assert_eq!(
         body["context"]["reasons"],
-        json!(["use", "user", "Sales", "account", "1985-10-26T01:22-07:00", "anonymous"])
+        json!([
+            "use",
+            "user",
+            "Sales",
+            "account",
+            "1985-10-26T01:22-07:00",
+            "anonymous"
+        ])
     );
     assert_eq!(body["context"]["decision_id"].as_str().unwrap().len(), 36);
 
@@ -65,7 +75,9 @@ async fn the_access_evaluation_example() {
     let mut request = request;
     request["context"]["step"] = json!("request");
     request["resource"]["id"] = json!("456");
-    let body = post(&server, "/access/v1/evaluation", &request).await.json();
+    let body = post(&server, "/access/v1/evaluation", &request)
+        .await
+        .json();
     assert_eq!(body["decision"], json!(false));
     assert_eq!(body["context"]["reasons"], json!(["not allowed"]));
     server.stop().await;
@@ -106,7 +118,9 @@ async fn the_access_evaluations_example_and_semantics() {
     let mut single = request.clone();
     single.as_object_mut().unwrap().remove("evaluations");
     single["resource"] = json!({"type": "account", "id": "123"});
-    let body = post(&server, "/access/v1/evaluations", &single).await.json();
+    let body = post(&server, "/access/v1/evaluations", &single)
+        .await
+        .json();
     assert_eq!(body["decision"], json!(true), "{body}");
     server.stop().await;
 }
@@ -115,7 +129,11 @@ async fn the_access_evaluations_example_and_semantics() {
 async fn malformed_requests_name_the_field() {
     let server = Server::start(&[("p.rego", POLICY)]).await;
     for (path, body, field) in [
-        ("/access/v1/evaluation", json!({"action": {"name": "x"}}), "subject"),
+        (
+            "/access/v1/evaluation",
+            json!({"action": {"name": "x"}}),
+            "subject",
+        ),
         (
             "/access/v1/evaluation",
             json!({"subject": {"type": "user"}, "action": {"name": "x"}}),
@@ -141,7 +159,14 @@ async fn malformed_requests_name_the_field() {
             "{field}: {error}"
         );
     }
-    let reply = http_request(server.http.unwrap(), "POST", "/access/v1/evaluation", &[], "{").await;
+    let reply = http_request(
+        server.http.unwrap(),
+        "POST",
+        "/access/v1/evaluation",
+        &[],
+        "{",
+    )
+    .await;
     assert_eq!(reply.status, 400);
     server.stop().await;
 }

@@ -11,8 +11,13 @@ use super::{
 #[tokio::test]
 async fn opas_typescript_sdk_works_against_the_rest_api() {
     let client_dir = Path::new("tests/opa-client");
-    let installed = client_dir.join("node_modules/@styra/opa/package.json").exists();
-    let node = std::process::Command::new("node").arg("--version").output().is_ok();
+    let installed = client_dir
+        .join("node_modules/@styra/opa/package.json")
+        .exists();
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok();
     if !(installed && node) {
         let why = "node and tests/opa-client/node_modules are needed: run `npm ci --prefix tests/opa-client`";
         // CI installs the client; there a missing one is a failure, not a skip.

@@ -50,7 +50,12 @@ async fn post(server: &Server, path: &str, body: &str) -> super::support::HttpRe
 #[tokio::test]
 async fn the_data_api_answers_as_opa_does() {
     let server = start().await;
-    let reply = post(&server, "/v1/data/example/allow", r#"{"input": {"user": "alice"}}"#).await;
+    let reply = post(
+        &server,
+        "/v1/data/example/allow",
+        r#"{"input": {"user": "alice"}}"#,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.headers["content-type"], "application/json");
     let body = reply.json();
@@ -59,7 +64,9 @@ async fn the_data_api_answers_as_opa_does() {
     assert_eq!(id.len(), 36, "a UUID: {id}");
 
     // Undefined: 200 without "result".
-    let body = post(&server, "/v1/data/example/greeting", "{}").await.json();
+    let body = post(&server, "/v1/data/example/greeting", "{}")
+        .await
+        .json();
     assert!(body.get("result").is_none(), "{body}");
     assert!(body["decision_id"].is_string());
     let body = post(&server, "/v1/data/nothing/here", "").await.json();
@@ -67,20 +74,31 @@ async fn the_data_api_answers_as_opa_does() {
 
     // Data documents, packages, GET with ?input=, percent-encoded segments.
     let get = async |path: &str| server.http_get(path).await.json();
-    assert_eq!(get("/v1/data/roles/alice").await["result"], json!(["admin"]));
+    assert_eq!(
+        get("/v1/data/roles/alice").await["result"],
+        json!(["admin"])
+    );
     assert_eq!(
         get("/v1/data/example/allow?input=%7B%22user%22%3A%22alice%22%7D").await["result"],
         json!(true)
     );
     assert_eq!(get("/v1/data/example/allow").await["result"], json!(false));
-    assert_eq!(get("/v1/data/ro%6Ces/bob").await["result"], json!(["viewer"]));
-    let package = post(&server, "/v1/data/example", r#"{"input": {"user": "bob"}}"#).await.json();
+    assert_eq!(
+        get("/v1/data/ro%6Ces/bob").await["result"],
+        json!(["viewer"])
+    );
+    let package = post(&server, "/v1/data/example", r#"{"input": {"user": "bob"}}"#)
+        .await
+        .json();
     assert_eq!(package["result"]["greeting"], "hello bob");
     assert_eq!(package["result"]["allow"], json!(false));
 
     // input.caller is the transport's, whatever the client sent.
-    let spoof = r#"{"input": {"caller": {"id": "spiffe://admin", "authenticated": true, "via": "mtls"}}}"#;
-    let body = post(&server, "/v1/data/example/caller_seen", spoof).await.json();
+    let spoof =
+        r#"{"input": {"caller": {"id": "spiffe://admin", "authenticated": true, "via": "mtls"}}}"#;
+    let body = post(&server, "/v1/data/example/caller_seen", spoof)
+        .await
+        .json();
     assert_eq!(
         body["result"],
         json!({"id": "anonymous", "authenticated": false, "via": "tcp"})
@@ -95,11 +113,22 @@ async fn the_data_api_answers_as_opa_does() {
     .await;
     assert!(reply.body.contains("\n  \""), "not pretty: {}", reply.body);
     let body = reply.json();
-    assert!(body["metrics"]["timer_rego_query_eval_ns"].is_u64(), "{body}");
-    assert!(body["metrics"]["timer_server_handler_ns"].is_u64(), "{body}");
+    assert!(
+        body["metrics"]["timer_rego_query_eval_ns"].is_u64(),
+        "{body}"
+    );
+    assert!(
+        body["metrics"]["timer_server_handler_ns"].is_u64(),
+        "{body}"
+    );
     let revision = body["provenance"]["revision"].as_str().unwrap();
     assert!(revision.starts_with("sha256:"), "{revision}");
-    assert!(!post(&server, "/v1/data/example/allow", "{}").await.body.contains('\n'));
+    assert!(
+        !post(&server, "/v1/data/example/allow", "{}")
+            .await
+            .body
+            .contains('\n')
+    );
     server.stop().await;
 }
 
@@ -110,11 +139,25 @@ async fn errors_have_opas_shape_and_status() {
     assert_eq!(reply.status, 400, "{reply:?}");
     let body = reply.json();
     assert_eq!(body["code"], "invalid_parameter");
-    assert!(body["message"].as_str().unwrap().contains("malformed input"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed input"),
+        "{body}"
+    );
     let reply = post(&server, "/v1/data/example/allow", "[1]").await;
-    assert_eq!((reply.status, reply.json()["code"].clone()), (400, json!("invalid_parameter")));
+    assert_eq!(
+        (reply.status, reply.json()["code"].clone()),
+        (400, json!("invalid_parameter"))
+    );
 
-    let reply = post(&server, "/v1/data/example/conflict", r#"{"input": {"clash": true}}"#).await;
+    let reply = post(
+        &server,
+        "/v1/data/example/conflict",
+        r#"{"input": {"clash": true}}"#,
+    )
+    .await;
     assert_eq!(reply.status, 500, "{reply:?}");
     assert_eq!(reply.json()["code"], "internal_error");
 
@@ -141,7 +184,10 @@ async fn v0_the_default_decision_and_the_policy_list() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let decision = reply.json();
     assert_eq!(decision["allow"], json!(true));
-    assert_eq!(decision["reasons"][0], "anonymous", "the transport's caller");
+    assert_eq!(
+        decision["reasons"][0], "anonymous",
+        "the transport's caller"
+    );
 
     let reply = server.http_get("/v1/policies").await;
     assert_eq!(reply.status, 200);
@@ -171,16 +217,25 @@ async fn decision_callers_and_mtls_apply_to_http_too() {
     let headers = [
         ("content-type", "application/json"),
         ("x-spiffe-id", "spiffe://cluster.local/ns/agents/sa/gateway"),
-        ("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/agents/sa/gateway"),
+        (
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/agents/sa/gateway",
+        ),
     ];
 
     let issued = pki.client("gateway", Some(trusted));
     let stream = tls_connect(addr, pki.client_config(Some(&issued), http1))
         .await
         .unwrap();
-    let reply =
-        http_request_over(stream, addr, "POST", "/v1/data/example/caller_seen", &headers, spoof)
-            .await;
+    let reply = http_request_over(
+        stream,
+        addr,
+        "POST",
+        "/v1/data/example/caller_seen",
+        &headers,
+        spoof,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         reply.json()["result"],
@@ -188,12 +243,22 @@ async fn decision_callers_and_mtls_apply_to_http_too() {
     );
 
     // Another workload, even with the trusted identity in its headers, is refused.
-    let other = pki.client("frontend", Some("spiffe://cluster.local/ns/shop/sa/frontend"));
+    let other = pki.client(
+        "frontend",
+        Some("spiffe://cluster.local/ns/shop/sa/frontend"),
+    );
     let stream = tls_connect(addr, pki.client_config(Some(&other), http1))
         .await
         .unwrap();
-    let reply =
-        http_request_over(stream, addr, "POST", "/v1/data/example/allow", &headers, spoof).await;
+    let reply = http_request_over(
+        stream,
+        addr,
+        "POST",
+        "/v1/data/example/allow",
+        &headers,
+        spoof,
+    )
+    .await;
     assert_eq!(reply.status, 403, "{reply:?}");
 
     // No client certificate: no HTTP at all.
