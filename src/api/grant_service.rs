@@ -9,7 +9,7 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller::caller_of,
+    caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
 };
 use crate::{
@@ -84,7 +84,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .request(request.get_ref(), &caller)
+            .request(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -96,7 +96,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Approve")?;
         self.steps
-            .approve(request.get_ref(), &caller)
+            .approve(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -108,7 +108,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Reject")?;
         self.steps
-            .reject(request.get_ref(), &caller)
+            .reject(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -119,7 +119,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .revalidate(request.get_ref(), &caller)
+            .revalidate(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -130,7 +130,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .renew(request.get_ref(), &caller)
+            .renew(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -143,7 +143,7 @@ impl GrantService for GrantApi {
         self.admins.check(&caller, "Revoke")?;
         let outcome = self
             .steps
-            .revoke(request.get_ref(), &caller)
+            .revoke(request.get_ref(), &caller, &parent_of(&request))
             .map_err(status)?;
         Ok(Response::new(RevokeResponse {
             revoked: outcome
@@ -162,7 +162,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "ConfirmRevocation")?;
         self.steps
-            .confirm_revocation(request.get_ref())
+            .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
