@@ -1,3 +1,4 @@
+mod audit;
 mod binary;
 mod check;
 mod deploy;
@@ -8,3 +9,4 @@ mod health;
 mod http;
 mod reload;
 mod support;
+mod telemetry;
