@@ -15,17 +15,22 @@ use std::{
 
 use tokio::net::{TcpListener, UnixListener};
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tokio::task::JoinHandle;
+
 use crate::{
     api::{
         AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
         GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, ServerLimits, TlsError,
         TlsWatcher, http_router,
     },
+    audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
     config::ServeConfig,
     decision::{DecisionPipeline, GrantSteps},
-    grants::{MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
+    grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
+    telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
 };
 
 /// How long file-change events must be quiet before a reload.
@@ -75,6 +80,29 @@ pub enum AppError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(io::Error),
+    /// The span exporter could not be built.
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
+    /// The decision log could not be opened.
+    #[error("cannot open the decision log {what}: {source}")]
+    DecisionLog {
+        /// The destination.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Parts a caller may supply instead of the ones the configuration describes (tests:
+/// a manual clock, an in-memory span exporter, a decision log to a test's writer).
+#[derive(Default)]
+pub struct Overrides {
+    /// The clock (default: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// The tracer provider (default: built from `config.tracing`).
+    pub tracer_provider: Option<SdkTracerProvider>,
+    /// The decision log (default: opened from `config.audit`).
+    pub decision_log: Option<DecisionLog>,
 }
 
 /// A configured server with its listeners bound, not yet serving.
@@ -86,6 +114,7 @@ pub struct App {
     pipeline: Arc<DecisionPipeline>,
     listeners: Listeners,
     http: Option<TcpListener>,
+    tracer_provider: Option<SdkTracerProvider>,
 }
 
 impl App {
@@ -99,17 +128,37 @@ impl App {
         config: ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
+        let overrides = Overrides {
+            clock: Some(clock),
+            ..Overrides::default()
+        };
+        Self::bind_with(config, overrides).await
+    }
+
+    /// As [`App::bind`], with parts supplied by the caller.
+    pub async fn bind_with(config: ServeConfig, overrides: Overrides) -> Result<Self, AppError> {
+        let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let policies = Arc::new(PolicyStore::new(
             config.policies.clone(),
             config.policy.clone(),
         ));
         let grants = open_grants(&config, clock.clone())?;
-        let pipeline = Arc::new(DecisionPipeline::new(
-            policies.clone(),
-            grants.clone(),
-            clock,
-            config.max_batch,
-        ));
+        let tracer_provider = match overrides.tracer_provider {
+            Some(provider) => Some(provider),
+            None => tracer_provider(&config.tracing)?,
+        };
+        let tracer = tracer_provider
+            .as_ref()
+            .map_or_else(Tracer::disabled, Tracer::from_provider);
+        let decision_log = match overrides.decision_log {
+            Some(log) => Some(log),
+            None => open_decision_log(&config)?,
+        };
+        let pipeline = Arc::new(
+            DecisionPipeline::new(policies.clone(), grants.clone(), clock, config.max_batch)
+                .with_telemetry(Arc::new(Telemetry::with_tracer(tracer)))
+                .with_decision_log(decision_log.map(Arc::new)),
+        );
         let mut listeners = Listeners::default();
         if let Some(addr) = config.grpc_addr {
             listeners.tcp = Some(bind_tcp(addr).await?);
@@ -131,6 +180,7 @@ impl App {
             pipeline,
             listeners,
             http,
+            tracer_provider,
         })
     }
 
@@ -211,13 +261,19 @@ impl App {
             HttpServer::start(listener, http_router(state), http_tls.clone())
         });
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
+        let telemetry = self.pipeline.telemetry();
+        telemetry.watch_sweeper(sweeper.stats().clone());
+        let lifecycle = spawn_lifecycle_spans(telemetry.tracer().clone(), self.grants.subscribe());
         Ok(RunningApp {
             config: self.config,
             policies: self.policies,
             grants: self.grants,
+            pipeline: self.pipeline,
             server,
             http,
             sweeper,
+            lifecycle,
+            tracer_provider: self.tracer_provider,
             _watcher: watcher,
             _tls_watcher: tls_watcher,
         })
@@ -255,9 +311,12 @@ pub struct RunningApp {
     config: ServeConfig,
     policies: Arc<PolicyStore>,
     grants: Arc<MemoryGrantStore>,
+    pipeline: Arc<DecisionPipeline>,
     server: GrpcServer,
     http: Option<HttpServer>,
     sweeper: Sweeper,
+    lifecycle: Option<JoinHandle<()>>,
+    tracer_provider: Option<SdkTracerProvider>,
     _watcher: PolicyWatcher,
     _tls_watcher: Option<TlsWatcher>,
 }
@@ -293,8 +352,14 @@ impl RunningApp {
         self.http.as_ref().and_then(HttpServer::addr)
     }
 
+    /// The decision pipeline (its telemetry and decision log).
+    pub fn pipeline(&self) -> &Arc<DecisionPipeline> {
+        &self.pipeline
+    }
+
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
-    /// the configured grace period), then stops the sweeper and syncs the journal.
+    /// the configured grace period), then stops the sweeper, syncs the journal, flushes
+    /// the decision log and exports the spans still buffered.
     pub async fn shutdown(self) -> Result<(), AppError> {
         let grace = self.config.shutdown_grace;
         // Both listeners drain at once, so shutdown takes at most one grace period.
@@ -311,6 +376,19 @@ impl RunningApp {
             && let Err(err) = journal.sync()
         {
             tracing::error!(error = %err, "grant journal sync at shutdown failed");
+        }
+        if let Some(lifecycle) = self.lifecycle {
+            lifecycle.abort();
+        }
+        if let Some(log) = self.pipeline.decision_log() {
+            log.close().await;
+        }
+        if let Some(provider) = self.tracer_provider {
+            // Export blocks (the batch processor's thread waits on the collector).
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(error = %err, "span export at shutdown failed");
+            }
         }
         if let Some(path) = &self.config.grpc_uds {
             let _ = std::fs::remove_file(path);
@@ -343,6 +421,27 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down: draining in-flight calls");
     running.shutdown().await
+}
+
+/// Opens the decision log the configuration names (`None` when off).
+fn open_decision_log(config: &ServeConfig) -> Result<Option<DecisionLog>, AppError> {
+    let log = DecisionLog::open(&config.audit).map_err(|source| AppError::DecisionLog {
+        what: match &config.audit.destination {
+            Destination::File(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        },
+        source,
+    })?;
+    match (&log, &config.audit.destination) {
+        (Some(_), Destination::File(path)) => tracing::info!(
+            path = %path.display(),
+            required = config.audit.required,
+            "decision log"
+        ),
+        (Some(_), _) => tracing::info!(required = config.audit.required, "decision log on stdout"),
+        (None, _) => {}
+    }
+    Ok(log)
 }
 
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {

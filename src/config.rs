@@ -16,8 +16,10 @@ use serde::Deserialize;
 use chrono::TimeDelta;
 
 use crate::{
+    audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
     policy::{EvalLimits, PolicyOptions, SourceLimits},
+    telemetry::{OtlpExporter, OtlpProtocol, SamplerChoice, TracingOptions},
 };
 
 /// Flags of `stepgate serve`; each is also `STEPGATE_<NAME>` in the environment and
@@ -113,6 +115,50 @@ pub struct ServeArgs {
     /// Let concurrent mutations share one journal write and sync [default: true].
     #[arg(long, env = "STEPGATE_JOURNAL_GROUP_COMMIT", value_name = "BOOL")]
     pub journal_group_commit: Option<bool>,
+    /// Decision log: a file path, 'stdout' or 'off' [default: <state-dir>/decisions.jsonl;
+    /// off with --ephemeral].
+    #[arg(long, env = "STEPGATE_DECISION_LOG", value_name = "PATH|stdout|off")]
+    pub decision_log: Option<String>,
+    /// Deny a decision whose record the decision log cannot take [default: false].
+    #[arg(long, env = "STEPGATE_AUDIT_REQUIRED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub audit_required: Option<bool>,
+    /// JSON pointers into the input whose values the decision log masks.
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_LOG_MASK",
+        value_name = "POINTER[,POINTER...]",
+        value_delimiter = ','
+    )]
+    pub decision_log_mask: Option<Vec<String>>,
+    /// Object keys (fragments, case-insensitive) whose values the decision log masks
+    /// [default: password,secret,token,api_key,apikey,authorization].
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_LOG_MASK_KEYS",
+        value_name = "KEY[,KEY...]",
+        value_delimiter = ','
+    )]
+    pub decision_log_mask_keys: Option<Vec<String>>,
+    /// OTLP collector URL; '' turns span export off [default: OTEL_EXPORTER_OTLP_ENDPOINT,
+    /// else no export].
+    #[arg(long, env = "STEPGATE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf].
+    #[arg(long, env = "STEPGATE_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// service.name of exported spans [default: OTEL_SERVICE_NAME, else stepgate].
+    #[arg(long, env = "STEPGATE_OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+    /// Span sampler, as OTEL_TRACES_SAMPLER [default: parentbased_always_on].
+    #[arg(long, env = "STEPGATE_OTEL_TRACES_SAMPLER", value_name = "SAMPLER")]
+    pub otel_traces_sampler: Option<String>,
+    /// The sampler's ratio, as OTEL_TRACES_SAMPLER_ARG [default: 1.0].
+    #[arg(long, env = "STEPGATE_OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
+    pub otel_traces_sampler_arg: Option<String>,
+    /// Turn spans off whatever else is set, as OTEL_SDK_DISABLED [default: false].
+    #[arg(long, env = "STEPGATE_OTEL_SDK_DISABLED", value_name = "BOOL")]
+    pub otel_sdk_disabled: Option<bool>,
     /// The Envoy ext_authz rule [default: data.envoy.authz.allow].
     #[arg(long, env = "STEPGATE_ENVOY_ENTRYPOINT", value_name = "RULE")]
     pub envoy_entrypoint: Option<String>,
@@ -189,6 +235,16 @@ struct FileConfig {
     revocation_confirm_deadline: Option<String>,
     journal_fsync: Option<bool>,
     journal_group_commit: Option<bool>,
+    decision_log: Option<String>,
+    audit_required: Option<bool>,
+    decision_log_mask: Option<Vec<String>>,
+    decision_log_mask_keys: Option<Vec<String>>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
+    otel_service_name: Option<String>,
+    otel_traces_sampler: Option<String>,
+    otel_traces_sampler_arg: Option<String>,
+    otel_sdk_disabled: Option<bool>,
     envoy_entrypoint: Option<String>,
     envoy_dry_run: Option<bool>,
     tls_cert: Option<PathBuf>,
@@ -239,6 +295,10 @@ pub struct ServeConfig {
     pub grants: GrantsConfig,
     /// Who may call the admin RPCs; `None` = anyone who reaches the listener.
     pub admin_callers: Option<Vec<String>>,
+    /// Spans and their export.
+    pub tracing: TracingOptions,
+    /// The decision log.
+    pub audit: AuditOptions,
     /// Per-service allow-lists of caller identities; `None` = any caller.
     pub service_callers: ServiceCallers,
     /// Allow every ext_authz request, recording the real decision.
@@ -317,6 +377,8 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             grants: GrantsConfig::default(),
             admin_callers: None,
+            tracing: TracingOptions::default(),
+            audit: AuditOptions::default(),
             service_callers: ServiceCallers::default(),
             envoy_dry_run: false,
             tls: None,
@@ -340,17 +402,31 @@ impl std::error::Error for ConfigError {}
 impl ServeConfig {
     /// Merges flags/environment (already merged by clap) over the file named by
     /// `--config`, over the defaults, and validates the result.
+    /// The standard `OTEL_*` variables rank between `STEPGATE_*` and the file.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::merge(args, file)
+        Self::merge_env(args, file, &|name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
     }
 
+    #[cfg(test)]
     fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        Self::merge_env(args, file, &|_| None)
+    }
+
+    /// Merges with `otel_env` as the source of the `OTEL_*` variables.
+    fn merge_env(
+        args: ServeArgs,
+        file: FileConfig,
+        otel_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let mut problems = Vec::new();
+        let (tracing, tracing_problems) = tracing_options(&args, &file, otel_env);
         let mut check = |ok: bool, problem: String| {
             if !ok {
                 problems.push(problem);
@@ -597,6 +673,50 @@ impl ServeConfig {
             ..grants_default.store.journal.clone()
         };
 
+        problems.extend(tracing_problems);
+        let decision_log = args.decision_log.or(file.decision_log);
+        let destination = match decision_log.as_deref() {
+            Some("off") => Destination::Off,
+            Some("stdout") => Destination::Stdout,
+            Some("") => {
+                problems.push("decision_log: must be a path, 'stdout' or 'off'".into());
+                Destination::Off
+            }
+            Some(path) => Destination::File(PathBuf::from(path)),
+            None => match &state_dir {
+                Some(dir) => Destination::File(dir.join("decisions.jsonl")),
+                None => Destination::Off,
+            },
+        };
+        let audit_required = args.audit_required.or(file.audit_required).unwrap_or(false);
+        if audit_required && destination == Destination::Off {
+            problems.push("audit_required: needs a decision log (decision_log is off)".into());
+        }
+        let pointers = args
+            .decision_log_mask
+            .or(file.decision_log_mask)
+            .unwrap_or_default();
+        for pointer in &pointers {
+            if !pointer.starts_with('/') {
+                problems.push(format!(
+                    "decision_log_mask: {pointer:?} is not a JSON pointer (it starts with '/')"
+                ));
+            }
+        }
+        let masks = Masks {
+            pointers,
+            keys: args
+                .decision_log_mask_keys
+                .or(file.decision_log_mask_keys)
+                .map(|keys| {
+                    keys.iter()
+                        .map(|k| k.trim().to_ascii_lowercase().replace('-', "_"))
+                        .filter(|k| !k.is_empty())
+                        .collect()
+                })
+                .unwrap_or_else(|| Masks::default().keys),
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -640,6 +760,13 @@ impl ServeConfig {
                 approval_timeout,
             },
             admin_callers,
+            tracing,
+            audit: AuditOptions {
+                destination,
+                required: audit_required,
+                masks,
+                ..AuditOptions::default()
+            },
             service_callers,
             envoy_dry_run: args
                 .envoy_dry_run
@@ -649,6 +776,88 @@ impl ServeConfig {
             grpc_uds_mode,
         })
     }
+}
+
+/// Tracing from flags/`STEPGATE_*`, then the standard `OTEL_*` variables, then the file.
+fn tracing_options(
+    args: &ServeArgs,
+    file: &FileConfig,
+    otel_env: &dyn Fn(&str) -> Option<String>,
+) -> (TracingOptions, Vec<String>) {
+    let mut problems = Vec::new();
+    let defaults = TracingOptions::default();
+    let disabled = args
+        .otel_sdk_disabled
+        .or_else(|| otel_env("OTEL_SDK_DISABLED").map(|v| v.eq_ignore_ascii_case("true")))
+        .or(file.otel_sdk_disabled)
+        .unwrap_or(false);
+    let env_endpoint = otel_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    // `Some(None)`: export, to the endpoint the exporter reads from OTEL_* itself.
+    let endpoint: Option<Option<String>> = match (&args.otlp_endpoint, env_endpoint) {
+        (Some(url), _) => Some(Some(url.clone())),
+        (None, Some(_)) => Some(None),
+        (None, None) => file.otlp_endpoint.clone().map(Some),
+    };
+    let endpoint = endpoint.filter(|e| e.as_deref() != Some(""));
+    if let Some(Some(url)) = &endpoint
+        && !url.starts_with("http://")
+    {
+        problems.push(format!(
+            "otlp_endpoint: {url:?} must be an http:// URL (send to a collector beside stepgate; TLS to a remote one is the collector's job)"
+        ));
+    }
+    let protocol_text = args
+        .otlp_protocol
+        .clone()
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .or_else(|| file.otlp_protocol.clone());
+    let protocol = match protocol_text.as_deref() {
+        None => OtlpProtocol::HttpProtobuf,
+        Some(text) => OtlpProtocol::parse(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "otlp_protocol: {text:?} is not 'grpc' or 'http/protobuf'"
+            ));
+            OtlpProtocol::HttpProtobuf
+        }),
+    };
+    let service_name = args
+        .otel_service_name
+        .clone()
+        .or_else(|| otel_env("OTEL_SERVICE_NAME"))
+        .or_else(|| file.otel_service_name.clone())
+        .unwrap_or(defaults.service_name);
+    let (sampler_name, sampler_arg) = match &args.otel_traces_sampler {
+        Some(name) => (Some(name.clone()), args.otel_traces_sampler_arg.clone()),
+        None => match otel_env("OTEL_TRACES_SAMPLER") {
+            Some(name) => (Some(name), otel_env("OTEL_TRACES_SAMPLER_ARG")),
+            None => (
+                file.otel_traces_sampler.clone(),
+                file.otel_traces_sampler_arg.clone(),
+            ),
+        },
+    };
+    let sampler = match sampler_name {
+        None => defaults.sampler,
+        Some(name) => SamplerChoice::parse(&name, sampler_arg.as_deref()).unwrap_or_else(|e| {
+            problems.push(format!("otel_traces_sampler: {e}"));
+            defaults.sampler
+        }),
+    };
+    let exporter = if disabled {
+        None
+    } else {
+        endpoint.map(|endpoint| OtlpExporter { endpoint, protocol })
+    };
+    (
+        TracingOptions {
+            exporter,
+            service_name,
+            sampler,
+        },
+        problems,
+    )
 }
 
 fn to_delta(d: Duration) -> TimeDelta {
@@ -794,6 +1003,105 @@ mod tests {
             ephemeral: Some(true),
             state_dir: Some("/x".into()),
             admin_callers: Some(vec![]),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn tracing_comes_from_flags_then_otel_variables_then_the_file() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            config.tracing.exporter, None,
+            "nothing configured: no exporter"
+        );
+
+        let env = |name: &str| -> Option<String> {
+            match name {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".into()),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".into()),
+                "OTEL_SERVICE_NAME" => Some("pdp".into()),
+                "OTEL_TRACES_SAMPLER" => Some("traceidratio".into()),
+                "OTEL_TRACES_SAMPLER_ARG" => Some("0.5".into()),
+                _ => None,
+            }
+        };
+        let file = file("otlp_endpoint = \"http://file:4318\"\notel_service_name = \"f\"\n");
+        let config = ServeConfig::merge_env(ServeArgs::default(), file.clone(), &env).unwrap();
+        assert_eq!(
+            config.tracing.exporter,
+            Some(OtlpExporter {
+                endpoint: None,
+                protocol: OtlpProtocol::Grpc
+            })
+        );
+        assert_eq!(config.tracing.service_name, "pdp");
+        assert_eq!(config.tracing.sampler, SamplerChoice::TraceIdRatio(0.5));
+
+        let config = ServeConfig::merge(ServeArgs::default(), file.clone()).unwrap();
+        assert_eq!(
+            config.tracing.exporter,
+            Some(OtlpExporter {
+                endpoint: Some("http://file:4318".into()),
+                protocol: OtlpProtocol::HttpProtobuf
+            })
+        );
+        assert_eq!(config.tracing.service_name, "f");
+
+        let args = ServeArgs {
+            otlp_endpoint: Some(String::new()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge_env(args, file.clone(), &env).unwrap();
+        assert_eq!(config.tracing.exporter, None, "'' turns export off");
+        let disabled = |name: &str| (name == "OTEL_SDK_DISABLED").then(|| "true".to_string());
+        let config = ServeConfig::merge_env(ServeArgs::default(), file, &disabled).unwrap();
+        assert_eq!(config.tracing.exporter, None, "OTEL_SDK_DISABLED wins");
+
+        let args = ServeArgs {
+            otlp_endpoint: Some("collector:4317".into()),
+            otlp_protocol: Some("http/json".into()),
+            otel_traces_sampler: Some("often".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn decision_log_defaults_to_the_state_dir_and_is_off_when_ephemeral() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            config.audit.destination,
+            Destination::File(PathBuf::from("./data/decisions.jsonl"))
+        );
+        assert!(!config.audit.required);
+        assert_eq!(config.audit.masks, Masks::default());
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(config.audit.destination, Destination::Off);
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            decision_log: Some("stdout".into()),
+            audit_required: Some(true),
+            decision_log_mask: Some(vec!["/agent/arguments/query".into()]),
+            ..Default::default()
+        };
+        let config =
+            ServeConfig::merge(args, file("decision_log_mask_keys = [\"Pass-Phrase\"]\n")).unwrap();
+        assert_eq!(config.audit.destination, Destination::Stdout);
+        assert!(config.audit.required);
+        assert_eq!(config.audit.masks.pointers, ["/agent/arguments/query"]);
+        assert_eq!(config.audit.masks.keys, ["pass_phrase"]);
+
+        let args = ServeArgs {
+            decision_log: Some("off".into()),
+            audit_required: Some(true),
+            decision_log_mask: Some(vec!["agent".into()]),
             ..Default::default()
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();

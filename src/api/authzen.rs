@@ -26,6 +26,7 @@ use super::{caller::http_caller, convert::value_to_struct, http::HttpState};
 use crate::{
     decision::{Decision, InvalidField, validate_check},
     proto::v1::{CheckRequest, Context, Resource, Subject},
+    telemetry::ParentContext,
 };
 
 /// The AuthZEN routes.
@@ -71,9 +72,10 @@ impl IntoResponse for Refusal {
 async fn evaluation(State(state): State<HttpState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
     let answer = async {
+        let parent = ParentContext::from_headers(request.headers());
         let (caller, body) = read(&state, request).await?;
         let check = check_from(&body, None).map_err(Refusal::from)?;
-        let decision = state.pipeline.check(&check, &caller)?;
+        let decision = state.pipeline.check(&check, &caller, &parent)?;
         Ok::<_, Refusal>(decision_json(&decision))
     }
     .await;
@@ -84,6 +86,7 @@ async fn evaluation(State(state): State<HttpState>, request: Request) -> Respons
 async fn evaluations(State(state): State<HttpState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
     let answer = async {
+        let parent = ParentContext::from_headers(request.headers());
         let (caller, body) = read(&state, request).await?;
         let items = match field(&body, "evaluations") {
             None => None,
@@ -96,7 +99,9 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
         let Some(items) = items else {
             // No evaluations: a single evaluation of the defaults, answered as one.
             let check = check_from(&body, None)?;
-            return Ok(decision_json(&state.pipeline.check(&check, &caller)?));
+            return Ok(decision_json(
+                &state.pipeline.check(&check, &caller, &parent)?,
+            ));
         };
         let mut checks = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -105,7 +110,7 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
                 .map_err(|e| e.within(&format!("evaluations[{i}]")))?;
             checks.push(check);
         }
-        let mut decisions = state.pipeline.batch_check(checks, caller).await?;
+        let mut decisions = state.pipeline.batch_check(checks, caller, parent).await?;
         if let Some(semantic) = semantic(&body)? {
             // Short-circuit semantics: the answers end at the first deny / permit.
             let stop = decisions

@@ -1,9 +1,15 @@
-//! The caller identity of a call, from the transport that carried it.
+//! What a call says about where it comes from: the caller identity, from the transport
+//! that carried it, and the caller's trace position, from its metadata or headers.
 
 use tonic::{Request, transport::server::UdsConnectInfo};
 
 use super::tls::TlsConnectInfo;
-use crate::decision::Caller;
+use crate::{decision::Caller, telemetry::ParentContext};
+
+/// The caller's span (W3C `traceparent` or B3 metadata), to parent the decision span.
+pub(crate) fn parent_of<T>(request: &Request<T>) -> ParentContext {
+    ParentContext::from_headers(request.metadata().as_ref())
+}
 
 /// The transport's word on who called: the verified mTLS client certificate, the Unix
 /// socket's peer uid, else anonymous. Metadata and message bodies are never consulted,

@@ -20,7 +20,10 @@ use envoy_types::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{caller::caller_of, convert::value_to_struct};
+use super::{
+    caller::{caller_of, parent_of},
+    convert::value_to_struct,
+};
 use crate::decision::{DecisionPipeline, EnvoyFailure, EnvoyVerdict};
 
 /// gRPC status codes as the `google.rpc.Status` of a CheckResponse carries them.
@@ -49,8 +52,11 @@ impl Authorization for ExtAuthzApi {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let caller = caller_of(&request);
-        let decision = self.pipeline.envoy_check(request.get_ref(), &caller);
-        let id = decision.evaluation.id.to_string();
+        let parent = parent_of(&request);
+        let decision = self
+            .pipeline
+            .envoy_check(request.get_ref(), &caller, &parent);
+        let id = decision.decision.id.to_string();
         let failed = |err: String| {
             Status::unknown(format!(
                 "decision {id}: envoy ext_authz evaluation failed: {err}"

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AdminCallers,
-    caller::caller_of,
+    caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
 };
 use crate::{
@@ -63,7 +63,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .request(request.get_ref(), &caller)
+            .request(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -75,7 +75,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Approve")?;
         self.steps
-            .approve(request.get_ref(), &caller)
+            .approve(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -87,7 +87,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Reject")?;
         self.steps
-            .reject(request.get_ref(), &caller)
+            .reject(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -98,7 +98,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .revalidate(request.get_ref(), &caller)
+            .revalidate(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -109,7 +109,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .renew(request.get_ref(), &caller)
+            .renew(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -122,7 +122,7 @@ impl GrantService for GrantApi {
         self.admins.check(&caller, "Revoke")?;
         let outcome = self
             .steps
-            .revoke(request.get_ref(), &caller)
+            .revoke(request.get_ref(), &caller, &parent_of(&request))
             .map_err(status)?;
         Ok(Response::new(RevokeResponse {
             revoked: outcome
@@ -141,7 +141,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "ConfirmRevocation")?;
         self.steps
-            .confirm_revocation(request.get_ref())
+            .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }

@@ -22,8 +22,9 @@ use regorus::Value;
 
 use super::{caller::http_caller, http::HttpState};
 use crate::{
-    decision::{Caller, Evaluation, with_transport_caller},
+    decision::{Caller, Decision, RawTarget, with_transport_caller},
     policy::Entrypoint,
+    telemetry::ParentContext,
 };
 
 /// The OPA REST routes.
@@ -104,6 +105,7 @@ impl Params {
 /// A request's caller, path, parameters and body, after the allow-list check.
 struct Call {
     caller: Caller,
+    parent: ParentContext,
     params: Params,
     body: Bytes,
     started: Instant,
@@ -121,11 +123,13 @@ async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response
         .into_response());
     }
     let params = Params::parse(request.uri().query());
+    let parent = ParentContext::from_headers(request.headers());
     let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
         .await
         .map_err(|e| OpaError::invalid(format!("request body: {e}")).into_response())?;
     Ok(Call {
         caller,
+        parent,
         params,
         body,
         started,
@@ -176,14 +180,11 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         Err(err) => return err.into_response(),
     };
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-    let evaluation = state.pipeline.query_data(&segments, input);
-    let Evaluation {
-        id,
-        result,
-        policy_revision,
-        eval_duration,
-        ..
-    } = evaluation;
+    let target = RawTarget::Data {
+        path: &segments,
+        has_input: input.is_some(),
+    };
+    let (decision, result) = query(&state, &call, target, input, &document_name(&segments));
     let result = match result {
         Ok(result) => result,
         Err(err) => return OpaError::internal(err).into_response(),
@@ -192,12 +193,12 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     if result != Value::Undefined {
         body.insert(Value::from("result"), result);
     }
-    body.insert(Value::from("decision_id"), Value::from(id.to_string()));
+    body.insert(Value::from("decision_id"), Value::from(decision.id.to_string()));
     if call.params.metrics {
         let mut metrics = regorus::value::Object::new();
         metrics.insert(
             Value::from("timer_rego_query_eval_ns"),
-            Value::from(eval_duration.as_nanos() as u64),
+            Value::from(decision.eval_duration.as_nanos() as u64),
         );
         metrics.insert(
             Value::from("timer_server_handler_ns"),
@@ -206,7 +207,7 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         body.insert(Value::from("metrics"), metrics.into_value());
     }
     if call.params.provenance {
-        body.insert(Value::from("provenance"), provenance(&policy_revision));
+        body.insert(Value::from("provenance"), provenance(&decision.policy_revision));
     }
     encode(StatusCode::OK, &body.into_value(), call.params.pretty)
 }
@@ -244,8 +245,13 @@ async fn data_v0(State(state): State<HttpState>, request: Request) -> Response {
         Err(err) => return err.into_response(),
     };
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-    let evaluation = state.pipeline.query_data(&segments, input);
-    bare_answer(evaluation, &format!("data.{}", segments.join(".")), &call)
+    let document = document_name(&segments);
+    let target = RawTarget::Data {
+        path: &segments,
+        has_input: input.is_some(),
+    };
+    let answer = query(&state, &call, target, input, &document);
+    bare_answer(answer, &document, &call)
 }
 
 /// `POST /`: the decision entrypoint on the body as input, the answer the bare document.
@@ -264,8 +270,9 @@ async fn default_decision(State(state): State<HttpState>, request: Request) -> R
         .options()
         .decision_entrypoint
         .clone();
-    let evaluation = state.pipeline.evaluate(Entrypoint::Decision, input);
-    bare_answer(evaluation, &rule, &call)
+    let target = RawTarget::Entrypoint(Entrypoint::Decision);
+    let answer = query(&state, &call, target, Some(input), &rule);
+    bare_answer(answer, &rule, &call)
 }
 
 fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
@@ -278,8 +285,47 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     )))
 }
 
-fn bare_answer(evaluation: Evaluation, document: &str, call: &Call) -> Response {
-    match evaluation.result {
+/// `data.a.b` for the path `["a", "b"]`.
+fn document_name(segments: &[&str]) -> String {
+    std::iter::once("data")
+        .chain(segments.iter().copied())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Evaluates through the decision pipeline, so the query gets its span, metrics and
+/// decision-log record. The record allows when the result is `true` or an object whose
+/// `allow`/`allowed` is `true`, and names the document queried.
+fn query(
+    state: &HttpState,
+    call: &Call,
+    target: RawTarget<'_>,
+    input: Option<Value>,
+    document: &str,
+) -> (Decision, Result<Value, String>) {
+    let input = input.unwrap_or_else(Value::new_object);
+    state
+        .pipeline
+        .decide_raw(target, input, &call.parent, |result| match result {
+            Ok(value) => {
+                let allow = value == Value::from(true)
+                    || value["allow"] == Value::from(true)
+                    || value["allowed"] == Value::from(true);
+                (Ok(value), allow, vec![format!("queried {document}")])
+            }
+            Err(err) => {
+                let err = err.to_string();
+                (Err(err.clone()), false, vec![err])
+            }
+        })
+}
+
+fn bare_answer(
+    (decision, result): (Decision, Result<Value, String>),
+    document: &str,
+    call: &Call,
+) -> Response {
+    match result {
         Err(err) => OpaError::internal(err).into_response(),
         Ok(Value::Undefined) => OpaError {
             status: StatusCode::NOT_FOUND,
@@ -289,7 +335,7 @@ fn bare_answer(evaluation: Evaluation, document: &str, call: &Call) -> Response 
         .into_response(),
         Ok(result) => {
             let mut response = encode(StatusCode::OK, &result, call.params.pretty);
-            if let Ok(id) = evaluation.id.to_string().parse() {
+            if let Ok(id) = decision.id.to_string().parse() {
                 response.headers_mut().insert("x-decision-id", id);
             }
             response

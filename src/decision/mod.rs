@@ -18,5 +18,5 @@ pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use input::{
     InvalidField, StepInput, check_input, grant_value, validate_check, with_transport_caller,
 };
-pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Evaluation};
+pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

@@ -1,3 +1,4 @@
+mod audit;
 mod authzen;
 mod binary;
 mod check;
@@ -14,3 +15,4 @@ mod opa_rest;
 mod pki;
 mod reload;
 mod support;
+mod telemetry;

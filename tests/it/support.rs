@@ -11,7 +11,7 @@ use std::{
 use hyper_util::rt::TokioIo;
 use prost_types::{Struct, value::Kind};
 use stepgate::{
-    app::{App, RunningApp},
+    app::{App, Overrides, RunningApp},
     clock::ManualClock,
     config::{GrantsConfig, ServeConfig},
     grants::StoreOptions,
@@ -99,15 +99,44 @@ impl Server {
 
     /// Starts serving without loading policies yet.
     pub async fn bound(files: &[(&str, &str)], tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::bound_with(files, tweak, Overrides::default()).await
+    }
+
+    /// Starts with `overrides` (a tracer provider, a decision log) and policies loaded.
+    pub async fn start_overridden(
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut ServeConfig),
+        overrides: Overrides,
+    ) -> Self {
+        let mut server = Self::bound_with(files, tweak, overrides).await;
+        server
+            .app
+            .as_mut()
+            .unwrap()
+            .load_policies()
+            .await
+            .expect("policies load");
+        server
+    }
+
+    /// Starts serving with `overrides` (its clock is replaced by the test's manual
+    /// clock), without loading policies yet.
+    pub async fn bound_with(
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut ServeConfig),
+        overrides: Overrides,
+    ) -> Self {
         let policies = policy_dir(files);
         let sock_dir = tempfile::tempdir().unwrap();
         let uds = sock_dir.path().join("stepgate.sock");
         let mut config = config(policies.path(), &uds);
         tweak(&mut config);
         let clock = ManualClock::at("2026-11-23T10:00:00Z".parse().unwrap());
-        let app = App::bind_with_clock(config, Arc::new(clock.clone()))
-            .await
-            .expect("bind");
+        let overrides = Overrides {
+            clock: Some(Arc::new(clock.clone())),
+            ..overrides
+        };
+        let app = App::bind_with(config, overrides).await.expect("bind");
         let addr = app.grpc_addr().expect("tcp listener");
         let http = app.http_addr();
         let app = app.start().await.expect("start");
@@ -150,6 +179,11 @@ impl Server {
     pub async fn http_get(&self, path: &str) -> HttpReply {
         let addr = self.http.expect("the HTTP listener is on");
         http_request(addr, "GET", path, &[], "").await
+    }
+
+    /// The running app.
+    pub fn app(&self) -> &RunningApp {
+        self.app.as_ref().expect("running")
     }
 
     pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
