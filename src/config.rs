@@ -1120,4 +1120,73 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("grpc_adr"), "{err}");
     }
+
+    #[test]
+    fn envoy_tls_socket_mode_and_caller_lists() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(&*config.policy.envoy_entrypoint, "data.envoy.authz.allow");
+        assert!(!config.envoy_dry_run);
+        assert_eq!(config.tls, None);
+        assert_eq!(config.grpc_uds_mode, None);
+        assert_eq!(config.service_callers, ServiceCallers::default());
+
+        let file = file(
+            "envoy_entrypoint = \"data.gate.allow\"\nenvoy_dry_run = true\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\ntls_require_client_cert = true\ngrpc_uds_mode = \"0660\"\nenvoy_callers = [\"uds:uid=101\"]\n",
+        );
+        let args = ServeArgs {
+            decision_callers: Some(vec!["spiffe://a".into(), " spiffe://b ".into()]),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, file).unwrap();
+        assert_eq!(&*config.policy.envoy_entrypoint, "data.gate.allow");
+        assert!(config.envoy_dry_run);
+        assert_eq!(
+            config.tls,
+            Some(TlsConfig {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: Some("ca.pem".into()),
+                require_client_cert: true,
+            })
+        );
+        assert_eq!(config.grpc_uds_mode, Some(0o660));
+        assert_eq!(
+            config.service_callers.decision,
+            Some(vec!["spiffe://a".to_string(), "spiffe://b".to_string()])
+        );
+        assert_eq!(
+            config.service_callers.envoy,
+            Some(vec!["uds:uid=101".to_string()])
+        );
+        assert_eq!(config.service_callers.grant, None);
+
+        let args = ServeArgs {
+            envoy_entrypoint: Some("envoy.authz.allow".into()),
+            tls_cert: Some("c.pem".into()),
+            tls_require_client_cert: Some(true),
+            grpc_uds_mode: Some("0999".into()),
+            grant_callers: Some(vec![" ".into()]),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        for field in [
+            "envoy_entrypoint",
+            "tls_cert and tls_key",
+            "grpc_uds_mode",
+            "grant_callers",
+        ] {
+            assert!(
+                err.to_string().contains(field),
+                "{field} missing from {err}"
+            );
+        }
+        let args = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_require_client_cert: Some(true),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("tls_client_ca"), "{err}");
+    }
 }

@@ -193,7 +193,10 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     if result != Value::Undefined {
         body.insert(Value::from("result"), result);
     }
-    body.insert(Value::from("decision_id"), Value::from(decision.id.to_string()));
+    body.insert(
+        Value::from("decision_id"),
+        Value::from(decision.id.to_string()),
+    );
     if call.params.metrics {
         let mut metrics = regorus::value::Object::new();
         metrics.insert(
@@ -207,7 +210,10 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         body.insert(Value::from("metrics"), metrics.into_value());
     }
     if call.params.provenance {
-        body.insert(Value::from("provenance"), provenance(&decision.policy_revision));
+        body.insert(
+            Value::from("provenance"),
+            provenance(&decision.policy_revision),
+        );
     }
     encode(StatusCode::OK, &body.into_value(), call.params.pretty)
 }

@@ -390,3 +390,98 @@ impl AsyncWrite for TlsConnection {
         self.stream.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType, string::Ia5String};
+
+    use super::*;
+
+    fn certificate(cn: &str, uris: &[&str]) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(Ia5String::try_from(*uri).unwrap()));
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_identity_is_the_spiffe_uri_else_the_cn() {
+        let (with_spiffe, _) = certificate(
+            "issuer",
+            &["https://example.com/x", "spiffe://prod/ns/vault/sa/issuer"],
+        );
+        assert_eq!(
+            certificate_identity(&der(&with_spiffe)).as_deref(),
+            Some("spiffe://prod/ns/vault/sa/issuer")
+        );
+        let (cn_only, _) = certificate("billing-batch", &["https://example.com/x"]);
+        assert_eq!(
+            certificate_identity(&der(&cn_only)).as_deref(),
+            Some("billing-batch")
+        );
+        assert_eq!(certificate_identity(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_previous_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate("stepgate", &[]);
+        let settings = TlsConfig {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+            require_client_cert: false,
+        };
+        std::fs::write(&settings.cert, &cert).unwrap();
+        std::fs::write(&settings.key, &key).unwrap();
+        let tls = ReloadingTls::load(settings.clone()).unwrap();
+        let before = tls.current.load_full();
+
+        // A half-written certificate, then a key that does not match the certificate.
+        std::fs::write(&settings.cert, &cert[..cert.len() / 2]).unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(err.to_string().contains("tls.crt"), "{err}");
+        let (_, other_key) = certificate("other", &[]);
+        std::fs::write(&settings.cert, &cert).unwrap();
+        std::fs::write(&settings.key, &other_key).unwrap();
+        assert!(tls.reload().is_err());
+        assert!(
+            Arc::ptr_eq(&before, &tls.current.load_full()),
+            "swapped on error"
+        );
+
+        std::fs::write(&settings.key, &key).unwrap();
+        tls.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &tls.current.load_full()));
+    }
+
+    #[test]
+    fn requiring_client_certificates_needs_a_usable_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate("stepgate", &[]);
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("tls.crt"), &cert).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        std::fs::write(path("ca.crt"), "no pem here").unwrap();
+        let err = ReloadingTls::load(TlsConfig {
+            cert: path("tls.crt"),
+            key: path("tls.key"),
+            client_ca: Some(path("ca.crt")),
+            require_client_cert: true,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+    }
+}

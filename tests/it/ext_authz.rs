@@ -466,3 +466,75 @@ async fn no_policy_is_an_error_and_dry_run_allows_but_still_decides() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_adapters_decisions_reach_the_decision_log() {
+    use stepgate::audit::Destination;
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("decisions.jsonl");
+    let log = path.clone();
+    let authzen_policy = "package stepgate\n\ndecision := {\"allow\": input.action == \"can_read\", \"reasons\": [\"authzen\"]}\n";
+    let server = Server::start_with(
+        &[("envoy.rego", SHAPING), ("stepgate.rego", authzen_policy)],
+        move |config| {
+            config.envoy_dry_run = true;
+            config.audit.destination = Destination::File(log);
+        },
+    )
+    .await;
+    // Envoy, in dry run: Envoy is told OK, the log keeps the real deny.
+    let envoy = check(&server, envoy_request("GET", "/books", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(code(&envoy), 0);
+    let envoy_id = decision_id(&envoy);
+    // The OPA REST Data API and AuthZEN.
+    let http = server.http.unwrap();
+    let opa = super::support::http_request(
+        http,
+        "POST",
+        "/v1/data/envoy/authz/allow",
+        &[("content-type", "application/json")],
+        r#"{"input": {"attributes": {"request": {"http": {"headers": {"authorization": "Bearer good"}}}}}}"#,
+    )
+    .await
+    .json();
+    assert_eq!(opa["result"]["allowed"], json!(true));
+    let authzen = super::support::http_request(
+        http,
+        "POST",
+        "/access/v1/evaluation",
+        &[("content-type", "application/json")],
+        r#"{"subject": {"type": "user", "id": "alice"}, "action": {"name": "can_read"}}"#,
+    )
+    .await
+    .json();
+    assert_eq!(authzen["decision"], json!(true));
+    server.stop().await;
+
+    let records: Vec<Json> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let record = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["decision_id"] == id)
+            .unwrap_or_else(|| panic!("decision {id} not logged: {records:?}"))
+    };
+    let envoy_record = record(&envoy_id);
+    assert_eq!(
+        envoy_record["allow"],
+        json!(false),
+        "the real decision is recorded"
+    );
+    assert_eq!(envoy_record["caller"]["id"], "anonymous");
+    assert_eq!(
+        record(opa["decision_id"].as_str().unwrap())["allow"],
+        json!(true)
+    );
+    let authzen_record = record(authzen["context"]["decision_id"].as_str().unwrap());
+    assert_eq!(authzen_record["step"], "use");
+    assert_eq!(authzen_record["reasons"], json!(["authzen"]));
+}
