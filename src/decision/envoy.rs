@@ -560,44 +560,20 @@ fn status_text(value: &Value) -> String {
 
 /// `{"name": "v" | ["v1", "v2"]}` or an array of such objects, as header pairs.
 fn headers(value: Option<&Value>, field: &str) -> Result<Vec<(String, String)>, String> {
+    let objects: Vec<&Value> = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(object) => vec![object],
+    };
     let mut out = Vec::new();
-    let mut add_object = |object: &Value| -> Result<(), String> {
+    for object in objects {
         let Value::Object(map) = object else {
             return Err(format!(
                 "type assertion error, expected {field} to be of type 'object' but got '{}'",
                 type_name(object)
             ));
         };
-        for (key, value) in map.iter() {
-            let key = key.as_string().map_err(|e| e.to_string())?.to_string();
-            match value {
-                Value::String(v) => out.push((key, v.to_string())),
-                Value::Array(items) => {
-                    for item in items.iter() {
-                        match item {
-                            Value::String(v) => out.push((key.clone(), v.to_string())),
-                            other => {
-                                return Err(format!(
-                                    "invalid value type {} for header '{key}'",
-                                    type_name(other)
-                                ));
-                            }
-                        }
-                    }
-                }
-                _ => return Err(format!("type assertion error for header '{key}'")),
-            }
-        }
-        Ok(())
-    };
-    match value {
-        None => {}
-        Some(Value::Array(items)) => {
-            for item in items.iter() {
-                add_object(item)?;
-            }
-        }
-        Some(object) => add_object(object)?,
+        name_values(map, &mut out, PairErrors::HEADERS)?;
     }
     Ok(out)
 }
@@ -623,17 +599,50 @@ fn strings(value: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
 }
 
 fn query_parameters(value: Option<&Value>) -> Result<Vec<(String, String)>, String> {
-    let map = match value {
-        None => return Ok(Vec::new()),
-        Some(Value::Object(map)) => map,
+    let mut out = Vec::new();
+    match value {
+        None => {}
+        Some(Value::Object(map)) => name_values(map, &mut out, PairErrors::QUERY)?,
         Some(other) => {
             return Err(format!(
                 "type assertion error, expected query_parameters_to_set to be a map but got '{}'",
                 type_name(other)
             ));
         }
+    }
+    Ok(out)
+}
+
+/// How the plugin words a bad value in a name → value(s) map, per field.
+struct PairErrors {
+    /// An array item that is not a string (`{key}` and `{type}` are filled in).
+    item: &'static str,
+    /// A value that is neither a string nor an array.
+    value: &'static str,
+}
+
+impl PairErrors {
+    const HEADERS: Self = Self {
+        item: "invalid value type {type} for header '{key}'",
+        value: "type assertion error for header '{key}'",
     };
-    let mut out = Vec::new();
+    const QUERY: Self = Self {
+        item: "type assertion error: expected array element to be string but got '{type}'",
+        value: "type assertion error, expected value to be string or array but got '{type}'",
+    };
+}
+
+/// `{"name": "v" | ["v1", "v2"]}` as (name, value) pairs, appended to `out`.
+fn name_values(
+    map: &Object,
+    out: &mut Vec<(String, String)>,
+    errors: PairErrors,
+) -> Result<(), String> {
+    let fill = |template: &str, key: &str, value: &Value| {
+        template
+            .replace("{key}", key)
+            .replace("{type}", type_name(value))
+    };
     for (key, value) in map.iter() {
         let key = key.as_string().map_err(|e| e.to_string())?.to_string();
         match value {
@@ -642,24 +651,14 @@ fn query_parameters(value: Option<&Value>) -> Result<Vec<(String, String)>, Stri
                 for item in items.iter() {
                     match item {
                         Value::String(v) => out.push((key.clone(), v.to_string())),
-                        other => {
-                            return Err(format!(
-                                "type assertion error: expected array element to be string but got '{}'",
-                                type_name(other)
-                            ));
-                        }
+                        other => return Err(fill(errors.item, &key, other)),
                     }
                 }
             }
-            other => {
-                return Err(format!(
-                    "type assertion error, expected value to be string or array but got '{}'",
-                    type_name(other)
-                ));
-            }
+            other => return Err(fill(errors.value, &key, other)),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn type_name(value: &Value) -> &'static str {

@@ -10,7 +10,7 @@ use stepgate::proto::v1::{
 use tonic::{Code, Request, transport::Channel};
 
 use super::{
-    pki::{Pki, client_config, tls_channel, tls_connect, write_issued},
+    pki::{Pki, TlsServer, client_config, tls_channel, tls_connect, write_issued},
     support::{ECHO_POLICY, Server, eventually, my_uid, request},
 };
 
@@ -51,11 +51,12 @@ async fn revoke(channel: Channel) -> Result<(), tonic::Status> {
 
 #[tokio::test]
 async fn required_client_certificates_name_the_caller_and_gate_admin_rpcs() {
-    let pki = Pki::new("test-ca");
-    let dir = tempfile::tempdir().unwrap();
-    let tls = pki.write_server(dir.path(), true);
-    let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |config| {
-        config.tls = Some(tls);
+    let TlsServer {
+        pki,
+        server,
+        dir: _dir,
+        ..
+    } = TlsServer::start(&[("p.rego", ECHO_POLICY)], true, |config| {
         config.admin_callers = Some(vec![TRUSTED.to_string()]);
     })
     .await;
@@ -129,13 +130,12 @@ async fn required_client_certificates_name_the_caller_and_gate_admin_rpcs() {
 
 #[tokio::test]
 async fn optional_client_certificates_leave_anonymous_tls_callers() {
-    let pki = Pki::new("test-ca");
-    let dir = tempfile::tempdir().unwrap();
-    let tls = pki.write_server(dir.path(), false);
-    let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |config| {
-        config.tls = Some(tls);
-    })
-    .await;
+    let TlsServer {
+        pki,
+        server,
+        dir: _dir,
+        ..
+    } = TlsServer::start(&[("p.rego", ECHO_POLICY)], false, |_| {}).await;
     let h2: &[&[u8]] = &[b"h2"];
     let channel = tls_channel(server.addr, pki.client_config(None, h2))
         .await
@@ -154,14 +154,13 @@ async fn optional_client_certificates_leave_anonymous_tls_callers() {
 
 #[tokio::test]
 async fn the_server_certificate_is_reloaded_when_its_files_change() {
-    let pki = Pki::new("test-ca");
-    let dir = tempfile::tempdir().unwrap();
-    let tls = pki.write_server(dir.path(), false);
+    let TlsServer {
+        pki,
+        server,
+        tls,
+        dir: _dir,
+    } = TlsServer::start(&[("p.rego", ECHO_POLICY)], false, |_| {}).await;
     let (cert_path, key_path) = (tls.cert.clone(), tls.key.clone());
-    let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |config| {
-        config.tls = Some(tls);
-    })
-    .await;
     let config = pki.client_config(None, &[b"h2"]);
     let served_cert = async || {
         let stream = tls_connect(server.addr, config.clone()).await.unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    pki::{Pki, tls_connect},
+    pki::{TlsServer, tls_connect},
     support::{ECHO_POLICY, Server, http_request, http_request_over},
 };
 
@@ -202,63 +202,45 @@ async fn v0_the_default_decision_and_the_policy_list() {
 
 #[tokio::test]
 async fn decision_callers_and_mtls_apply_to_http_too() {
-    let pki = Pki::new("test-ca");
-    let dir = tempfile::tempdir().unwrap();
-    let tls = pki.write_server(dir.path(), true);
     let trusted = "spiffe://cluster.local/ns/agents/sa/gateway";
-    let server = Server::start_with(&[("example.rego", EXAMPLE)], |config| {
-        config.tls = Some(tls);
+    let TlsServer {
+        pki,
+        server,
+        dir: _dir,
+        ..
+    } = TlsServer::start(&[("example.rego", EXAMPLE)], true, |config| {
         config.service_callers.decision = Some(vec![trusted.to_string()]);
     })
     .await;
     let addr = server.http.unwrap();
     let http1: &[&[u8]] = &[b"http/1.1"];
-    let spoof = r#"{"input": {"caller": {"id": "x"}}}"#;
+    // The trusted identity in headers, and a spoofed input.caller in the body.
     let headers = [
         ("content-type", "application/json"),
-        ("x-spiffe-id", "spiffe://cluster.local/ns/agents/sa/gateway"),
+        ("x-spiffe-id", trusted),
         (
             "x-forwarded-client-cert",
             "URI=spiffe://cluster.local/ns/agents/sa/gateway",
         ),
     ];
+    let post_as = async |cn: &str, spiffe: &str, path: &str| {
+        let issued = pki.client(cn, Some(spiffe));
+        let stream = tls_connect(addr, pki.client_config(Some(&issued), http1))
+            .await
+            .unwrap();
+        let spoof = r#"{"input": {"caller": {"id": "x"}}}"#;
+        http_request_over(stream, addr, "POST", path, &headers, spoof).await
+    };
 
-    let issued = pki.client("gateway", Some(trusted));
-    let stream = tls_connect(addr, pki.client_config(Some(&issued), http1))
-        .await
-        .unwrap();
-    let reply = http_request_over(
-        stream,
-        addr,
-        "POST",
-        "/v1/data/example/caller_seen",
-        &headers,
-        spoof,
-    )
-    .await;
+    let reply = post_as("gateway", trusted, "/v1/data/example/caller_seen").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         reply.json()["result"],
         json!({"id": trusted, "authenticated": true, "via": "mtls"})
     );
-
     // Another workload, even with the trusted identity in its headers, is refused.
-    let other = pki.client(
-        "frontend",
-        Some("spiffe://cluster.local/ns/shop/sa/frontend"),
-    );
-    let stream = tls_connect(addr, pki.client_config(Some(&other), http1))
-        .await
-        .unwrap();
-    let reply = http_request_over(
-        stream,
-        addr,
-        "POST",
-        "/v1/data/example/allow",
-        &headers,
-        spoof,
-    )
-    .await;
+    let other = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let reply = post_as("frontend", other, "/v1/data/example/allow").await;
     assert_eq!(reply.status, 403, "{reply:?}");
 
     // No client certificate: no HTTP at all.

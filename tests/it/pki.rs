@@ -17,10 +17,47 @@ use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
 };
-use stepgate::config::TlsConfig;
+use stepgate::config::{ServeConfig, TlsConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tonic::transport::{Channel, Endpoint};
+
+/// A server with TLS from a fresh PKI, and that PKI.
+pub struct TlsServer {
+    pub pki: Pki,
+    pub server: super::support::Server,
+    /// The files the server reads its certificate from.
+    pub tls: TlsConfig,
+    /// Where those files are (deleted when dropped).
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    /// A server on `files` whose TCP listeners use a certificate from a new CA, asking
+    /// for (or with `require`, requiring) client certificates from it; `tweak` sets the
+    /// rest.
+    pub async fn start(
+        files: &[(&str, &str)],
+        require: bool,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
+        let pki = Pki::new("test-ca");
+        let dir = tempfile::tempdir().unwrap();
+        let tls = pki.write_server(dir.path(), require);
+        let settings = tls.clone();
+        let server = super::support::Server::start_with(files, move |config| {
+            config.tls = Some(settings);
+            tweak(config);
+        })
+        .await;
+        Self {
+            pki,
+            server,
+            tls,
+            dir,
+        }
+    }
+}
 
 /// A CA able to sign server and client certificates.
 pub struct Pki {
