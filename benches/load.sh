@@ -9,6 +9,8 @@
 #   N=50000 N1=5000 benches/load.sh # shorter runs
 #   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
 #                                   # decision log / both, and the cost of each vs off
+#   benches/load.sh envoy           # Envoy ext_authz Check beside stepgate.v1 Check,
+#                                   # over h2c and over TLS (the cost of TLS)
 #
 # In `telemetry` mode spans go over OTLP/gRPC (sampler always_on) to a local receiver
 # (`cargo run --example otlp_sink`, pinned beside h2load), the decision log to a file in
@@ -23,7 +25,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 MODE=${1:-grpc}
-case "$MODE" in grpc|telemetry) ;; *) echo "usage: $0 [telemetry]" >&2; exit 64 ;; esac
+case "$MODE" in grpc|telemetry|envoy) ;; *) echo "usage: $0 [telemetry|envoy]" >&2; exit 64 ;; esac
+SCHEME=http
 N=${N:-200000}
 N1=${N1:-20000}
 PORT=${PORT:-19191}
@@ -48,7 +51,7 @@ cargo build --release --quiet --bin stepgate
 printf '\0\0\0\0\0' > "$work/health.bin"
 
 grpc() { # PATH BODY: one call, the framed response on stdout
-  nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$PORT$1"
+  nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "$SCHEME://127.0.0.1:$PORT$1"
 }
 
 # start_server NAME [FLAGS...]: a fresh server (own state directory) with one ACTIVE
@@ -96,7 +99,7 @@ run() {
   before=$(cpu_ticks)
   taskset -c "$LOAD_CPU" h2load -n "$n" -c "$c" -m "$m" \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
-    "http://127.0.0.1:$PORT$path" >"$out"
+    "$SCHEME://127.0.0.1:$PORT$path" >"$out"
   after=$(cpu_ticks)
   python3 - "$name" "$n" "$min" "$max" "$out" "$log" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -152,6 +155,46 @@ rps = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[0])
 off = rps("off")
 for name in ["spans", "log", "spans+log"]:
     print(f"{name:<10} throughput {rps(name):>8.0f} rps vs off {off:>8.0f} rps: cost {100 * (1 - rps(name) / off):5.1f}%")
+PY
+  exit 0
+fi
+
+if [ "$MODE" = envoy ]; then
+  # The ext_authz request Envoy sends for GET /books/42 from a reader, which
+  # policies/envoy/authz.rego allows (an OkHttpResponse with a header and metadata).
+  python3 benches/grpc_frame.py envoy_check > "$work/envoy.bin"
+  # mTLS material: one self-signed certificate serves as the server's and as the client
+  # CA. h2load cannot present a client certificate, so the TLS runs ask for one
+  # (--tls-client-ca, optional) without getting it: per request that is the cost of
+  # mTLS, whose extra work (verifying the client chain, reading its identity) happens
+  # once per connection.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  tls="--tls-cert $work/cert.pem --tls-key $work/key.pem --tls-client-ca $work/cert.pem"
+  for config in "h2c|http|" "tls|https|$tls"; do
+    name=${config%%|*}; rest=${config#*|}; SCHEME=${rest%%|*}
+    # shellcheck disable=SC2086 # the flags are meant to split
+    start_server "$name" ${rest#*|}
+    grpc /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" | python3 benches/grpc_frame.py envoy_allowed
+    run "check-$name"           /stepgate.v1.DecisionService/Check          "$work/check.bin" "$N"  16 8 150 600
+    run "extauthz-$name"        /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" "$N"  16 8 120 400
+    run "check-$name-single"    /stepgate.v1.DecisionService/Check          "$work/check.bin" "$N1" 1  1 150 600
+    run "extauthz-$name-single" /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" "$N1" 1  1 120 400
+    stop_server
+  done
+  python3 - "$work" <<'PY'
+import sys
+work = sys.argv[1]
+def get(name):
+    rps, cpu = open(f"{work}/{name}.out.rps").read().split()
+    return float(rps), float(cpu)
+for call in ["check", "extauthz"]:
+    (plain, plain_cpu), (tls, tls_cpu) = get(f"{call}-h2c"), get(f"{call}-tls")
+    print(f"{call:<9} TLS vs h2c: throughput {tls:>7.0f} vs {plain:>7.0f} rps ({100 * (1 - tls / plain):4.1f}% less), "
+          f"server CPU {tls_cpu:5.1f} vs {plain_cpu:5.1f} us/call")
+(c, c_cpu), (e, e_cpu) = get("check-h2c"), get("extauthz-h2c")
+print(f"ext_authz/Check throughput ratio (h2c): {e / c:.2f}   CPU per call ratio: {e_cpu / c_cpu:.2f}")
 PY
   exit 0
 fi
