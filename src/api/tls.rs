@@ -45,6 +45,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Handshaken connections waiting for the server to take them.
 const ACCEPT_BACKLOG: usize = 64;
+/// Most handshakes in progress at once; further connections wait in the kernel's
+/// backlog, so a flood of idle connections cannot pile up tasks.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// Why the TLS files could not be turned into a server configuration.
 #[derive(Debug, thiserror::Error)]
@@ -172,8 +175,12 @@ impl ReloadingTls {
     ) -> ReceiverStream<io::Result<TlsConnection>> {
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let tls = self.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     () = tx.closed() => return,
@@ -191,6 +198,7 @@ impl ReloadingTls {
                 let acceptor = tls.acceptor(alpn);
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let caller = peer_caller(&stream);

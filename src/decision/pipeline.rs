@@ -454,19 +454,27 @@ impl DecisionPipeline {
         caller: &Caller,
         parent: &ParentContext,
     ) -> EnvoyDecision {
-        let (input, bad) = match envoy_input(request, caller) {
-            Ok(input) => (input, None),
-            Err(bad) => (Value::new_object(), Some(bad)),
+        let input = match envoy_input(request, caller) {
+            Ok(input) => input,
+            Err(bad) => {
+                // Nothing to evaluate: recorded (and denied with 400) as it is.
+                let denied =
+                    Decision::deny(bad.to_string(), self.serving_revision(), self.clock.now());
+                let pending = self.unevaluated(denied, Value::new_object(), parent);
+                return EnvoyDecision {
+                    decision: self.conclude(pending, None),
+                    outcome: Err(EnvoyFailure::BadRequest(bad)),
+                };
+            }
         };
         let (decision, outcome) = self.decide_raw(
             RawTarget::Entrypoint(Entrypoint::Envoy),
             input,
             parent,
             |result| {
-                let outcome = match (bad, result) {
-                    (Some(bad), _) => Err(EnvoyFailure::BadRequest(bad)),
-                    (None, Ok(value)) => envoy_verdict(&value).map_err(EnvoyFailure::Evaluation),
-                    (None, Err(err)) => Err(EnvoyFailure::Evaluation(err.to_string())),
+                let outcome = match result {
+                    Ok(value) => envoy_verdict(&value).map_err(EnvoyFailure::Evaluation),
+                    Err(err) => Err(EnvoyFailure::Evaluation(err.to_string())),
                 };
                 let (allow, reasons) = match &outcome {
                     Ok(verdict) => (verdict.allowed, Vec::new()),
