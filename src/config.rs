@@ -696,6 +696,9 @@ impl ServeConfig {
             .decision_log_mask
             .or(file.decision_log_mask)
             .unwrap_or_default();
+        if pointers.len() > 64 {
+            problems.push("decision_log_mask: at most 64 pointers".into());
+        }
         for pointer in &pointers {
             if !pointer.starts_with('/') {
                 problems.push(format!(

@@ -7,7 +7,6 @@ use chrono::SecondsFormat;
 use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
 use serde::Serialize;
-use serde_json::Value as Json;
 
 use super::chain::{self, Hash};
 use crate::{decision::Decision, grants::Grant};
@@ -59,33 +58,155 @@ impl Default for Masks {
 }
 
 impl Masks {
-    /// Masks `value` in place.
-    pub fn apply(&self, value: &mut Json) {
-        for pointer in &self.pointers {
-            if let Some(found) = value.pointer_mut(pointer) {
-                *found = Json::from(MASKED);
+    /// Whether values under `key` are masked: it contains a fragment, ignoring ASCII
+    /// case and reading `-` as `_` (without allocating: this runs for every key).
+    fn masks_key(&self, key: &str) -> bool {
+        let norm = |b: u8| {
+            if b == b'-' {
+                b'_'
+            } else {
+                b.to_ascii_lowercase()
             }
-        }
-        if !self.keys.is_empty() {
-            self.mask_keys(value);
-        }
+        };
+        let key = key.as_bytes();
+        self.keys.iter().any(|fragment| {
+            let fragment = fragment.as_bytes();
+            !fragment.is_empty()
+                && key.windows(fragment.len()).any(|window| {
+                    window
+                        .iter()
+                        .zip(fragment)
+                        .all(|(k, f)| norm(*k) == norm(*f))
+                })
+        })
     }
 
-    fn mask_keys(&self, value: &mut Json) {
-        match value {
-            Json::Object(map) => {
-                for (key, item) in map.iter_mut() {
-                    let key = key.to_ascii_lowercase().replace('-', "_");
-                    if self.keys.iter().any(|k| key.contains(k.as_str())) {
-                        *item = Json::from(MASKED);
-                    } else {
-                        self.mask_keys(item);
-                    }
+    /// The pointers split into unescaped segments (`~1` is `/`, `~0` is `~`).
+    fn segments(&self) -> Vec<Vec<String>> {
+        self.pointers
+            .iter()
+            .map(|p| {
+                p.split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// A string value, if it is one.
+fn text(value: &Value) -> Option<&str> {
+    value.as_string().ok().map(|s| &**s)
+}
+
+/// The masks prepared for one writer: pointers pre-split.
+pub(crate) struct Masking {
+    masks: Masks,
+    pointers: Vec<Vec<String>>,
+}
+
+impl Masking {
+    pub(crate) fn new(masks: Masks) -> Self {
+        let pointers = masks.segments();
+        Self { masks, pointers }
+    }
+}
+
+/// A regorus value serialised as JSON with masks applied on the way (no intermediate
+/// JSON tree). `live` holds the pointers whose segments matched the path so far (a bit
+/// per pointer, up to 64); `depth` is the path length.
+struct Masked<'a> {
+    value: &'a Value,
+    masking: &'a Masking,
+    live: u64,
+    depth: usize,
+}
+
+impl Masked<'_> {
+    /// The pointers still matching after one more segment, and whether one ends there.
+    fn step(&self, segment: &dyn Fn(&str) -> bool) -> (u64, bool) {
+        let mut live = 0;
+        let mut ends = false;
+        for (i, pointer) in self.masking.pointers.iter().enumerate().take(64) {
+            if self.live & (1 << i) != 0 && pointer.get(self.depth).is_some_and(|s| segment(s)) {
+                if pointer.len() == self.depth + 1 {
+                    ends = true;
+                } else {
+                    live |= 1 << i;
                 }
             }
-            Json::Array(items) => items.iter_mut().for_each(|i| self.mask_keys(i)),
-            _ => {}
         }
+        (live, ends)
+    }
+
+    fn child<'b>(&'b self, value: &'b Value, live: u64) -> Masked<'b> {
+        Masked {
+            value,
+            masking: self.masking,
+            live,
+            depth: self.depth + 1,
+        }
+    }
+}
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.value {
+            Value::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields.iter() {
+                    let owned;
+                    let key: &str = match key {
+                        Value::String(s) => s,
+                        other => {
+                            owned = other.to_json_str().unwrap_or_default();
+                            &owned
+                        }
+                    };
+                    let (live, ends) = if self.live == 0 {
+                        (0, false)
+                    } else {
+                        self.step(&|segment| segment == key)
+                    };
+                    if ends || self.masking.masks.masks_key(key) {
+                        map.serialize_entry(key, MASKED)?;
+                    } else {
+                        map.serialize_entry(key, &self.child(value, live))?;
+                    }
+                }
+                map.end()
+            }
+            Value::Array(items) => self.sequence(items.iter(), items.len(), serializer),
+            Value::Set(items) => self.sequence(items.iter(), items.len(), serializer),
+            leaf => leaf.serialize(serializer),
+        }
+    }
+}
+
+impl Masked<'_> {
+    fn sequence<'v, S: serde::Serializer>(
+        &self,
+        items: impl Iterator<Item = &'v Value>,
+        len: usize,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for (index, item) in items.enumerate() {
+            let (live, ends) = if self.live == 0 {
+                (0, false)
+            } else {
+                self.step(&|segment| segment.parse::<usize>() == Ok(index))
+            };
+            if ends {
+                seq.serialize_element(MASKED)?;
+            } else {
+                seq.serialize_element(&self.child(item, live))?;
+            }
+        }
+        seq.end()
     }
 }
 
@@ -103,6 +224,39 @@ struct GrantPart<'a> {
     approvers: Vec<Approver<'a>>,
 }
 
+/// Who or what, in brief (the whole of it, attributes included, is under `input`).
+#[derive(Serialize)]
+struct Named<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "type")]
+    type_: Option<&'a str>,
+}
+
+impl<'a> Named<'a> {
+    fn of(value: &'a Value, kind_key: &str) -> Option<Self> {
+        if !matches!(value, Value::Object(_)) {
+            return None;
+        }
+        let kind = text(&value[kind_key]);
+        Some(if kind_key == "type" {
+            Self {
+                id: text(&value["id"]),
+                kind: None,
+                type_: kind,
+            }
+        } else {
+            Self {
+                id: text(&value["id"]),
+                kind,
+                type_: None,
+            }
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct Record<'a> {
     decision_id: String,
@@ -112,29 +266,36 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     span_id: Option<String>,
     policy_revision: &'a str,
-    step: &'a Json,
-    caller: &'a Json,
-    subject: &'a Json,
-    action: &'a Json,
-    resource: &'a Json,
+    step: Option<&'a str>,
+    caller: Masked<'a>,
+    subject: Option<Named<'a>>,
+    action: Option<&'a str>,
+    resource: Option<Named<'a>>,
     allow: bool,
     reasons: &'a [String],
-    obligations: Json,
+    obligations: Masked<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     grant: Option<GrantPart<'a>>,
     eval_us: u64,
-    input: &'a Json,
+    input: Masked<'a>,
     prev_hash: &'a str,
 }
 
 /// Renders `entry` as one line (no newline) chained to `prev`, and returns it with its
 /// own hash.
-pub(crate) fn render(entry: &Entry, masks: &Masks, prev: &Hash) -> (String, Hash) {
-    let mut input = serde_json::to_value(&entry.input).unwrap_or(Json::Null);
-    masks.apply(&mut input);
-    let mut obligations = serde_json::to_value(&entry.decision.obligations).unwrap_or(Json::Null);
-    masks.apply(&mut obligations);
-    let field = |name: &str| input.get(name).unwrap_or(&Json::Null);
+pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, Hash) {
+    let input = &entry.input;
+    let all = if masking.pointers.is_empty() {
+        0
+    } else {
+        u64::MAX
+    };
+    let masked = |value| Masked {
+        value,
+        masking,
+        live: all,
+        depth: 0,
+    };
     let grant = entry.grant.as_deref().map(|g| GrantPart {
         id: g.id().to_string(),
         state: g.state.as_str(),
@@ -150,14 +311,35 @@ pub(crate) fn render(entry: &Entry, masks: &Masks, prev: &Hash) -> (String, Hash
     });
     // A check naming a grant carries it in its input only.
     let grant = grant.or_else(|| {
-        let id = input.pointer("/grant/id")?.as_str()?.to_string();
+        let id = text(&input["grant"]["id"])?.to_string();
+        let state = match text(&input["grant"]["state"]) {
+            Some("PENDING") => "PENDING",
+            Some("ACTIVE") => "ACTIVE",
+            Some("REJECTED") => "REJECTED",
+            Some("EXPIRED") => "EXPIRED",
+            Some("REVOKED") => "REVOKED",
+            _ => "",
+        };
         Some(GrantPart {
             id,
-            state: "",
+            state,
             approvers: Vec::new(),
         })
     });
     let prev_hex = prev.to_hex();
+    // Masks apply to the input's own paths; the caller sub-document is masked by key.
+    let caller = Masked {
+        value: &input["caller"],
+        masking,
+        live: 0,
+        depth: 1,
+    };
+    let obligations = Masked {
+        value: &entry.decision.obligations,
+        masking,
+        live: 0,
+        depth: 0,
+    };
     let record = Record {
         decision_id: entry.decision.id.to_string(),
         time: entry
@@ -167,20 +349,20 @@ pub(crate) fn render(entry: &Entry, masks: &Masks, prev: &Hash) -> (String, Hash
         trace_id: entry.trace.map(|(t, _)| t.to_string()),
         span_id: entry.trace.map(|(_, s)| s.to_string()),
         policy_revision: &entry.decision.policy_revision,
-        step: field("step"),
-        caller: field("caller"),
-        subject: field("subject"),
-        action: field("action"),
-        resource: field("resource"),
+        step: text(&input["step"]),
+        caller,
+        subject: Named::of(&input["subject"], "kind"),
+        action: text(&input["action"]),
+        resource: Named::of(&input["resource"], "type"),
         allow: entry.decision.allow,
         reasons: &entry.decision.reasons,
         obligations,
         grant,
         eval_us: u64::try_from(entry.decision.eval_duration.as_micros()).unwrap_or(u64::MAX),
-        input: &input,
+        input: masked(input),
         prev_hash: &prev_hex,
     };
-    // Serialising plain JSON values and strings cannot fail.
+    // Serialising strings and regorus values into a String cannot fail.
     let body = serde_json::to_string(&record).unwrap_or_default();
     chain::seal(body)
 }

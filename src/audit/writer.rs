@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     chain::{self, Hash},
-    record::{self, Entry, Masks},
+    record::{self, Entry, Masking, Masks},
 };
 
 /// What the writer thread receives.
@@ -209,6 +209,7 @@ pub(crate) fn run(
     masks: Masks,
     stats: Arc<LogStats>,
 ) {
+    let masks = Masking::new(masks);
     while let Some(message) = rx.blocking_recv() {
         match message {
             Message::Record(entry) => {

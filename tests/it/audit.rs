@@ -102,7 +102,11 @@ async fn every_decision_is_logged_with_its_evidence_and_verifies() {
     let request = &logged[hostile.len()];
     assert_eq!(request["step"], "request");
     assert_eq!(request["grant"]["id"], id);
-    assert_eq!(request["resource"]["attributes"]["api_key"], "[masked]");
+    assert_eq!(request["resource"]["type"], "secret");
+    assert_eq!(
+        request["input"]["resource"]["attributes"]["api_key"],
+        "[masked]"
+    );
     let approval = &logged[hostile.len() + 1];
     assert_eq!(approval["step"], "approve");
     assert_eq!(approval["grant"]["state"], "ACTIVE");
