@@ -1,15 +1,21 @@
 //! Micro-benchmarks of the decision path on the example policy set (`policies/`):
 //! policy evaluation per step on the RVM and the interpreter, input building, and a
-//! whole `Check` through the service layer without the network.
+//! whole `Check` through the service layer without the network (telemetry off, with
+//! spans, with the decision log).
 //!
 //! Run: `cargo bench --bench decision` (add `-- --quick` for a fast pass).
 
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{SdkTracerProvider, SpanData, SpanExporter},
+};
 use regorus::Value;
 use stepgate::{
     api::DecisionApi,
+    audit::{AuditOptions, DecisionLog},
     clock::SystemClock,
     decision::{Caller, DecisionPipeline, Transport, check_input},
     grants::MemoryGrantStore,
@@ -18,6 +24,7 @@ use stepgate::{
         CheckRequest, Context, Resource, Subject, Workflow,
         decision_service_server::DecisionService,
     },
+    telemetry::{Telemetry, Tracer},
 };
 
 fn load_set() -> PolicySet {
@@ -118,29 +125,58 @@ fn input_building(c: &mut Criterion) {
     });
 }
 
+/// Drops every span (the export itself is not what these benchmarks measure).
+#[derive(Debug)]
+struct DiscardSpans;
+
+impl SpanExporter for DiscardSpans {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// `Check` through the gRPC adapter in process: telemetry off (metrics only, the
+/// default), with every span sampled and batch-exported, and with the decision log on.
 fn check_through_service(c: &mut Criterion) {
     let store = Arc::new(PolicyStore::new("policies", PolicyOptions::default()));
     store.reload().expect("example policies load");
     let grants = Arc::new(MemoryGrantStore::ephemeral(Arc::new(SystemClock)));
-    let pipeline = Arc::new(DecisionPipeline::new(
-        store,
-        grants,
-        Arc::new(SystemClock),
-        256,
-    ));
-    let api = DecisionApi::new(pipeline);
+    let pipeline =
+        || DecisionPipeline::new(store.clone(), grants.clone(), Arc::new(SystemClock), 256);
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(DiscardSpans)
+        .build();
+    let log = DecisionLog::to_writer(Box::new(std::io::sink()), &AuditOptions::default())
+        .expect("decision log");
+    let variants = [
+        ("check/service", pipeline()),
+        (
+            "check/service+spans",
+            pipeline().with_telemetry(Arc::new(Telemetry::with_tracer(Tracer::from_provider(
+                &provider,
+            )))),
+        ),
+        (
+            "check/service+decision_log",
+            pipeline().with_decision_log(Some(Arc::new(log))),
+        ),
+    ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
     let req = issue_request();
-    c.bench_function("check/service", |b| {
-        b.iter(|| {
-            let response = runtime
-                .block_on(api.check(tonic::Request::new(req.clone())))
-                .expect("check");
-            black_box(response)
-        })
-    });
+    for (name, pipeline) in variants {
+        let api = DecisionApi::new(Arc::new(pipeline));
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let response = runtime
+                    .block_on(api.check(tonic::Request::new(req.clone())))
+                    .expect("check");
+                black_box(response)
+            })
+        });
+    }
+    let _ = provider.shutdown();
 }
 
 criterion_group!(benches, evaluation, input_building, check_through_service);

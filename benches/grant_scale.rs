@@ -40,6 +40,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+use stepgate::telemetry::ParentContext;
 
 use chrono::TimeDelta;
 use stepgate::{
@@ -578,13 +579,16 @@ fn under_load(
                         let allowed = match op {
                             Op::Revalidate => {
                                 s.fx.steps
-                                    .revalidate(&reval[i], caller)
+                                    .revalidate(&reval[i], caller, &ParentContext::none())
                                     .expect("revalidate")
                                     .decision
                                     .allow
                             }
                             Op::Check => {
-                                s.fx.pipeline.check(&check[i], caller).expect("check").allow
+                                s.fx.pipeline
+                                    .check(&check[i], caller, &ParentContext::none())
+                                    .expect("check")
+                                    .allow
                             }
                         };
                         let took = started.elapsed();
@@ -673,7 +677,7 @@ fn p99(policies: &Arc<PolicyStore>) {
                 for id in &s.active {
                     for _ in 0..40 {
                         s.fx.steps
-                            .revalidate(&revalidate(id), &issuer())
+                            .revalidate(&revalidate(id), &issuer(), &ParentContext::none())
                             .expect("revalidate");
                     }
                 }

@@ -20,6 +20,7 @@
 mod support;
 
 use std::{hint::black_box, sync::Arc, thread, time::Duration, time::Instant};
+use stepgate::telemetry::ParentContext;
 
 use chrono::TimeDelta;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -45,20 +46,35 @@ fn steps(c: &mut Criterion) {
     let id = fx.active_grant(0, &shape);
     let caller = issuer();
     let req = revalidate(&id);
-    let outcome = fx.steps.revalidate(&req, &caller).expect("revalidate runs");
+    let outcome = fx
+        .steps
+        .revalidate(&req, &caller, &ParentContext::none())
+        .expect("revalidate runs");
     assert!(outcome.decision.allow, "{:?}", outcome.decision.reasons);
     group.bench_function("revalidate", |b| {
         b.iter(|| {
-            let outcome = fx.steps.revalidate(&req, &caller).expect("revalidate");
+            let outcome = fx
+                .steps
+                .revalidate(&req, &caller, &ParentContext::none())
+                .expect("revalidate");
             debug_assert!(outcome.decision.allow);
             black_box(outcome)
         })
     });
     let check = check_use(&id, 0, &shape);
-    let decision = fx.pipeline.check(&check, &caller).expect("valid check");
+    let decision = fx
+        .pipeline
+        .check(&check, &caller, &ParentContext::none())
+        .expect("valid check");
     assert!(decision.allow, "{:?}", decision.reasons);
     group.bench_function("check_use", |b| {
-        b.iter(|| black_box(fx.pipeline.check(&check, &caller).expect("check")))
+        b.iter(|| {
+            black_box(
+                fx.pipeline
+                    .check(&check, &caller, &ParentContext::none())
+                    .expect("check"),
+            )
+        })
     });
     group.finish();
 }

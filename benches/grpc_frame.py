@@ -8,6 +8,10 @@ harness needs nothing beyond python3.
                                        naming the grant (input.grant = its record)
   grpc_frame.py revalidate GRANT_ID    RevalidateRequest for the grant (step `use`)
   grpc_frame.py grant_id < RESPONSE    prints the grant id of a framed GrantResponse
+  grpc_frame.py envoy_check            envoy.service.auth.v3.CheckRequest as Envoy sends
+                                       it: GET /books/42?format=json from a reader
+                                       (allowed by policies/envoy/authz.rego)
+  grpc_frame.py envoy_allowed < RESP   exits non-zero unless the CheckResponse says OK
 """
 import sys
 
@@ -60,6 +64,42 @@ def revalidate(grant_id):
     return field(1, grant_id) + field(2, CONTEXT)
 
 
+def string_map(num, pairs):
+    # map<string, string>: repeated entries {key = 1; value = 2}.
+    return b"".join(field(num, field(1, k) + field(2, v)) for k, v in pairs.items())
+
+
+def envoy_check():
+    socket = field(2, "10.1.2.3") + number(3, 51234)  # SocketAddress.address, port_value
+    source = field(1, field(1, socket)) + field(4, "spiffe://cluster.local/ns/shop/sa/reports")
+    headers = {":authority": "books.shop.svc", ":method": "GET", ":path": "/books/42?format=json",
+               "accept": "application/json", "user-agent": "bench/1.0",
+               "x-request-id": "7d3c1d6e-5e9a-4f0e-9d0e-6d1f2c3b4a59"}
+    http = field(1, "12345") + field(2, "GET") + string_map(3, headers) + field(4, "/books/42?format=json") \
+        + field(5, "books.shop.svc") + field(6, "http") + field(10, "HTTP/1.1")
+    request = field(2, http)  # Request.http
+    attributes = field(1, source) + field(4, request) + string_map(10, {"virtual_host": "books"})
+    return field(1, attributes)
+
+
+def envoy_allowed(framed):
+    message = framed[5:5 + int.from_bytes(framed[1:5], "big")]
+    status = dict(fields(message)).get(1, b"")  # CheckResponse.status (google.rpc.Status)
+    code = 0
+    i = 0
+    while i < len(status):  # Status.code is field 1, a varint; absent means OK
+        key, i = read_varint(status, i)
+        if key == 8:
+            code, i = read_varint(status, i)
+        elif key & 7 == 2:
+            n, i = read_varint(status, i)
+            i += n
+        else:
+            _, i = read_varint(status, i)
+    if code != 0 or 3 not in dict(fields(message)):  # ok_response is field 3
+        raise SystemExit(f"ext_authz did not allow (code {code})")
+
+
 def read_varint(data, i):
     shift = value = 0
     while True:
@@ -99,6 +139,10 @@ if __name__ == "__main__":
     if what == "grant_id":
         print(grant_id(sys.stdin.buffer.read()))
         sys.exit(0)
-    builders = {"request_grant": request_grant, "check": check, "revalidate": revalidate}
+    if what == "envoy_allowed":
+        envoy_allowed(sys.stdin.buffer.read())
+        sys.exit(0)
+    builders = {"request_grant": request_grant, "check": check, "revalidate": revalidate,
+                "envoy_check": envoy_check}
     message = builders[what](*sys.argv[2:])
     sys.stdout.buffer.write(b"\0" + len(message).to_bytes(4, "big") + message)

@@ -7,6 +7,14 @@
 #
 #   benches/load.sh                 # release build, full runs
 #   N=50000 N1=5000 benches/load.sh # shorter runs
+#   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
+#                                   # decision log / both, and the cost of each vs off
+#   benches/load.sh envoy           # Envoy ext_authz Check beside stepgate.v1 Check,
+#                                   # over h2c and over TLS (the cost of TLS)
+#
+# In `telemetry` mode spans go over OTLP/gRPC (sampler always_on) to a local receiver
+# (`cargo run --example otlp_sink`, pinned beside h2load), the decision log to a file in
+# the run's state directory; the server restarts for each configuration.
 #
 # The server is pinned to CPU 0 (one tokio worker), h2load to CPU 1. Every response is
 # checked: HTTP 2xx for all, no errors, and DATA bytes per response within the range a
@@ -16,15 +24,21 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+MODE=${1:-grpc}
+case "$MODE" in grpc|telemetry|envoy) ;; *) echo "usage: $0 [telemetry|envoy]" >&2; exit 64 ;; esac
+SCHEME=http
 N=${N:-200000}
 N1=${N1:-20000}
 PORT=${PORT:-19191}
+OTLP_PORT=${OTLP_PORT:-14317}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 work=$(mktemp -d)
 server_pid=""
+sink_pid=""
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  if [ -n "$sink_pid" ]; then kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,34 +47,48 @@ command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
 
 cargo build --release --quiet --bin stepgate
+[ "$MODE" = telemetry ] && cargo build --release --quiet --example otlp_sink
 printf '\0\0\0\0\0' > "$work/health.bin"
 
-taskset -c "$SERVER_CPU" target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
-  --watch-policies false --log-format json --state-dir "$work/state" >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do
-  grep -q "policy revision loaded" "$work/server.log" 2>/dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-
 grpc() { # PATH BODY: one call, the framed response on stdout
-  nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$PORT$1"
+  nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "$SCHEME://127.0.0.1:$PORT$1"
 }
-python3 benches/grpc_frame.py request_grant > "$work/request.bin"
-grant=$(grpc /stepgate.v1.GrantService/RequestGrant "$work/request.bin" | python3 benches/grpc_frame.py grant_id)
-echo "grant $grant"
-python3 benches/grpc_frame.py check "$grant" > "$work/check.bin"
-python3 benches/grpc_frame.py revalidate "$grant" > "$work/revalidate.bin"
-# Both must be allowed: a deny would measure a different path.
-for call in "DecisionService/Check check" "GrantService/Revalidate revalidate"; do
-  set -- $call
-  grpc "/stepgate.v1.$1" "$work/$2.bin" | python3 -c '
+
+# start_server NAME [FLAGS...]: a fresh server (own state directory) with one ACTIVE
+# grant, and check.bin / revalidate.bin naming it. Telemetry is off unless FLAGS turn
+# it on (no decision log, no HTTP listener, no exporter).
+start_server() {
+  local name=$1; shift
+  rm -rf "$work/state"
+  taskset -c "$SERVER_CPU" env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+    target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
+    --http-addr '' --decision-log off --watch-policies false --log-format json \
+    --state-dir "$work/state" "$@" >"$work/server-$name.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    grep -q "policy revision loaded" "$work/server-$name.log" 2>/dev/null && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server-$name.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  python3 benches/grpc_frame.py request_grant > "$work/request.bin"
+  grant=$(grpc /stepgate.v1.GrantService/RequestGrant "$work/request.bin" | python3 benches/grpc_frame.py grant_id)
+  echo "[$name] grant $grant"
+  python3 benches/grpc_frame.py check "$grant" > "$work/check.bin"
+  python3 benches/grpc_frame.py revalidate "$grant" > "$work/revalidate.bin"
+  # Both must be allowed: a deny would measure a different path.
+  for call in "DecisionService/Check check" "GrantService/Revalidate revalidate"; do
+    set -- $call
+    grpc "/stepgate.v1.$1" "$work/$2.bin" | python3 -c '
 import sys
 d = sys.stdin.buffer.read()
 # allow=true is field 1 varint 1 inside the Decision message: bytes 08 01.
 sys.exit(0 if b"\x08\x01" in d else f"{sys.argv[1]} was not allowed")' "$1"
-done
+  done
+}
+
+stop_server() {
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 
@@ -71,7 +99,7 @@ run() {
   before=$(cpu_ticks)
   taskset -c "$LOAD_CPU" h2load -n "$n" -c "$c" -m "$m" \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
-    "http://127.0.0.1:$PORT$path" >"$out"
+    "$SCHEME://127.0.0.1:$PORT$path" >"$out"
   after=$(cpu_ticks)
   python3 - "$name" "$n" "$min" "$max" "$out" "$log" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -97,6 +125,81 @@ PY
 
 # A Decision is ~200-400 bytes (ids, revision, obligations); a GrantResponse adds the
 # grant (~600-1200); health is 7 (frame + status).
+if [ "$MODE" = telemetry ]; then
+  # A long-lived pipe keeps the sink's stdin open; closing it makes the sink report.
+  mkfifo "$work/sink.in"
+  taskset -c "$LOAD_CPU" target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" \
+    <"$work/sink.in" >"$work/sink.out" 2>/dev/null &
+  sink_pid=$!
+  exec 3>"$work/sink.in"
+  spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
+  log="--decision-log $work/state/decisions.jsonl"
+  for config in "off|" "spans|$spans" "log|$log" "spans+log|$spans $log"; do
+    name=${config%%|*}
+    # shellcheck disable=SC2086 # the flags are meant to split
+    start_server "$name" ${config#*|}
+    run "check-$name"        /stepgate.v1.DecisionService/Check "$work/check.bin" "$N"  16 8 150 600
+    run "check-$name-single" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
+    stop_server
+    if [ -f "$work/state/decisions.jsonl" ]; then
+      echo "[$name] $(target/release/stepgate audit verify "$work/state/decisions.jsonl")"
+    fi
+  done
+  exec 3>&-
+  wait "$sink_pid" || true; sink_pid=""
+  echo "spans received by the OTLP sink: $(cat "$work/sink.out")"
+  python3 - "$work" <<'PY'
+import sys
+work = sys.argv[1]
+rps = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[0])
+off = rps("off")
+for name in ["spans", "log", "spans+log"]:
+    print(f"{name:<10} throughput {rps(name):>8.0f} rps vs off {off:>8.0f} rps: cost {100 * (1 - rps(name) / off):5.1f}%")
+PY
+  exit 0
+fi
+
+if [ "$MODE" = envoy ]; then
+  # The ext_authz request Envoy sends for GET /books/42 from a reader, which
+  # policies/envoy/authz.rego allows (an OkHttpResponse with a header and metadata).
+  python3 benches/grpc_frame.py envoy_check > "$work/envoy.bin"
+  # mTLS material: one self-signed certificate serves as the server's and as the client
+  # CA. h2load cannot present a client certificate, so the TLS runs ask for one
+  # (--tls-client-ca, optional) without getting it: per request that is the cost of
+  # mTLS, whose extra work (verifying the client chain, reading its identity) happens
+  # once per connection.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  tls="--tls-cert $work/cert.pem --tls-key $work/key.pem --tls-client-ca $work/cert.pem"
+  for config in "h2c|http|" "tls|https|$tls"; do
+    name=${config%%|*}; rest=${config#*|}; SCHEME=${rest%%|*}
+    # shellcheck disable=SC2086 # the flags are meant to split
+    start_server "$name" ${rest#*|}
+    grpc /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" | python3 benches/grpc_frame.py envoy_allowed
+    run "check-$name"           /stepgate.v1.DecisionService/Check          "$work/check.bin" "$N"  16 8 150 600
+    run "extauthz-$name"        /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" "$N"  16 8 120 400
+    run "check-$name-single"    /stepgate.v1.DecisionService/Check          "$work/check.bin" "$N1" 1  1 150 600
+    run "extauthz-$name-single" /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" "$N1" 1  1 120 400
+    stop_server
+  done
+  python3 - "$work" <<'PY'
+import sys
+work = sys.argv[1]
+def get(name):
+    rps, cpu = open(f"{work}/{name}.out.rps").read().split()
+    return float(rps), float(cpu)
+for call in ["check", "extauthz"]:
+    (plain, plain_cpu), (tls, tls_cpu) = get(f"{call}-h2c"), get(f"{call}-tls")
+    print(f"{call:<9} TLS vs h2c: throughput {tls:>7.0f} vs {plain:>7.0f} rps ({100 * (1 - tls / plain):4.1f}% less), "
+          f"server CPU {tls_cpu:5.1f} vs {plain_cpu:5.1f} us/call")
+(c, c_cpu), (e, e_cpu) = get("check-h2c"), get("extauthz-h2c")
+print(f"ext_authz/Check throughput ratio (h2c): {e / c:.2f}   CPU per call ratio: {e_cpu / c_cpu:.2f}")
+PY
+  exit 0
+fi
+
+start_server grpc
 run check-throughput       /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N"  16 8 150 600
 run check-single           /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N1" 1  1 150 600
 run revalidate-throughput  /stepgate.v1.GrantService/Revalidate "$work/revalidate.bin" "$N"  16 8 500 2000

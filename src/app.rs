@@ -15,13 +15,22 @@ use std::{
 
 use tokio::net::{TcpListener, UnixListener};
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tokio::task::JoinHandle;
+
 use crate::{
-    api::{AdminCallers, DecisionApi, GrantApi, GrpcServer, Listeners, ServerLimits},
+    api::{
+        AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
+        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, ServerLimits, TlsError,
+        TlsWatcher, http_router,
+    },
+    audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
     config::ServeConfig,
     decision::{DecisionPipeline, GrantSteps},
-    grants::{MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
+    grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
+    telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
 };
 
 /// How long file-change events must be quiet before a reload.
@@ -62,9 +71,38 @@ pub enum AppError {
         /// The underlying error.
         source: notify::Error,
     },
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(String),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(io::Error),
+    /// The span exporter could not be built.
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
+    /// The decision log could not be opened.
+    #[error("cannot open the decision log {what}: {source}")]
+    DecisionLog {
+        /// The destination.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Parts a caller may supply instead of the ones the configuration describes (tests:
+/// a manual clock, an in-memory span exporter, a decision log to a test's writer).
+#[derive(Default)]
+pub struct Overrides {
+    /// The clock (default: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// The tracer provider (default: built from `config.tracing`).
+    pub tracer_provider: Option<SdkTracerProvider>,
+    /// The decision log (default: opened from `config.audit`).
+    pub decision_log: Option<DecisionLog>,
 }
 
 /// A configured server with its listeners bound, not yet serving.
@@ -75,6 +113,8 @@ pub struct App {
     grants: Arc<MemoryGrantStore>,
     pipeline: Arc<DecisionPipeline>,
     listeners: Listeners,
+    http: Option<TcpListener>,
+    tracer_provider: Option<SdkTracerProvider>,
 }
 
 impl App {
@@ -88,36 +128,59 @@ impl App {
         config: ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
+        let overrides = Overrides {
+            clock: Some(clock),
+            ..Overrides::default()
+        };
+        Self::bind_with(config, overrides).await
+    }
+
+    /// As [`App::bind`], with parts supplied by the caller.
+    pub async fn bind_with(config: ServeConfig, overrides: Overrides) -> Result<Self, AppError> {
+        let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let policies = Arc::new(PolicyStore::new(
             config.policies.clone(),
             config.policy.clone(),
         ));
         let grants = open_grants(&config, clock.clone())?;
-        let pipeline = Arc::new(DecisionPipeline::new(
-            policies.clone(),
-            grants.clone(),
-            clock,
-            config.max_batch,
-        ));
+        let tracer_provider = match overrides.tracer_provider {
+            Some(provider) => Some(provider),
+            None => tracer_provider(&config.tracing)?,
+        };
+        let tracer = tracer_provider
+            .as_ref()
+            .map_or_else(Tracer::disabled, Tracer::from_provider);
+        let decision_log = match overrides.decision_log {
+            Some(log) => Some(log),
+            None => open_decision_log(&config)?,
+        };
+        let pipeline = Arc::new(
+            DecisionPipeline::new(policies.clone(), grants.clone(), clock, config.max_batch)
+                .with_telemetry(Arc::new(Telemetry::with_tracer(tracer)))
+                .with_decision_log(decision_log.map(Arc::new)),
+        );
         let mut listeners = Listeners::default();
         if let Some(addr) = config.grpc_addr {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what: addr.to_string(),
-                    source,
-                })?;
-            listeners.tcp = Some(listener);
+            listeners.tcp = Some(bind_tcp(addr).await?);
         }
         if let Some(path) = &config.grpc_uds {
-            listeners.uds = Some((bind_unix(path)?, path.clone()));
+            listeners.uds = Some((bind_unix(path, config.grpc_uds_mode)?, path.clone()));
         }
+        if let Some(tls) = &config.tls {
+            listeners.tls = Some(ReloadingTls::load(tls.clone())?);
+        }
+        let http = match config.http_addr {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        };
         Ok(Self {
             config,
             policies,
             grants,
             pipeline,
             listeners,
+            http,
+            tracer_provider,
         })
     }
 
@@ -129,6 +192,11 @@ impl App {
     /// The gRPC Unix socket path, if on.
     pub fn grpc_uds(&self) -> Option<&Path> {
         self.config.grpc_uds.as_deref()
+    }
+
+    /// The bound HTTP address, if the HTTP listener is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Starts serving (health NOT_SERVING until policies load) and sweeping grants.
@@ -144,15 +212,27 @@ impl App {
             dir: self.config.policies.clone(),
             source,
         })?;
-        let admins = match &self.config.admin_callers {
-            Some(ids) => AdminCallers::Only(ids.iter().cloned().collect()),
-            None => {
-                tracing::warn!(
-                    "--admin-callers is not set: Approve, Reject, Revoke and ConfirmRevocation are open to every caller that reaches the listener"
-                );
-                AdminCallers::Anyone
-            }
+        let admins = AdminCallers::from_config(self.config.admin_callers.as_deref());
+        if self.config.admin_callers.is_none() {
+            tracing::warn!(
+                "--admin-callers is not set: Approve, Reject, Revoke and ConfirmRevocation are open to every caller that reaches the listener"
+            );
+        }
+        let tls_watcher = match &self.listeners.tls {
+            Some(tls) => Some(tls.watch().map_err(|source| {
+                AppError::Watch {
+                    dir: self
+                        .config
+                        .tls
+                        .as_ref()
+                        .map(|t| t.cert.clone())
+                        .unwrap_or_default(),
+                    source,
+                }
+            })?),
+            None => None,
         };
+        let callers = &self.config.service_callers;
         let steps = Arc::new(GrantSteps::new(
             self.pipeline.clone(),
             self.config.grants.approval_timeout,
@@ -160,22 +240,42 @@ impl App {
         let limits = ServerLimits {
             max_message_bytes: self.config.max_message_bytes,
         };
-        let server = GrpcServer::start(
-            DecisionApi::new(self.pipeline.clone()),
-            GrantApi::new(steps, admins),
-            self.listeners,
-            limits,
-        )
-        .await
-        .map_err(|e| AppError::Server(e.to_string()))?;
+        let services = GrpcServices {
+            decisions: DecisionApi::new(self.pipeline.clone()),
+            grants: GrantApi::new(steps, admins),
+            ext_authz: ExtAuthzApi::new(self.pipeline.clone(), self.config.envoy_dry_run),
+            decision_callers: CallerAllowList::from_config(callers.decision.as_deref()),
+            grant_callers: CallerAllowList::from_config(callers.grant.as_deref()),
+            envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
+        };
+        let http_tls = self.listeners.tls.clone();
+        let server = GrpcServer::start(services, self.listeners, limits)
+            .await
+            .map_err(|e| AppError::Server(e.to_string()))?;
+        let http = self.http.map(|listener| {
+            let state = HttpState {
+                pipeline: self.pipeline.clone(),
+                decision_callers: CallerAllowList::from_config(callers.decision.as_deref()),
+                max_body_bytes: self.config.max_message_bytes,
+            };
+            HttpServer::start(listener, http_router(state), http_tls.clone())
+        });
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
+        let telemetry = self.pipeline.telemetry();
+        telemetry.watch_sweeper(sweeper.stats().clone());
+        let lifecycle = spawn_lifecycle_spans(telemetry.tracer().clone(), self.grants.subscribe());
         Ok(RunningApp {
             config: self.config,
             policies: self.policies,
             grants: self.grants,
+            pipeline: self.pipeline,
             server,
+            http,
             sweeper,
+            lifecycle,
+            tracer_provider: self.tracer_provider,
             _watcher: watcher,
+            _tls_watcher: tls_watcher,
         })
     }
 }
@@ -211,9 +311,14 @@ pub struct RunningApp {
     config: ServeConfig,
     policies: Arc<PolicyStore>,
     grants: Arc<MemoryGrantStore>,
+    pipeline: Arc<DecisionPipeline>,
     server: GrpcServer,
+    http: Option<HttpServer>,
     sweeper: Sweeper,
+    lifecycle: Option<JoinHandle<()>>,
+    tracer_provider: Option<SdkTracerProvider>,
     _watcher: PolicyWatcher,
+    _tls_watcher: Option<TlsWatcher>,
 }
 
 impl RunningApp {
@@ -242,19 +347,48 @@ impl RunningApp {
         &self.grants
     }
 
+    /// The HTTP address served on, if the HTTP listener is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(HttpServer::addr)
+    }
+
+    /// The decision pipeline (its telemetry and decision log).
+    pub fn pipeline(&self) -> &Arc<DecisionPipeline> {
+        &self.pipeline
+    }
+
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
-    /// the configured grace period), then stops the sweeper and syncs the journal.
+    /// the configured grace period), then stops the sweeper, syncs the journal, flushes
+    /// the decision log and exports the spans still buffered.
     pub async fn shutdown(self) -> Result<(), AppError> {
-        let drained = self
-            .server
-            .shutdown(self.config.shutdown_grace)
-            .await
-            .map_err(|e| AppError::Server(e.to_string()));
+        let grace = self.config.shutdown_grace;
+        // Both listeners drain at once, so shutdown takes at most one grace period.
+        let http = async {
+            match self.http {
+                Some(http) => http.shutdown(grace).await.map_err(AppError::Http),
+                None => Ok(()),
+            }
+        };
+        let (grpc, http) = tokio::join!(self.server.shutdown(grace), http);
+        let drained = grpc.map_err(|e| AppError::Server(e.to_string())).and(http);
         self.sweeper.stop().await;
         if let Some(journal) = self.grants.journal()
             && let Err(err) = journal.sync()
         {
             tracing::error!(error = %err, "grant journal sync at shutdown failed");
+        }
+        if let Some(lifecycle) = self.lifecycle {
+            lifecycle.abort();
+        }
+        if let Some(log) = self.pipeline.decision_log() {
+            log.close().await;
+        }
+        if let Some(provider) = self.tracer_provider {
+            // Export blocks (the batch processor's thread waits on the collector).
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(error = %err, "span export at shutdown failed");
+            }
         }
         if let Some(path) = &self.config.grpc_uds {
             let _ = std::fs::remove_file(path);
@@ -276,6 +410,9 @@ pub async fn serve(
     if let Some(path) = app.grpc_uds() {
         tracing::info!(path = %path.display(), "gRPC listening on a Unix socket");
     }
+    if let Some(addr) = app.http_addr() {
+        tracing::info!(%addr, "HTTP listening (/health, /metrics)");
+    }
     let mut running = app.start().await?;
     if let Err(err) = running.load_policies().await {
         let _ = running.shutdown().await;
@@ -286,8 +423,39 @@ pub async fn serve(
     running.shutdown().await
 }
 
-/// Binds a Unix socket, replacing a stale socket file but never any other file.
-fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
+/// Opens the decision log the configuration names (`None` when off).
+fn open_decision_log(config: &ServeConfig) -> Result<Option<DecisionLog>, AppError> {
+    let log = DecisionLog::open(&config.audit).map_err(|source| AppError::DecisionLog {
+        what: match &config.audit.destination {
+            Destination::File(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        },
+        source,
+    })?;
+    match (&log, &config.audit.destination) {
+        (Some(_), Destination::File(path)) => tracing::info!(
+            path = %path.display(),
+            required = config.audit.required,
+            "decision log"
+        ),
+        (Some(_), _) => tracing::info!(required = config.audit.required, "decision log on stdout"),
+        (None, _) => {}
+    }
+    Ok(log)
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            what: addr.to_string(),
+            source,
+        })
+}
+
+/// Binds a Unix socket, replacing a stale socket file but never any other file, and
+/// gives it `mode` (who may connect) when set.
+fn bind_unix(path: &Path, mode: Option<u32>) -> Result<UnixListener, AppError> {
     use std::os::unix::fs::FileTypeExt;
     let bind_err = |source| AppError::Bind {
         what: path.display().to_string(),
@@ -302,5 +470,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    UnixListener::bind(path).map_err(bind_err)
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    }
+    Ok(listener)
 }

@@ -1,5 +1,5 @@
-//! The `stepgate` command line: `serve`, and the offline tools `eval`, `check` and `test`
-//! that use the same engine as the server.
+//! The `stepgate` command line: `serve`, the offline tools `eval`, `check` and `test`
+//! that use the same engine as the server, and `audit verify` for decision logs.
 
 use std::{
     path::{Path, PathBuf},
@@ -71,6 +71,23 @@ enum Command {
         #[arg(long, value_name = "TEXT")]
         run: Option<String>,
     },
+    /// Decision-log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of decision-log files, given oldest first (e.g.
+    /// decisions.jsonl.2 decisions.jsonl.1 decisions.jsonl); names the first bad record
+    /// as FILE:LINE and exits 1.
+    Verify {
+        /// The files, oldest first.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -86,6 +103,31 @@ pub fn run() -> ExitCode {
         } => eval(&policies, &input, entrypoint, interpreter),
         Command::Check { dir, entrypoint } => check(&dir, entrypoint),
         Command::Test { dir, verbose, run } => test(&dir, verbose, run.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => audit_verify(&files),
+    }
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    match crate::audit::verify(files) {
+        Ok(verified) => {
+            let start = if verified.from_genesis {
+                "from its first record"
+            } else {
+                "continuing records rotated away before the first file"
+            };
+            let last = verified
+                .last
+                .map_or_else(|| "none".to_string(), |h| h.to_hex());
+            println!(
+                "ok: {} records in {} file(s), chained {start}; last hash {last}",
+                verified.records,
+                files.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&err.to_string()),
     }
 }
 

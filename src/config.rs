@@ -16,8 +16,10 @@ use serde::Deserialize;
 use chrono::TimeDelta;
 
 use crate::{
+    audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
     policy::{EvalLimits, PolicyOptions, SourceLimits},
+    telemetry::{OtlpExporter, OtlpProtocol, SamplerChoice, TracingOptions},
 };
 
 /// Flags of `stepgate serve`; each is also `STEPGATE_<NAME>` in the environment and
@@ -37,6 +39,9 @@ pub struct ServeArgs {
     /// gRPC Unix socket path [default: off].
     #[arg(long, env = "STEPGATE_GRPC_UDS", value_name = "PATH")]
     pub grpc_uds: Option<PathBuf>,
+    /// HTTP listener (/health, /metrics); '' turns it off [default: 127.0.0.1:8181].
+    #[arg(long, env = "STEPGATE_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
     /// The decision rule [default: data.stepgate.decision].
     #[arg(long, env = "STEPGATE_DECISION_ENTRYPOINT", value_name = "RULE")]
     pub decision_entrypoint: Option<String>,
@@ -111,6 +116,95 @@ pub struct ServeArgs {
     /// Let concurrent mutations share one journal write and sync [default: true].
     #[arg(long, env = "STEPGATE_JOURNAL_GROUP_COMMIT", value_name = "BOOL")]
     pub journal_group_commit: Option<bool>,
+    /// Decision log: a file path, 'stdout' or 'off' [default: <state-dir>/decisions.jsonl;
+    /// off with --ephemeral].
+    #[arg(long, env = "STEPGATE_DECISION_LOG", value_name = "PATH|stdout|off")]
+    pub decision_log: Option<String>,
+    /// Deny a decision whose record the decision log cannot take [default: false].
+    #[arg(long, env = "STEPGATE_AUDIT_REQUIRED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub audit_required: Option<bool>,
+    /// JSON pointers into the input whose values the decision log masks.
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_LOG_MASK",
+        value_name = "POINTER[,POINTER...]",
+        value_delimiter = ','
+    )]
+    pub decision_log_mask: Option<Vec<String>>,
+    /// Object keys (fragments, case-insensitive) whose values the decision log masks
+    /// [default: password,secret,token,api_key,apikey,authorization].
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_LOG_MASK_KEYS",
+        value_name = "KEY[,KEY...]",
+        value_delimiter = ','
+    )]
+    pub decision_log_mask_keys: Option<Vec<String>>,
+    /// OTLP collector URL; '' turns span export off [default: OTEL_EXPORTER_OTLP_ENDPOINT,
+    /// else no export].
+    #[arg(long, env = "STEPGATE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf].
+    #[arg(long, env = "STEPGATE_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// service.name of exported spans [default: OTEL_SERVICE_NAME, else stepgate].
+    #[arg(long, env = "STEPGATE_OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+    /// Span sampler, as OTEL_TRACES_SAMPLER [default: parentbased_always_on].
+    #[arg(long, env = "STEPGATE_OTEL_TRACES_SAMPLER", value_name = "SAMPLER")]
+    pub otel_traces_sampler: Option<String>,
+    /// The sampler's ratio, as OTEL_TRACES_SAMPLER_ARG [default: 1.0].
+    #[arg(long, env = "STEPGATE_OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
+    pub otel_traces_sampler_arg: Option<String>,
+    /// Turn spans off whatever else is set, as OTEL_SDK_DISABLED [default: false].
+    #[arg(long, env = "STEPGATE_OTEL_SDK_DISABLED", value_name = "BOOL")]
+    pub otel_sdk_disabled: Option<bool>,
+    /// The Envoy ext_authz rule [default: data.envoy.authz.allow].
+    #[arg(long, env = "STEPGATE_ENVOY_ENTRYPOINT", value_name = "RULE")]
+    pub envoy_entrypoint: Option<String>,
+    /// Allow every ext_authz request but record the real decision [default: false].
+    #[arg(long, env = "STEPGATE_ENVOY_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub envoy_dry_run: Option<bool>,
+    /// PEM certificate chain of the TLS listeners; with --tls-key turns TLS on.
+    #[arg(long, env = "STEPGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STEPGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle client certificates are verified against (mTLS).
+    #[arg(long, env = "STEPGATE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by --tls-client-ca [default: false].
+    #[arg(long, env = "STEPGATE_TLS_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_require_client_cert: Option<bool>,
+    /// File mode of the gRPC Unix socket, octal, e.g. 0660 [default: as the umask leaves it].
+    #[arg(long, env = "STEPGATE_GRPC_UDS_MODE", value_name = "MODE")]
+    pub grpc_uds_mode: Option<String>,
+    /// Caller identities allowed to call DecisionService [default: any caller].
+    #[arg(
+        long,
+        env = "STEPGATE_DECISION_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
+    pub decision_callers: Option<Vec<String>>,
+    /// Caller identities allowed to call GrantService at all [default: any caller].
+    #[arg(
+        long,
+        env = "STEPGATE_GRANT_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
+    pub grant_callers: Option<Vec<String>>,
+    /// Caller identities allowed to call Envoy's Authorization/Check [default: any caller].
+    #[arg(
+        long,
+        env = "STEPGATE_ENVOY_CALLERS",
+        value_name = "ID[,ID...]",
+        value_delimiter = ','
+    )]
+    pub envoy_callers: Option<Vec<String>>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -120,6 +214,7 @@ struct FileConfig {
     policies: Option<PathBuf>,
     grpc_addr: Option<String>,
     grpc_uds: Option<PathBuf>,
+    http_addr: Option<String>,
     decision_entrypoint: Option<String>,
     log_format: Option<String>,
     max_message_bytes: Option<usize>,
@@ -141,6 +236,26 @@ struct FileConfig {
     revocation_confirm_deadline: Option<String>,
     journal_fsync: Option<bool>,
     journal_group_commit: Option<bool>,
+    decision_log: Option<String>,
+    audit_required: Option<bool>,
+    decision_log_mask: Option<Vec<String>>,
+    decision_log_mask_keys: Option<Vec<String>>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
+    otel_service_name: Option<String>,
+    otel_traces_sampler: Option<String>,
+    otel_traces_sampler_arg: Option<String>,
+    otel_sdk_disabled: Option<bool>,
+    envoy_entrypoint: Option<String>,
+    envoy_dry_run: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_require_client_cert: Option<bool>,
+    grpc_uds_mode: Option<String>,
+    decision_callers: Option<Vec<String>>,
+    grant_callers: Option<Vec<String>>,
+    envoy_callers: Option<Vec<String>>,
 }
 
 /// How logs are written.
@@ -161,6 +276,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<SocketAddr>,
     /// gRPC Unix socket; `None` = off.
     pub grpc_uds: Option<PathBuf>,
+    /// HTTP listener (`/health`, `/metrics`); `None` = off.
+    pub http_addr: Option<SocketAddr>,
     /// How policy sets are loaded and evaluated.
     pub policy: PolicyOptions,
     /// Log format.
@@ -179,6 +296,42 @@ pub struct ServeConfig {
     pub grants: GrantsConfig,
     /// Who may call the admin RPCs; `None` = anyone who reaches the listener.
     pub admin_callers: Option<Vec<String>>,
+    /// Spans and their export.
+    pub tracing: TracingOptions,
+    /// The decision log.
+    pub audit: AuditOptions,
+    /// Per-service allow-lists of caller identities; `None` = any caller.
+    pub service_callers: ServiceCallers,
+    /// Allow every ext_authz request, recording the real decision.
+    pub envoy_dry_run: bool,
+    /// TLS (and mTLS) of the TCP listeners; `None` = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// File mode of the gRPC Unix socket; `None` = as the umask leaves it.
+    pub grpc_uds_mode: Option<u32>,
+}
+
+/// Which caller identities may call each service; `None` = any caller that reaches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCallers {
+    /// `stepgate.v1.DecisionService`.
+    pub decision: Option<Vec<String>>,
+    /// `stepgate.v1.GrantService` (its admin RPCs also need `admin_callers`).
+    pub grant: Option<Vec<String>>,
+    /// `envoy.service.auth.v3.Authorization`.
+    pub envoy: Option<Vec<String>>,
+}
+
+/// TLS of the TCP listeners: the files are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates; `None` = no client certificates asked for.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a verified certificate.
+    pub require_client_cert: bool,
 }
 
 /// The grant store's configuration.
@@ -215,6 +368,7 @@ impl Default for ServeConfig {
             policies: PathBuf::from("./policies"),
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
             grpc_uds: None,
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8181))),
             policy: PolicyOptions::default(),
             log_format: LogFormat::Text,
             max_message_bytes: 1024 * 1024,
@@ -224,6 +378,12 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             grants: GrantsConfig::default(),
             admin_callers: None,
+            tracing: TracingOptions::default(),
+            audit: AuditOptions::default(),
+            service_callers: ServiceCallers::default(),
+            envoy_dry_run: false,
+            tls: None,
+            grpc_uds_mode: None,
         }
     }
 }
@@ -243,17 +403,31 @@ impl std::error::Error for ConfigError {}
 impl ServeConfig {
     /// Merges flags/environment (already merged by clap) over the file named by
     /// `--config`, over the defaults, and validates the result.
+    /// The standard `OTEL_*` variables rank between `STEPGATE_*` and the file.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::merge(args, file)
+        Self::merge_env(args, file, &|name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
     }
 
+    #[cfg(test)]
     fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        Self::merge_env(args, file, &|_| None)
+    }
+
+    /// Merges with `otel_env` as the source of the `OTEL_*` variables.
+    fn merge_env(
+        args: ServeArgs,
+        file: FileConfig,
+        otel_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let mut problems = Vec::new();
+        let (tracing, tracing_problems) = tracing_options(&args, &file, otel_env);
         let mut check = |ok: bool, problem: String| {
             if !ok {
                 problems.push(problem);
@@ -261,18 +435,25 @@ impl ServeConfig {
         };
 
         let grpc_addr_text = args.grpc_addr.or(file.grpc_addr);
-        let grpc_addr = match grpc_addr_text.as_deref() {
-            None => defaults.grpc_addr,
-            Some("") => None,
-            Some(addr) => {
-                let parsed = addr.parse().ok();
-                check(
-                    parsed.is_some(),
-                    format!("grpc_addr: {addr:?} is not HOST:PORT (IP address and port)"),
-                );
-                parsed
-            }
-        };
+        let mut listen_addr =
+            |name: &str, text: Option<&str>, default: Option<SocketAddr>| match text {
+                None => default,
+                Some("") => None,
+                Some(addr) => {
+                    let parsed = addr.parse().ok();
+                    check(
+                        parsed.is_some(),
+                        format!("{name}: {addr:?} is not HOST:PORT (IP address and port)"),
+                    );
+                    parsed
+                }
+            };
+        let grpc_addr = listen_addr("grpc_addr", grpc_addr_text.as_deref(), defaults.grpc_addr);
+        let http_addr = listen_addr(
+            "http_addr",
+            args.http_addr.or(file.http_addr).as_deref(),
+            defaults.http_addr,
+        );
         let grpc_uds = args
             .grpc_uds
             .or(file.grpc_uds)
@@ -405,6 +586,71 @@ impl ServeConfig {
             admin_callers.as_ref().is_none_or(|ids| !ids.is_empty()),
             "admin_callers: lists no caller identity (leave it unset to allow any caller)".into(),
         );
+        let mut caller_list = |name: &str, ids: Option<Vec<String>>| {
+            let ids = ids.map(|ids| {
+                ids.into_iter()
+                    .map(|id| id.trim().to_string())
+                    .filter(|id| !id.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            check(
+                ids.as_ref().is_none_or(|ids| !ids.is_empty()),
+                format!("{name}: lists no caller identity (leave it unset to allow any caller)"),
+            );
+            ids
+        };
+        let service_callers = ServiceCallers {
+            decision: caller_list(
+                "decision_callers",
+                args.decision_callers.or(file.decision_callers),
+            ),
+            grant: caller_list("grant_callers", args.grant_callers.or(file.grant_callers)),
+            envoy: caller_list("envoy_callers", args.envoy_callers.or(file.envoy_callers)),
+        };
+        let envoy_entrypoint: Arc<str> = args
+            .envoy_entrypoint
+            .or(file.envoy_entrypoint)
+            .map_or(defaults.policy.envoy_entrypoint.clone(), Into::into);
+        check(
+            envoy_entrypoint.starts_with("data.") && envoy_entrypoint.len() > 5,
+            format!(
+                "envoy_entrypoint: {envoy_entrypoint:?} must be a rule path starting with 'data.'"
+            ),
+        );
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.or(file.tls_client_ca),
+                require_client_cert: args
+                    .tls_require_client_cert
+                    .or(file.tls_require_client_cert)
+                    .unwrap_or(false),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                check(false, "tls_cert and tls_key: set both or neither".into());
+                None
+            }
+        };
+        check(
+            tls.as_ref()
+                .is_none_or(|t| !t.require_client_cert || t.client_ca.is_some()),
+            "tls_require_client_cert: needs tls_client_ca to verify client certificates".into(),
+        );
+        let grpc_uds_mode = args.grpc_uds_mode.or(file.grpc_uds_mode).and_then(|text| {
+            let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|mode| *mode <= 0o777);
+            check(
+                mode.is_some(),
+                format!("grpc_uds_mode: {text:?} is not an octal file mode such as 0660"),
+            );
+            mode
+        });
         let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
         let state_dir = args.state_dir.or(file.state_dir);
         check(
@@ -428,6 +674,53 @@ impl ServeConfig {
             ..grants_default.store.journal.clone()
         };
 
+        problems.extend(tracing_problems);
+        let decision_log = args.decision_log.or(file.decision_log);
+        let destination = match decision_log.as_deref() {
+            Some("off") => Destination::Off,
+            Some("stdout") => Destination::Stdout,
+            Some("") => {
+                problems.push("decision_log: must be a path, 'stdout' or 'off'".into());
+                Destination::Off
+            }
+            Some(path) => Destination::File(PathBuf::from(path)),
+            None => match &state_dir {
+                Some(dir) => Destination::File(dir.join("decisions.jsonl")),
+                None => Destination::Off,
+            },
+        };
+        let audit_required = args.audit_required.or(file.audit_required).unwrap_or(false);
+        if audit_required && destination == Destination::Off {
+            problems.push("audit_required: needs a decision log (decision_log is off)".into());
+        }
+        let pointers = args
+            .decision_log_mask
+            .or(file.decision_log_mask)
+            .unwrap_or_default();
+        if pointers.len() > 64 {
+            problems.push("decision_log_mask: at most 64 pointers".into());
+        }
+        for pointer in &pointers {
+            if !pointer.starts_with('/') {
+                problems.push(format!(
+                    "decision_log_mask: {pointer:?} is not a JSON pointer (it starts with '/')"
+                ));
+            }
+        }
+        let masks = Masks {
+            pointers,
+            keys: args
+                .decision_log_mask_keys
+                .or(file.decision_log_mask_keys)
+                .map(|keys| {
+                    keys.iter()
+                        .map(|k| k.trim().to_ascii_lowercase().replace('-', "_"))
+                        .filter(|k| !k.is_empty())
+                        .collect()
+                })
+                .unwrap_or_else(|| Masks::default().keys),
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -435,8 +728,10 @@ impl ServeConfig {
             policies: args.policies.or(file.policies).unwrap_or(defaults.policies),
             grpc_addr,
             grpc_uds,
+            http_addr,
             policy: PolicyOptions {
                 decision_entrypoint,
+                envoy_entrypoint,
                 source_limits: SourceLimits {
                     max_file_bytes,
                     max_nesting_depth,
@@ -469,8 +764,104 @@ impl ServeConfig {
                 approval_timeout,
             },
             admin_callers,
+            tracing,
+            audit: AuditOptions {
+                destination,
+                required: audit_required,
+                masks,
+                ..AuditOptions::default()
+            },
+            service_callers,
+            envoy_dry_run: args
+                .envoy_dry_run
+                .or(file.envoy_dry_run)
+                .unwrap_or(defaults.envoy_dry_run),
+            tls,
+            grpc_uds_mode,
         })
     }
+}
+
+/// Tracing from flags/`STEPGATE_*`, then the standard `OTEL_*` variables, then the file.
+fn tracing_options(
+    args: &ServeArgs,
+    file: &FileConfig,
+    otel_env: &dyn Fn(&str) -> Option<String>,
+) -> (TracingOptions, Vec<String>) {
+    let mut problems = Vec::new();
+    let defaults = TracingOptions::default();
+    let disabled = args
+        .otel_sdk_disabled
+        .or_else(|| otel_env("OTEL_SDK_DISABLED").map(|v| v.eq_ignore_ascii_case("true")))
+        .or(file.otel_sdk_disabled)
+        .unwrap_or(false);
+    let env_endpoint = otel_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    // `Some(None)`: export, to the endpoint the exporter reads from OTEL_* itself.
+    let endpoint: Option<Option<String>> = match (&args.otlp_endpoint, env_endpoint) {
+        (Some(url), _) => Some(Some(url.clone())),
+        (None, Some(_)) => Some(None),
+        (None, None) => file.otlp_endpoint.clone().map(Some),
+    };
+    let endpoint = endpoint.filter(|e| e.as_deref() != Some(""));
+    if let Some(Some(url)) = &endpoint
+        && !url.starts_with("http://")
+    {
+        problems.push(format!(
+            "otlp_endpoint: {url:?} must be an http:// URL (send to a collector beside stepgate; TLS to a remote one is the collector's job)"
+        ));
+    }
+    let protocol_text = args
+        .otlp_protocol
+        .clone()
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .or_else(|| file.otlp_protocol.clone());
+    let protocol = match protocol_text.as_deref() {
+        None => OtlpProtocol::HttpProtobuf,
+        Some(text) => OtlpProtocol::parse(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "otlp_protocol: {text:?} is not 'grpc' or 'http/protobuf'"
+            ));
+            OtlpProtocol::HttpProtobuf
+        }),
+    };
+    let service_name = args
+        .otel_service_name
+        .clone()
+        .or_else(|| otel_env("OTEL_SERVICE_NAME"))
+        .or_else(|| file.otel_service_name.clone())
+        .unwrap_or(defaults.service_name);
+    let (sampler_name, sampler_arg) = match &args.otel_traces_sampler {
+        Some(name) => (Some(name.clone()), args.otel_traces_sampler_arg.clone()),
+        None => match otel_env("OTEL_TRACES_SAMPLER") {
+            Some(name) => (Some(name), otel_env("OTEL_TRACES_SAMPLER_ARG")),
+            None => (
+                file.otel_traces_sampler.clone(),
+                file.otel_traces_sampler_arg.clone(),
+            ),
+        },
+    };
+    let sampler = match sampler_name {
+        None => defaults.sampler,
+        Some(name) => SamplerChoice::parse(&name, sampler_arg.as_deref()).unwrap_or_else(|e| {
+            problems.push(format!("otel_traces_sampler: {e}"));
+            defaults.sampler
+        }),
+    };
+    let exporter = if disabled {
+        None
+    } else {
+        endpoint.map(|endpoint| OtlpExporter { endpoint, protocol })
+    };
+    (
+        TracingOptions {
+            exporter,
+            service_name,
+            sampler,
+        },
+        problems,
+    )
 }
 
 fn to_delta(d: Duration) -> TimeDelta {
@@ -502,6 +893,7 @@ mod tests {
         let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
         assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
         assert_eq!(config.grpc_uds, None);
+        assert_eq!(config.http_addr, Some("127.0.0.1:8181".parse().unwrap()));
         assert_eq!(config.policies, PathBuf::from("./policies"));
         assert_eq!(
             &*config.policy.decision_entrypoint,
@@ -536,6 +928,20 @@ mod tests {
         };
         let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
         assert_eq!(config.grpc_addr, None);
+        let config = ServeConfig::merge(ServeArgs::default(), file("http_addr = \"\"\n")).unwrap();
+        assert_eq!(config.http_addr, None);
+        let args = ServeArgs {
+            http_addr: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, file("http_addr = \"\"\n")).unwrap();
+        assert_eq!(config.http_addr, Some("127.0.0.1:0".parse().unwrap()));
+        let args = ServeArgs {
+            http_addr: Some("localhost:80".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
         let args = ServeArgs {
             grpc_addr: Some(String::new()),
             ..Default::default()
@@ -608,6 +1014,105 @@ mod tests {
     }
 
     #[test]
+    fn tracing_comes_from_flags_then_otel_variables_then_the_file() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            config.tracing.exporter, None,
+            "nothing configured: no exporter"
+        );
+
+        let env = |name: &str| -> Option<String> {
+            match name {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".into()),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".into()),
+                "OTEL_SERVICE_NAME" => Some("pdp".into()),
+                "OTEL_TRACES_SAMPLER" => Some("traceidratio".into()),
+                "OTEL_TRACES_SAMPLER_ARG" => Some("0.5".into()),
+                _ => None,
+            }
+        };
+        let file = file("otlp_endpoint = \"http://file:4318\"\notel_service_name = \"f\"\n");
+        let config = ServeConfig::merge_env(ServeArgs::default(), file.clone(), &env).unwrap();
+        assert_eq!(
+            config.tracing.exporter,
+            Some(OtlpExporter {
+                endpoint: None,
+                protocol: OtlpProtocol::Grpc
+            })
+        );
+        assert_eq!(config.tracing.service_name, "pdp");
+        assert_eq!(config.tracing.sampler, SamplerChoice::TraceIdRatio(0.5));
+
+        let config = ServeConfig::merge(ServeArgs::default(), file.clone()).unwrap();
+        assert_eq!(
+            config.tracing.exporter,
+            Some(OtlpExporter {
+                endpoint: Some("http://file:4318".into()),
+                protocol: OtlpProtocol::HttpProtobuf
+            })
+        );
+        assert_eq!(config.tracing.service_name, "f");
+
+        let args = ServeArgs {
+            otlp_endpoint: Some(String::new()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge_env(args, file.clone(), &env).unwrap();
+        assert_eq!(config.tracing.exporter, None, "'' turns export off");
+        let disabled = |name: &str| (name == "OTEL_SDK_DISABLED").then(|| "true".to_string());
+        let config = ServeConfig::merge_env(ServeArgs::default(), file, &disabled).unwrap();
+        assert_eq!(config.tracing.exporter, None, "OTEL_SDK_DISABLED wins");
+
+        let args = ServeArgs {
+            otlp_endpoint: Some("collector:4317".into()),
+            otlp_protocol: Some("http/json".into()),
+            otel_traces_sampler: Some("often".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn decision_log_defaults_to_the_state_dir_and_is_off_when_ephemeral() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            config.audit.destination,
+            Destination::File(PathBuf::from("./data/decisions.jsonl"))
+        );
+        assert!(!config.audit.required);
+        assert_eq!(config.audit.masks, Masks::default());
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(config.audit.destination, Destination::Off);
+        let args = ServeArgs {
+            ephemeral: Some(true),
+            decision_log: Some("stdout".into()),
+            audit_required: Some(true),
+            decision_log_mask: Some(vec!["/agent/arguments/query".into()]),
+            ..Default::default()
+        };
+        let config =
+            ServeConfig::merge(args, file("decision_log_mask_keys = [\"Pass-Phrase\"]\n")).unwrap();
+        assert_eq!(config.audit.destination, Destination::Stdout);
+        assert!(config.audit.required);
+        assert_eq!(config.audit.masks.pointers, ["/agent/arguments/query"]);
+        assert_eq!(config.audit.masks.keys, ["pass_phrase"]);
+
+        let args = ServeArgs {
+            decision_log: Some("off".into()),
+            audit_required: Some(true),
+            decision_log_mask: Some(vec!["agent".into()]),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stepgate.toml");
@@ -618,5 +1123,74 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn envoy_tls_socket_mode_and_caller_lists() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(&*config.policy.envoy_entrypoint, "data.envoy.authz.allow");
+        assert!(!config.envoy_dry_run);
+        assert_eq!(config.tls, None);
+        assert_eq!(config.grpc_uds_mode, None);
+        assert_eq!(config.service_callers, ServiceCallers::default());
+
+        let file = file(
+            "envoy_entrypoint = \"data.gate.allow\"\nenvoy_dry_run = true\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\ntls_require_client_cert = true\ngrpc_uds_mode = \"0660\"\nenvoy_callers = [\"uds:uid=101\"]\n",
+        );
+        let args = ServeArgs {
+            decision_callers: Some(vec!["spiffe://a".into(), " spiffe://b ".into()]),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, file).unwrap();
+        assert_eq!(&*config.policy.envoy_entrypoint, "data.gate.allow");
+        assert!(config.envoy_dry_run);
+        assert_eq!(
+            config.tls,
+            Some(TlsConfig {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: Some("ca.pem".into()),
+                require_client_cert: true,
+            })
+        );
+        assert_eq!(config.grpc_uds_mode, Some(0o660));
+        assert_eq!(
+            config.service_callers.decision,
+            Some(vec!["spiffe://a".to_string(), "spiffe://b".to_string()])
+        );
+        assert_eq!(
+            config.service_callers.envoy,
+            Some(vec!["uds:uid=101".to_string()])
+        );
+        assert_eq!(config.service_callers.grant, None);
+
+        let args = ServeArgs {
+            envoy_entrypoint: Some("envoy.authz.allow".into()),
+            tls_cert: Some("c.pem".into()),
+            tls_require_client_cert: Some(true),
+            grpc_uds_mode: Some("0999".into()),
+            grant_callers: Some(vec![" ".into()]),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        for field in [
+            "envoy_entrypoint",
+            "tls_cert and tls_key",
+            "grpc_uds_mode",
+            "grant_callers",
+        ] {
+            assert!(
+                err.to_string().contains(field),
+                "{field} missing from {err}"
+            );
+        }
+        let args = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_require_client_cert: Some(true),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("tls_client_ca"), "{err}");
     }
 }

@@ -9,6 +9,8 @@
 //! - [`decision`]: the input document, the one pipeline every adapter calls, the record;
 //! - [`policy`]: loading, guarding, compiling, evaluating and reloading policy sets;
 //! - [`grants`]: time-bound grants: model, store, journal, sweeper (no gRPC, no policy);
+//! - [`telemetry`]: spans (OpenTelemetry, OTLP export) and Prometheus metrics;
+//! - [`audit`]: the hash-chained decision log;
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
 //! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract.
 
@@ -17,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,3 +27,4 @@ pub mod decision;
 pub mod grants;
 pub mod policy;
 pub mod proto;
+pub mod telemetry;

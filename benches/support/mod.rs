@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::{path::Path, sync::Arc, time::Duration};
+use stepgate::telemetry::ParentContext;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
@@ -284,7 +285,7 @@ impl Fixture {
     pub fn active_grant(&self, i: usize, shape: &Shape) -> String {
         let requested = self
             .steps
-            .request(&request_grant(i, shape), &issuer())
+            .request(&request_grant(i, shape), &issuer(), &ParentContext::none())
             .expect("request runs");
         assert!(
             requested.decision.allow,
@@ -296,7 +297,7 @@ impl Fixture {
         let id = grant.id().to_string();
         let approved = self
             .steps
-            .approve(&approve(&id), &portal())
+            .approve(&approve(&id), &portal(), &ParentContext::none())
             .expect("approve runs");
         assert!(
             approved.decision.allow,

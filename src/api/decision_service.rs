@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller::caller_of,
+    caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
 };
 use crate::{
@@ -38,7 +38,7 @@ impl DecisionService for DecisionApi {
         let caller = caller_of(&request);
         let decision = self
             .pipeline
-            .check(request.get_ref(), &caller)
+            .check(request.get_ref(), &caller, &parent_of(&request))
             .map_err(invalid_argument)?;
         Ok(Response::new(CheckResponse {
             decision: Some(decision_message(decision)),
@@ -50,10 +50,11 @@ impl DecisionService for DecisionApi {
         request: Request<BatchCheckRequest>,
     ) -> Result<Response<BatchCheckResponse>, Status> {
         let caller = caller_of(&request);
+        let parent = parent_of(&request);
         let checks = request.into_inner().checks;
         let decisions = self
             .pipeline
-            .batch_check(checks, caller)
+            .batch_check(checks, caller, parent)
             .await
             .map_err(invalid_argument)?;
         Ok(Response::new(BatchCheckResponse {

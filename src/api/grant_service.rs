@@ -9,11 +9,12 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller::caller_of,
+    AdminCallers,
+    caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
 };
 use crate::{
-    decision::{Caller, GrantStepError, GrantSteps, StepOutcome},
+    decision::{GrantStepError, GrantSteps, StepOutcome},
     grants::{GrantState, ListFilter},
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
@@ -22,28 +23,6 @@ use crate::{
         grant_service_server::GrantService,
     },
 };
-
-/// Which callers may call the admin RPCs.
-#[derive(Debug, Clone)]
-pub enum AdminCallers {
-    /// Anyone who reaches the listener (stepgate warns at start).
-    Anyone,
-    /// Only these caller identities.
-    Only(Arc<[String]>),
-}
-
-impl AdminCallers {
-    fn check(&self, caller: &Caller, rpc: &str) -> Result<(), Status> {
-        match self {
-            Self::Anyone => Ok(()),
-            Self::Only(ids) if ids.iter().any(|id| **id == *caller.id) => Ok(()),
-            Self::Only(_) => Err(Status::permission_denied(format!(
-                "caller {} may not call {rpc}",
-                caller.id
-            ))),
-        }
-    }
-}
 
 /// The gRPC adapter over the grant steps.
 #[derive(Debug, Clone)]
@@ -84,7 +63,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .request(request.get_ref(), &caller)
+            .request(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -96,7 +75,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Approve")?;
         self.steps
-            .approve(request.get_ref(), &caller)
+            .approve(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -108,7 +87,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Reject")?;
         self.steps
-            .reject(request.get_ref(), &caller)
+            .reject(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -119,7 +98,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .revalidate(request.get_ref(), &caller)
+            .revalidate(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -130,7 +109,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.steps
-            .renew(request.get_ref(), &caller)
+            .renew(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }
@@ -143,7 +122,7 @@ impl GrantService for GrantApi {
         self.admins.check(&caller, "Revoke")?;
         let outcome = self
             .steps
-            .revoke(request.get_ref(), &caller)
+            .revoke(request.get_ref(), &caller, &parent_of(&request))
             .map_err(status)?;
         Ok(Response::new(RevokeResponse {
             revoked: outcome
@@ -162,7 +141,7 @@ impl GrantService for GrantApi {
         let caller = caller_of(&request);
         self.admins.check(&caller, "ConfirmRevocation")?;
         self.steps
-            .confirm_revocation(request.get_ref())
+            .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
             .map_err(status)
     }

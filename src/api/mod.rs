@@ -1,13 +1,24 @@
-//! Adapters: the gRPC services and the listeners that carry them. Adapters translate
-//! wire messages to the decision pipeline's types and its errors to statuses; they hold
-//! no policy logic and never call each other.
+//! Adapters: the gRPC services, the HTTP routes, and the listeners that carry them.
+//! Adapters translate wire messages to the decision pipeline's types and its errors to
+//! statuses or HTTP responses; they hold no policy logic and never call each other.
 
+mod allow_list;
+mod authzen;
 mod caller;
 mod convert;
 mod decision_service;
+mod ext_authz;
 mod grant_service;
+mod http;
+mod observability;
+mod opa_rest;
 mod server;
+mod tls;
 
+pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
-pub use grant_service::{AdminCallers, GrantApi};
-pub use server::{GrpcServer, Listeners, ServerLimits};
+pub use ext_authz::ExtAuthzApi;
+pub use grant_service::GrantApi;
+pub use http::{HttpServer, HttpState, router as http_router};
+pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
+pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};

@@ -1,8 +1,11 @@
-//! The gRPC listeners: one router (stepgate.v1, health, reflection) served on TCP and/or a
-//! Unix socket, with message-size limits enforced by the transport before decoding and a
+//! The gRPC listeners: one router (stepgate.v1, Envoy ext_authz, health, reflection)
+//! served on TCP (plaintext, TLS or mTLS) and/or a Unix socket, with per-service caller
+//! allow-lists, message-size limits enforced by the transport before decoding and a
 //! graceful drain on shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -10,13 +13,20 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{
-    Server,
-    server::{Router, TcpIncoming},
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{
+        Server,
+        server::{Router, TcpIncoming},
+    },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use super::{DecisionApi, GrantApi};
+use super::{
+    CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi,
+    allow_list::ServiceGuard,
+    tls::{Alpn, ReloadingTls},
+};
 use crate::proto::v1::{
     self, decision_service_server::DecisionServiceServer, grant_service_server::GrantServiceServer,
 };
@@ -35,6 +45,26 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// Unix socket listener and its path, if enabled.
     pub uds: Option<(UnixListener, PathBuf)>,
+    /// TLS of the TCP listener, if enabled (the Unix socket stays plaintext: its peer
+    /// is identified by its credentials).
+    pub tls: Option<Arc<ReloadingTls>>,
+}
+
+/// The services the gRPC listeners carry, with who may call each.
+#[derive(Debug, Clone)]
+pub struct GrpcServices {
+    /// `stepgate.v1.DecisionService`.
+    pub decisions: DecisionApi,
+    /// `stepgate.v1.GrantService`.
+    pub grants: GrantApi,
+    /// `envoy.service.auth.v3.Authorization`.
+    pub ext_authz: ExtAuthzApi,
+    /// Who may call DecisionService.
+    pub decision_callers: CallerAllowList,
+    /// Who may call GrantService (admin RPCs are further limited inside it).
+    pub grant_callers: CallerAllowList,
+    /// Who may call the ext_authz service.
+    pub envoy_callers: CallerAllowList,
 }
 
 impl Listeners {
@@ -45,10 +75,11 @@ impl Listeners {
 }
 
 /// The names the health service reports on: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 3] = [
+const HEALTH_NAMES: [&str; 4] = [
     "",
     "stepgate.v1.DecisionService",
     "stepgate.v1.GrantService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 /// A running gRPC server: its serve tasks, its health reporter and its shutdown switch.
@@ -64,8 +95,7 @@ impl GrpcServer {
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
-        decisions: DecisionApi,
-        grants: GrantApi,
+        services: GrpcServices,
         listeners: Listeners,
         limits: ServerLimits,
     ) -> Result<Self, tonic_reflection::server::Error> {
@@ -80,16 +110,29 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let decisions = DecisionServiceServer::new(decisions)
-            .max_decoding_message_size(limits.max_message_bytes);
-        let grants =
-            GrantServiceServer::new(grants).max_decoding_message_size(limits.max_message_bytes);
+        let max = limits.max_message_bytes;
+        let decisions = InterceptedService::new(
+            DecisionServiceServer::new(services.decisions).max_decoding_message_size(max),
+            ServiceGuard::new(services.decision_callers, "stepgate.v1.DecisionService"),
+        );
+        let grants = InterceptedService::new(
+            GrantServiceServer::new(services.grants).max_decoding_message_size(max),
+            ServiceGuard::new(services.grant_callers, "stepgate.v1.GrantService"),
+        );
+        let ext_authz = InterceptedService::new(
+            AuthorizationServer::new(services.ext_authz).max_decoding_message_size(max),
+            ServiceGuard::new(
+                services.envoy_callers,
+                "envoy.service.auth.v3.Authorization",
+            ),
+        );
         let router: Router = Server::builder()
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(decisions)
-            .add_service(grants);
+            .add_service(grants)
+            .add_service(ext_authz);
 
         let (shutdown, signal) = watch::channel(false);
         let drained = move || {
@@ -99,13 +142,24 @@ impl GrpcServer {
             }
         };
         let mut tasks = Vec::new();
-        if let Some(listener) = listeners.tcp {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            tasks.push(tokio::spawn(
-                router
-                    .clone()
-                    .serve_with_incoming_shutdown(incoming, drained()),
-            ));
+        match (listeners.tcp, listeners.tls) {
+            (Some(listener), None) => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                tasks.push(tokio::spawn(
+                    router
+                        .clone()
+                        .serve_with_incoming_shutdown(incoming, drained()),
+                ));
+            }
+            (Some(listener), Some(tls)) => {
+                let incoming = tls.incoming(listener, Alpn::Grpc);
+                tasks.push(tokio::spawn(
+                    router
+                        .clone()
+                        .serve_with_incoming_shutdown(incoming, drained()),
+                ));
+            }
+            (None, _) => {}
         }
         if let Some((listener, _)) = listeners.uds {
             let incoming = UnixListenerStream::new(listener);

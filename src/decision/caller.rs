@@ -11,6 +11,8 @@ pub enum Transport {
     Uds,
     /// TLS with a verified client certificate.
     Mtls,
+    /// TLS without a client certificate: the caller is anonymous.
+    Tls,
 }
 
 impl Transport {
@@ -20,6 +22,7 @@ impl Transport {
             Self::Tcp => "tcp",
             Self::Uds => "uds",
             Self::Mtls => "mtls",
+            Self::Tls => "tls",
         }
     }
 }
@@ -58,6 +61,23 @@ impl Caller {
                 id: "anonymous".into(),
                 authenticated: false,
                 via: Transport::Uds,
+            },
+        }
+    }
+
+    /// A caller on TLS: the identity of its verified client certificate, or anonymous
+    /// when it presented none.
+    pub fn tls_peer(identity: Option<String>) -> Self {
+        match identity {
+            Some(id) => Self {
+                id: id.into(),
+                authenticated: true,
+                via: Transport::Mtls,
+            },
+            None => Self {
+                id: "anonymous".into(),
+                authenticated: false,
+                via: Transport::Tls,
             },
         }
     }

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, DecisionPipeline, InvalidField, StepInput, grant_value,
+    Caller, Decision, DecisionPipeline, InvalidField, Pending, StepInput, grant_value,
     input::{Entries, KEYS, validate_step},
 };
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
         ApproveRequest, ConfirmRevocationRequest, Context, RejectRequest, RenewRequest,
         RequestGrantRequest, RevalidateRequest, RevokeRequest, revoke_request::Target,
     },
+    telemetry::ParentContext,
 };
 
 /// Why a grant step could not run at all (a policy deny is not an error).
@@ -107,7 +108,17 @@ impl GrantSteps {
         &self,
         req: &RequestGrantRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
+        self.conclude(self.request_step(req, caller, parent))
+    }
+
+    fn request_step(
+        &self,
+        req: &RequestGrantRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Result<Step, GrantStepError> {
         let requested_ttl = match &req.ttl {
             Some(ttl) => Some(
                 positive_duration(ttl)
@@ -142,26 +153,19 @@ impl GrantSteps {
             extra.push((&k.requested_ttl_seconds, Value::from(ttl.num_seconds())));
         }
         let input = StepInput::of_check(&probe, caller).build(now, None, &extra);
-        let decision = self.pipeline.decide_input(input, now);
-        if !decision.allow {
-            return Ok(StepOutcome {
-                grant: None,
-                decision,
-            });
+        let pending = self.pipeline.evaluate(input, now, parent);
+        if !pending.decision().allow {
+            return Ok(Step::without_grant(pending));
         }
         let terms = match GrantTerms::from_obligations(
-            &decision.obligations,
+            &pending.decision().obligations,
             requested_ttl,
             self.default_approval_timeout,
         ) {
             Ok(terms) => terms,
-            Err(reason) => {
-                return Ok(StepOutcome {
-                    grant: None,
-                    decision: decision.overruled(reason),
-                });
-            }
+            Err(reason) => return Ok(Step::without_grant(pending.overruled(reason))),
         };
+        let decision = pending.decision();
         let request = GrantRequest {
             subject: probe.subject.clone().unwrap_or_default(),
             action: req.action.clone(),
@@ -177,17 +181,12 @@ impl GrantSteps {
         };
         let grant = match Grant::new(request, now) {
             Ok(grant) => grant,
-            Err(err) => {
-                return Ok(StepOutcome {
-                    grant: None,
-                    decision: decision.overruled(err.to_string()),
-                });
-            }
+            Err(err) => return Ok(Step::without_grant(pending.overruled(err.to_string()))),
         };
         let grant = self.store.create(grant)?;
-        Ok(StepOutcome {
+        Ok(Step {
             grant: Some(grant),
-            decision,
+            pending,
         })
     }
 
@@ -197,34 +196,39 @@ impl GrantSteps {
         &self,
         req: &ApproveRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        require(&req.grant_id, "grant_id")?;
-        require(&req.approver, "approver")?;
-        let approval = ApprovalInput {
-            approver: &req.approver,
-            role: &req.role,
-            comment: &req.comment,
-            verdict: "approve",
-        };
-        self.decide_on_grant(
-            &req.grant_id,
-            "approve",
-            caller,
-            req.context.as_ref(),
-            &approval.extra(),
-            |grant, decision, now| {
-                grant.approve(
-                    Approval {
-                        approver: req.approver.clone(),
-                        role: req.role.clone(),
-                        at: now,
-                        decision_id: decision.id,
-                        comment: req.comment.clone(),
-                    },
-                    now,
-                )
-            },
-        )
+        let step = (|| {
+            require(&req.grant_id, "grant_id")?;
+            require(&req.approver, "approver")?;
+            let approval = ApprovalInput {
+                approver: &req.approver,
+                role: &req.role,
+                comment: &req.comment,
+                verdict: "approve",
+            };
+            self.decide_on_grant(
+                &req.grant_id,
+                "approve",
+                caller,
+                parent,
+                req.context.as_ref(),
+                &approval.extra(),
+                |grant, decision, now| {
+                    grant.approve(
+                        Approval {
+                            approver: req.approver.clone(),
+                            role: req.role.clone(),
+                            at: now,
+                            decision_id: decision.id,
+                            comment: req.comment.clone(),
+                        },
+                        now,
+                    )
+                },
+            )
+        })();
+        self.conclude(step)
     }
 
     /// A rejection, decided at step `approve` with `input.approval.verdict = "reject"`.
@@ -232,23 +236,30 @@ impl GrantSteps {
         &self,
         req: &RejectRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        require(&req.grant_id, "grant_id")?;
-        require(&req.approver, "approver")?;
-        let approval = ApprovalInput {
-            approver: &req.approver,
-            role: "",
-            comment: &req.reason,
-            verdict: "reject",
-        };
-        self.decide_on_grant(
-            &req.grant_id,
-            "approve",
-            caller,
-            None,
-            &approval.extra(),
-            |grant, decision, now| grant.reject(&req.approver, &req.reason, Some(decision.id), now),
-        )
+        let step = (|| {
+            require(&req.grant_id, "grant_id")?;
+            require(&req.approver, "approver")?;
+            let approval = ApprovalInput {
+                approver: &req.approver,
+                role: "",
+                comment: &req.reason,
+                verdict: "reject",
+            };
+            self.decide_on_grant(
+                &req.grant_id,
+                "approve",
+                caller,
+                parent,
+                None,
+                &approval.extra(),
+                |grant, decision, now| {
+                    grant.reject(&req.approver, &req.reason, Some(decision.id), now)
+                },
+            )
+        })();
+        self.conclude(step)
     }
 
     /// Step `use`: the grant must be ACTIVE, unexpired and under `max_uses`, then policy
@@ -257,26 +268,43 @@ impl GrantSteps {
         &self,
         req: &RevalidateRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
+        self.conclude(self.revalidate_step(req, caller, parent))
+    }
+
+    fn revalidate_step(
+        &self,
+        req: &RevalidateRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Result<Step, GrantStepError> {
         require(&req.grant_id, "grant_id")?;
         let Some(grant) = self.store.get(&req.grant_id) else {
             let now = self.store.now();
             let revision = self.pipeline.serving_revision();
-            return Ok(StepOutcome {
-                grant: None,
-                decision: Decision::deny(
-                    format!("grant {} not found", req.grant_id),
-                    revision,
-                    now,
-                ),
-            });
+            // The document the policy would have seen, naming the grant asked for.
+            let k = &*KEYS;
+            let mut named = regorus::value::Object::new();
+            named.insert(k.id.clone(), Value::from(req.grant_id.as_str()));
+            let input = StepInput {
+                step: "use",
+                subject: None,
+                caller,
+                action: "",
+                resource: None,
+                workflow: None,
+                agent: req.agent.as_ref(),
+                context: req.context.as_ref(),
+            }
+            .build(now, None, &[(&k.grant, named.into_value())]);
+            let decision =
+                Decision::deny(format!("grant {} not found", req.grant_id), revision, now);
+            return Ok(Step::without_grant(
+                self.pipeline.unevaluated(decision, input, parent),
+            ));
         };
         let now = self.store.now();
-        if let Err(refusal) = grant.check_usable(now) {
-            let decision =
-                Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
-            return self.record_denial(&req.grant_id, decision);
-        }
         let input = grant_step_input(
             &grant,
             "use",
@@ -285,17 +313,23 @@ impl GrantSteps {
             req.context.as_ref(),
         )
         .build(now, Some(grant_value(&grant)), &[]);
-        let decision = self.pipeline.decide_input(input, now);
-        if !decision.allow {
-            return self.record_denial(&req.grant_id, decision);
+        if let Err(refusal) = grant.check_usable(now) {
+            let decision =
+                Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
+            let pending = self.pipeline.unevaluated(decision, input, parent);
+            return self.record_denial(&req.grant_id, pending);
         }
-        match self.store.record_use(&req.grant_id, decision.id) {
-            Ok(updated) => Ok(StepOutcome {
+        let pending = self.pipeline.evaluate(input, now, parent);
+        if !pending.decision().allow {
+            return self.record_denial(&req.grant_id, pending);
+        }
+        match self.store.record_use(&req.grant_id, pending.decision().id) {
+            Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
-                decision,
+                pending,
             }),
             Err(StoreError::Refused { source, .. }) => {
-                self.record_denial(&req.grant_id, decision.overruled(source.to_string()))
+                self.record_denial(&req.grant_id, pending.overruled(source.to_string()))
             }
             Err(err) => Err(err.into()),
         }
@@ -307,40 +341,45 @@ impl GrantSteps {
         &self,
         req: &RenewRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        require(&req.grant_id, "grant_id")?;
-        let requested = match &req.ttl {
-            Some(ttl) => positive_duration(ttl)
-                .ok_or_else(|| InvalidField::new("ttl", "must be positive"))?,
-            None => return Err(InvalidField::new("ttl", "required").into()),
-        };
-        let k = &*KEYS;
-        let extra = [(
-            &k.requested_ttl_seconds,
-            Value::from(requested.num_seconds()),
-        )];
-        self.decide_on_grant(
-            &req.grant_id,
-            "renew",
-            caller,
-            req.context.as_ref(),
-            &extra,
-            |grant, decision, now| {
-                let cap = match obligation_seconds(&decision.obligations, "max_ttl_seconds") {
-                    Ok(cap) => cap,
-                    Err(_) => {
-                        return Err(crate::grants::TransitionError::Forbidden(
-                            "policy obligation max_ttl_seconds is malformed",
-                        ));
-                    }
-                };
-                let ttl = cap.map_or(requested, |cap| requested.min(cap));
-                let end = now
-                    .checked_add_signed(ttl)
-                    .ok_or(crate::grants::TransitionError::TimeOutOfRange)?;
-                grant.renew(end, decision.id, now)
-            },
-        )
+        let step = (|| {
+            require(&req.grant_id, "grant_id")?;
+            let requested = match &req.ttl {
+                Some(ttl) => positive_duration(ttl)
+                    .ok_or_else(|| InvalidField::new("ttl", "must be positive"))?,
+                None => return Err(InvalidField::new("ttl", "required").into()),
+            };
+            let k = &*KEYS;
+            let extra = [(
+                &k.requested_ttl_seconds,
+                Value::from(requested.num_seconds()),
+            )];
+            self.decide_on_grant(
+                &req.grant_id,
+                "renew",
+                caller,
+                parent,
+                req.context.as_ref(),
+                &extra,
+                |grant, decision, now| {
+                    let cap = match obligation_seconds(&decision.obligations, "max_ttl_seconds") {
+                        Ok(cap) => cap,
+                        Err(_) => {
+                            return Err(crate::grants::TransitionError::Forbidden(
+                                "policy obligation max_ttl_seconds is malformed",
+                            ));
+                        }
+                    };
+                    let ttl = cap.map_or(requested, |cap| requested.min(cap));
+                    let end = now
+                        .checked_add_signed(ttl)
+                        .ok_or(crate::grants::TransitionError::TimeOutOfRange)?;
+                    grant.renew(end, decision.id, now)
+                },
+            )
+        })();
+        self.conclude(step)
     }
 
     /// Step `revoke` (by grant or subject) or `close` (by workflow: the ticket closed).
@@ -349,7 +388,19 @@ impl GrantSteps {
         &self,
         req: &RevokeRequest,
         caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<RevokeOutcome, GrantStepError> {
+        let (step, revoked) = self.revoke_step(req, caller, parent)?;
+        let decision = self.pipeline.conclude(step.pending, step.grant);
+        Ok(RevokeOutcome { decision, revoked })
+    }
+
+    fn revoke_step(
+        &self,
+        req: &RevokeRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Result<(Step, Vec<Arc<Grant>>), GrantStepError> {
         let target = req.target.as_ref().ok_or_else(|| {
             InvalidField::new(
                 "target",
@@ -415,35 +466,37 @@ impl GrantSteps {
                 (input.build(now, None, &[]), None)
             }
         };
-        let decision = self.pipeline.decide_input(input, now);
-        if !decision.allow {
-            if let Some(grant) = grant {
-                self.store
-                    .push_decision(&grant.spec.id.to_string(), decision.id)?;
-            }
-            return Ok(RevokeOutcome {
-                decision,
-                revoked: Vec::new(),
-            });
+        let pending = self.pipeline.evaluate(input, now, parent);
+        if !pending.decision().allow {
+            let grant = match grant {
+                Some(grant) => Some(
+                    self.store
+                        .push_decision(&grant.spec.id.to_string(), pending.decision().id)?
+                        .grant,
+                ),
+                None => None,
+            };
+            return Ok((Step { grant, pending }, Vec::new()));
         }
         let revocation = Revocation {
             by,
             reason: req.reason.clone(),
-            decision_id: Some(decision.id),
+            decision_id: Some(pending.decision().id),
         };
-        let revoked = match target {
+        let (grant, revoked) = match target {
             Target::GrantId(id) => {
                 let updated = self.store.revoke(id, &revocation)?;
-                if updated.transition.changed {
-                    vec![updated.grant]
+                let revoked = if updated.transition.changed {
+                    vec![updated.grant.clone()]
                 } else {
                     Vec::new()
-                }
+                };
+                (Some(updated.grant), revoked)
             }
-            Target::WorkflowId(id) => self.store.revoke_workflow(id, &revocation)?,
-            Target::SubjectId(id) => self.store.revoke_subject(id, &revocation)?,
+            Target::WorkflowId(id) => (None, self.store.revoke_workflow(id, &revocation)?),
+            Target::SubjectId(id) => (None, self.store.revoke_subject(id, &revocation)?),
         };
-        Ok(RevokeOutcome { decision, revoked })
+        Ok((Step { grant, pending }, revoked))
     }
 
     /// The downstream system confirms the credential is invalidated. No policy step: the
@@ -452,27 +505,55 @@ impl GrantSteps {
     pub fn confirm_revocation(
         &self,
         req: &ConfirmRevocationRequest,
+        caller: &Caller,
+        parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
+        self.conclude(self.confirm_step(req, caller, parent))
+    }
+
+    fn confirm_step(
+        &self,
+        req: &ConfirmRevocationRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Result<Step, GrantStepError> {
         require(&req.grant_id, "grant_id")?;
         require(&req.evidence, "evidence")?;
+        let grant = self
+            .store
+            .get(&req.grant_id)
+            .ok_or_else(|| GrantStepError::NotFound(req.grant_id.clone()))?;
         let now = self.store.now();
         let revision = self.pipeline.serving_revision();
+        let input = grant_step_input(&grant, "confirm_revocation", caller, None, None).build(
+            now,
+            Some(grant_value(&grant)),
+            &[],
+        );
+        // Reserved before the store changes, so a required decision log that is full
+        // refuses the confirmation instead of leaving it unrecorded.
+        let pending = self.pipeline.unevaluated(
+            Decision::accepted("revocation confirmed", revision, now),
+            input,
+            parent,
+        );
+        if !pending.decision().allow {
+            return self.record_denial(&req.grant_id, pending);
+        }
         match self.store.confirm_revocation(&req.grant_id, &req.evidence) {
             Ok(updated) => {
-                let decision = Decision::accepted("revocation confirmed", revision, now);
                 let updated = self
                     .store
-                    .push_decision(&req.grant_id, decision.id)
+                    .push_decision(&req.grant_id, pending.decision().id)
                     .map(|u| u.grant)
                     .unwrap_or(updated.grant);
-                Ok(StepOutcome {
+                Ok(Step {
                     grant: Some(updated),
-                    decision,
+                    pending,
                 })
             }
             Err(StoreError::Refused { source, .. }) => {
-                let decision = Decision::deny(source.to_string(), revision, now);
-                self.record_denial(&req.grant_id, decision)
+                self.record_denial(&req.grant_id, pending.refused(source.to_string()))
             }
             Err(err) => Err(err.into()),
         }
@@ -486,12 +567,21 @@ impl GrantSteps {
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))
     }
 
+    /// Observes a finished step's decision (span, metrics, decision log).
+    fn conclude(&self, step: Result<Step, GrantStepError>) -> Result<StepOutcome, GrantStepError> {
+        let Step { grant, pending } = step?;
+        let decision = self.pipeline.conclude(pending, grant.clone());
+        Ok(StepOutcome { grant, decision })
+    }
+
     /// Evaluates `step` on an existing grant and applies `transition` when allowed.
+    #[allow(clippy::too_many_arguments)]
     fn decide_on_grant(
         &self,
         id: &str,
         step: &str,
         caller: &Caller,
+        parent: &ParentContext,
         context: Option<&Context>,
         extra: &[(&Value, Value)],
         mut transition: impl FnMut(
@@ -500,7 +590,7 @@ impl GrantSteps {
             DateTime<Utc>,
         )
             -> Result<crate::grants::Transition, crate::grants::TransitionError>,
-    ) -> Result<StepOutcome, GrantStepError> {
+    ) -> Result<Step, GrantStepError> {
         validate_step(step)?;
         let grant = self
             .store
@@ -512,32 +602,48 @@ impl GrantSteps {
             Some(grant_value(&grant)),
             extra,
         );
-        let decision = self.pipeline.decide_input(input, now);
-        if !decision.allow {
-            return self.record_denial(id, decision);
+        let pending = self.pipeline.evaluate(input, now, parent);
+        if !pending.decision().allow {
+            return self.record_denial(id, pending);
         }
+        let decision = pending.decision();
         match self
             .store
-            .update(id, &mut |grant, now| transition(grant, &decision, now))
+            .update(id, &mut |grant, now| transition(grant, decision, now))
         {
-            Ok(updated) => Ok(StepOutcome {
+            Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
-                decision,
+                pending,
             }),
             Err(StoreError::Refused { source, .. }) => {
-                self.record_denial(id, decision.overruled(source.to_string()))
+                self.record_denial(id, pending.overruled(source.to_string()))
             }
             Err(err) => Err(err.into()),
         }
     }
 
     /// Adds a denied step's decision to the grant's evidence trail (no state change).
-    fn record_denial(&self, id: &str, decision: Decision) -> Result<StepOutcome, GrantStepError> {
-        let updated = self.store.push_decision(id, decision.id)?;
-        Ok(StepOutcome {
+    fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
+        let updated = self.store.push_decision(id, pending.decision().id)?;
+        Ok(Step {
             grant: Some(updated.grant),
-            decision,
+            pending,
         })
+    }
+}
+
+/// A step's decision before it is concluded, and the grant after the step.
+struct Step {
+    grant: Option<Arc<Grant>>,
+    pending: Pending,
+}
+
+impl Step {
+    fn without_grant(pending: Pending) -> Self {
+        Self {
+            grant: None,
+            pending,
+        }
     }
 }
 

@@ -341,6 +341,18 @@ pub(crate) fn subject_value(subject: &Subject) -> Value {
     o.into_value()
 }
 
+/// `input` with `input.caller` set to the transport's `caller`, replacing whatever the
+/// client put there (a scalar input has nowhere to carry it and is returned as is).
+pub fn with_transport_caller(input: Value, caller: &Caller) -> Value {
+    match input {
+        Value::Object(mut object) => {
+            std::sync::Arc::make_mut(&mut object).insert(KEYS.caller.clone(), caller_value(caller));
+            Value::Object(object)
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn caller_value(caller: &Caller) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();

@@ -6,13 +6,17 @@
 //! policy and maps the result to a fail-closed [`Decision`].
 
 mod caller;
+mod envoy;
 mod grant_steps;
 mod input;
 mod pipeline;
 mod record;
 
 pub use caller::{Caller, Transport};
+pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
-pub use input::{InvalidField, StepInput, check_input, grant_value, validate_check};
-pub use pipeline::DecisionPipeline;
+pub use input::{
+    InvalidField, StepInput, check_input, grant_value, validate_check, with_transport_caller,
+};
+pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

@@ -1,19 +1,36 @@
 //! The one function every adapter calls: validate → build the input → evaluate under
-//! the serving revision → map to a fail-closed [`Decision`].
+//! the serving revision → map to a fail-closed [`Decision`] → observe it.
+//!
+//! Observation happens here and nowhere else: every decision, from any adapter or grant
+//! step, gets its `stepgate.decision` span, its metrics and its decision-log record in
+//! [`DecisionPipeline::conclude`]. A decision is evaluated into a [`Pending`] (which
+//! already holds its place in the decision log) and concluded once final, so a grant
+//! step can overrule it first and the record says what the caller was told.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use opentelemetry::{KeyValue, StringValue};
 
 use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField, check_input, grant_value, record::fail_closed, validate_check,
+    Caller, Decision, InvalidField, check_input,
+    envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
+    grant_value,
+    record::fail_closed,
+    validate_check,
 };
 use crate::{
+    audit::{DecisionLog, Entry, LOG_FULL_DENY, Slot},
     clock::Clock,
-    grants::GrantStore,
-    policy::{Entrypoint, PolicyStore},
+    grants::{Grant, GrantStore},
+    policy::{Entrypoint, EvalError, PolicyStore},
     proto::v1::CheckRequest,
+    telemetry::{ParentContext, Snapshot, Telemetry, attr, step_index},
 };
 
 /// Below this many checks per worker a batch is not worth spreading across threads.
@@ -25,6 +42,42 @@ pub struct DecisionPipeline {
     grants: Arc<dyn GrantStore>,
     clock: Arc<dyn Clock>,
     max_batch: usize,
+    telemetry: Arc<Telemetry>,
+    decision_log: Option<Arc<DecisionLog>>,
+}
+
+/// A decision evaluated but not yet concluded: it holds what its span and its
+/// decision-log record need, and its reserved place in the log.
+#[derive(Debug)]
+pub struct Pending {
+    decision: Decision,
+    input: Value,
+    parent: ParentContext,
+    started: Instant,
+    /// Wall-clock start, taken only when spans are recorded.
+    start_time: Option<SystemTime>,
+    slot: Option<Slot>,
+}
+
+impl Pending {
+    /// The decision so far.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The same decision, turned into a deny (see [`Decision::overruled`]).
+    pub fn overruled(mut self, reason: impl Into<String>) -> Self {
+        self.decision = self.decision.overruled(reason);
+        self
+    }
+
+    /// The same decision (id, place in the log) as a deny for `reason` alone: for a
+    /// record made without evaluating whose premise turned out false.
+    pub fn refused(mut self, reason: impl Into<String>) -> Self {
+        self.decision.allow = false;
+        self.decision.reasons = vec![reason.into()];
+        self
+    }
 }
 
 impl std::fmt::Debug for DecisionPipeline {
@@ -49,7 +102,60 @@ impl DecisionPipeline {
             grants,
             clock,
             max_batch,
+            telemetry: Arc::new(Telemetry::new()),
+            decision_log: None,
         }
+    }
+
+    /// Records spans and metrics in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// Writes a record of every decision to `log`.
+    pub fn with_decision_log(mut self, log: Option<Arc<DecisionLog>>) -> Self {
+        self.decision_log = log;
+        self
+    }
+
+    /// Spans and metrics.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The decision log, if on.
+    pub fn decision_log(&self) -> Option<&Arc<DecisionLog>> {
+        self.decision_log.as_ref()
+    }
+
+    /// Every metric in the Prometheus text format, with the grant store's, the policy
+    /// store's, the sweeper's and the decision log's counts as of now.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.grants.stats();
+        let reloads = self.policies.reload_counts();
+        let sweeper = self.telemetry.sweeper();
+        let snapshot = Snapshot {
+            grants_by_state: [
+                stats.pending,
+                stats.active,
+                stats.rejected,
+                stats.expired,
+                stats.revoked,
+            ],
+            awaiting_confirmation: stats.awaiting_confirmation,
+            revocations_overdue: stats.revocations_overdue,
+            expirations: sweeper.map_or(0, |s| s.expired()),
+            sweeps: sweeper.map_or(0, |s| s.sweeps()),
+            last_sweep: sweeper.map_or(Default::default(), |s| s.last_duration()),
+            reloads: (reloads.accepted, reloads.rejected),
+            revision: self.serving_revision().to_string(),
+            log_records: self
+                .decision_log
+                .as_ref()
+                .map_or((0, 0, 0), |log| log.stats().counts()),
+        };
+        self.telemetry.metrics().render(&snapshot)
     }
 
     /// The grant store whose records become `input.grant`.
@@ -76,17 +182,24 @@ impl DecisionPipeline {
     }
 
     /// One decision. Invalid requests are refused before anything is evaluated.
-    pub fn check(&self, req: &CheckRequest, caller: &Caller) -> Result<Decision, InvalidField> {
+    pub fn check(
+        &self,
+        req: &CheckRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Result<Decision, InvalidField> {
         validate_check(req)?;
-        Ok(self.decide_valid(req, caller))
+        Ok(self.decide_valid(req, caller, parent))
     }
 
     /// Many independent decisions, evaluated in parallel across the runtime's workers,
-    /// returned in request order. Every check is validated before any is evaluated.
+    /// returned in request order. Every check is validated before any is evaluated;
+    /// each gets its own span under `parent`.
     pub async fn batch_check(
         self: &Arc<Self>,
         checks: Vec<CheckRequest>,
         caller: Caller,
+        parent: ParentContext,
     ) -> Result<Vec<Decision>, InvalidField> {
         if checks.len() > self.max_batch {
             return Err(InvalidField::new(
@@ -108,7 +221,7 @@ impl DecisionPipeline {
         if tasks == 1 {
             return Ok(checks
                 .iter()
-                .map(|c| self.decide_valid(c, &caller))
+                .map(|c| self.decide_valid(c, &caller, &parent))
                 .collect());
         }
         let chunk = checks.len().div_ceil(tasks);
@@ -117,11 +230,12 @@ impl DecisionPipeline {
         let spawned: Vec<_> = (1..tasks)
             .map(|t| {
                 let range = t * chunk..((t + 1) * chunk).min(checks.len());
-                let (pipeline, checks, caller) = (self.clone(), checks.clone(), caller.clone());
+                let (pipeline, checks, caller, parent) =
+                    (self.clone(), checks.clone(), caller.clone(), parent.clone());
                 let task = tokio::spawn(async move {
                     checks[range]
                         .iter()
-                        .map(|c| pipeline.decide_valid(c, &caller))
+                        .map(|c| pipeline.decide_valid(c, &caller, &parent))
                         .collect::<Vec<_>>()
                 });
                 (t, task)
@@ -129,7 +243,7 @@ impl DecisionPipeline {
             .collect();
         let mut decisions: Vec<Decision> = checks[..chunk]
             .iter()
-            .map(|c| self.decide_valid(c, &caller))
+            .map(|c| self.decide_valid(c, &caller, &parent))
             .collect();
         for (t, task) in spawned {
             match task.await {
@@ -147,7 +261,12 @@ impl DecisionPipeline {
         Ok(decisions)
     }
 
-    fn decide_valid(&self, req: &CheckRequest, caller: &Caller) -> Decision {
+    fn decide_valid(
+        &self,
+        req: &CheckRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Decision {
         let now = self.clock.now();
         // A named grant's current record (as EXPIRED once past its end, even before the
         // sweep) is `input.grant`; an unknown id leaves it absent for policy to judge.
@@ -155,17 +274,299 @@ impl DecisionPipeline {
             .then(|| self.grants.get(&req.grant_id))
             .flatten();
         let input = check_input(req, caller, now, grant.as_deref().map(grant_value));
-        self.decide_input(input, now)
+        let pending = self.evaluate(input, now, parent);
+        self.conclude(pending, grant)
     }
 
-    /// Evaluates a ready input document at `now` under the serving revision.
-    pub fn decide_input(&self, input: Value, now: DateTime<Utc>) -> Decision {
-        let current = self.policies.current();
-        let Some(set) = current.as_ref() else {
-            return Decision::deny(fail_closed::NO_POLICY, "none".into(), now);
-        };
-        let started = Instant::now();
-        let outcome = set.evaluate(Entrypoint::Decision, input);
-        Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed())
+    /// Evaluates a ready input document at `now` under the serving revision, and
+    /// concludes the decision at once.
+    pub fn decide_input(
+        &self,
+        input: Value,
+        now: DateTime<Utc>,
+        parent: &ParentContext,
+    ) -> Decision {
+        let pending = self.evaluate(input, now, parent);
+        self.conclude(pending, None)
     }
+
+    /// Evaluates a ready input document at `now` under the serving revision, after
+    /// reserving the decision's place in the decision log (a required log that is full
+    /// denies without evaluating). Conclude the result with [`DecisionPipeline::conclude`].
+    pub fn evaluate(&self, input: Value, now: DateTime<Utc>, parent: &ParentContext) -> Pending {
+        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
+        let started = Instant::now();
+        let (slot, refused) = self.reserve_record();
+        let decision = if refused {
+            Decision::deny(LOG_FULL_DENY, self.serving_revision(), now)
+        } else {
+            let current = self.policies.current();
+            match current.as_ref() {
+                None => Decision::deny(fail_closed::NO_POLICY, "none".into(), now),
+                Some(set) => {
+                    let eval_started = Instant::now();
+                    let outcome = set.evaluate(Entrypoint::Decision, input.clone());
+                    Decision::from_evaluation(
+                        outcome,
+                        set.revision().clone(),
+                        now,
+                        eval_started.elapsed(),
+                    )
+                }
+            }
+        };
+        Pending {
+            decision,
+            input,
+            parent: parent.clone(),
+            started,
+            start_time,
+            slot,
+        }
+    }
+
+    /// A decision made without evaluating (a grant that is missing or unusable, a
+    /// confirmation), made pending so it is observed like any other. A required log
+    /// that is full turns it into a deny.
+    pub fn unevaluated(&self, decision: Decision, input: Value, parent: &ParentContext) -> Pending {
+        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
+        let started = Instant::now();
+        let (slot, refused) = self.reserve_record();
+        let decision = if refused && decision.allow {
+            decision.overruled(LOG_FULL_DENY)
+        } else {
+            decision
+        };
+        Pending {
+            decision,
+            input,
+            parent: parent.clone(),
+            started,
+            start_time,
+            slot,
+        }
+    }
+
+    /// Finishes a decision: counts it, records its span, and hands its record (with
+    /// `grant`, the grant it was about, after the step) to the decision log.
+    pub fn conclude(&self, pending: Pending, grant: Option<Arc<Grant>>) -> Decision {
+        let Pending {
+            decision,
+            input,
+            parent,
+            started,
+            start_time,
+            slot,
+        } = pending;
+        let elapsed = started.elapsed();
+        let step = input["step"].as_string().map_or("", |s| &**s);
+        self.telemetry
+            .metrics()
+            .record_decision(step_index(step), decision.allow, elapsed);
+        let span = start_time.and_then(|start| {
+            self.telemetry
+                .tracer()
+                .decision_span(parent.context(), start, start + elapsed, || {
+                    span_attributes(&decision, &input, grant.as_deref())
+                })
+        });
+        if let Some(slot) = slot {
+            let trace = span
+                .filter(|sc| sc.is_valid())
+                .or_else(|| parent.span_context())
+                .map(|sc| (sc.trace_id(), sc.span_id()));
+            slot.send(Entry {
+                decision: decision.clone(),
+                input,
+                trace,
+                grant,
+            });
+        }
+        decision
+    }
+
+    /// Evaluates `target` on a ready input for an adapter whose answer is the policy's
+    /// raw result (Envoy ext_authz, the OPA REST API), observed like every other
+    /// decision: `read` turns the result (or why there is none) into the adapter's
+    /// answer and the record's allow and reasons, then the decision is concluded (span,
+    /// metrics, decision log) and returned with the answer.
+    pub fn decide_raw<T>(
+        &self,
+        target: RawTarget<'_>,
+        input: Value,
+        parent: &ParentContext,
+        read: impl FnOnce(Result<Value, EvalError>) -> (T, bool, Vec<String>),
+    ) -> (Decision, T) {
+        let now = self.clock.now();
+        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
+        let started = Instant::now();
+        let (slot, refused) = self.reserve_record();
+        let current = self.policies.current();
+        let (outcome, revision, eval_duration) = match current.as_ref() {
+            _ if refused => (
+                Err(EvalError::Failed(LOG_FULL_DENY.into())),
+                self.serving_revision(),
+                Duration::ZERO,
+            ),
+            None => (
+                Err(EvalError::Failed(fail_closed::NO_POLICY.into())),
+                Arc::from("none"),
+                Duration::ZERO,
+            ),
+            Some(set) => {
+                let eval_started = Instant::now();
+                let outcome = match target {
+                    RawTarget::Entrypoint(entrypoint) => set.evaluate(entrypoint, input.clone()),
+                    RawTarget::Data { path, has_input } => {
+                        set.evaluate_path(path, has_input.then(|| input.clone()))
+                    }
+                };
+                (outcome, set.revision().clone(), eval_started.elapsed())
+            }
+        };
+        let (answer, allow, reasons) = read(outcome);
+        let decision = Decision {
+            id: uuid::Uuid::now_v7(),
+            allow,
+            reasons,
+            obligations: Value::new_object(),
+            policy_revision: revision,
+            decided_at: now,
+            eval_duration,
+        };
+        let pending = Pending {
+            decision,
+            input,
+            parent: parent.clone(),
+            started,
+            start_time,
+            slot,
+        };
+        (self.conclude(pending, None), answer)
+    }
+
+    /// An Envoy ext_authz decision: the OPA-Envoy input document for `request` (with
+    /// the transport's `caller`) at the Envoy entrypoint, the result read as the plugin
+    /// reads it. The record is the verdict's `allowed` (or the failure).
+    pub fn envoy_check(
+        &self,
+        request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> EnvoyDecision {
+        let input = match envoy_input(request, caller) {
+            Ok(input) => input,
+            Err(bad) => {
+                // Nothing to evaluate: recorded (and denied with 400) as it is.
+                let denied =
+                    Decision::deny(bad.to_string(), self.serving_revision(), self.clock.now());
+                let pending = self.unevaluated(denied, Value::new_object(), parent);
+                return EnvoyDecision {
+                    decision: self.conclude(pending, None),
+                    outcome: Err(EnvoyFailure::BadRequest(bad)),
+                };
+            }
+        };
+        let (decision, outcome) = self.decide_raw(
+            RawTarget::Entrypoint(Entrypoint::Envoy),
+            input,
+            parent,
+            |result| {
+                let outcome = match result {
+                    Ok(value) => envoy_verdict(&value).map_err(EnvoyFailure::Evaluation),
+                    Err(err) => Err(EnvoyFailure::Evaluation(err.to_string())),
+                };
+                let (allow, reasons) = match &outcome {
+                    Ok(verdict) => (verdict.allowed, Vec::new()),
+                    Err(EnvoyFailure::BadRequest(bad)) => (false, vec![bad.to_string()]),
+                    Err(EnvoyFailure::Evaluation(err)) => (false, vec![err.clone()]),
+                };
+                (outcome, allow, reasons)
+            },
+        );
+        EnvoyDecision { decision, outcome }
+    }
+
+    /// A place in the decision log, and whether its absence must deny the decision.
+    fn reserve_record(&self) -> (Option<Slot>, bool) {
+        match &self.decision_log {
+            None => (None, false),
+            Some(log) => match log.reserve() {
+                Some(slot) => (Some(slot), false),
+                None => (None, log.required()),
+            },
+        }
+    }
+}
+
+/// The `stepgate.*` attributes of a decision span; built only for sampled spans.
+fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) -> Vec<KeyValue> {
+    let text = |value: &Value| -> Option<StringValue> {
+        value.as_string().ok().map(|s| StringValue::from(s.clone()))
+    };
+    let mut attributes = Vec::with_capacity(9);
+    attributes.push(KeyValue::new(attr::DECISION_ID, decision.id.to_string()));
+    attributes.push(KeyValue::new(attr::DECISION_ALLOW, decision.allow));
+    for (key, value) in [
+        (attr::STEP, &input["step"]),
+        (attr::ACTION, &input["action"]),
+        (attr::SUBJECT_KIND, &input["subject"]["kind"]),
+        (attr::RESOURCE_TYPE, &input["resource"]["type"]),
+    ] {
+        if let Some(value) = text(value) {
+            attributes.push(KeyValue::new(key, value));
+        }
+    }
+    match grant {
+        Some(grant) => attributes.push(KeyValue::new(attr::GRANT_ID, grant.id().to_string())),
+        None => {
+            if let Some(id) = text(&input["grant"]["id"]) {
+                attributes.push(KeyValue::new(attr::GRANT_ID, id));
+            }
+        }
+    }
+    attributes.push(KeyValue::new(
+        attr::POLICY_REVISION,
+        StringValue::from(decision.policy_revision.clone()),
+    ));
+    attributes.push(KeyValue::new(
+        attr::EVAL_DURATION_US,
+        i64::try_from(decision.eval_duration.as_micros()).unwrap_or(i64::MAX),
+    ));
+    attributes
+}
+
+/// What a raw evaluation evaluates.
+#[derive(Debug, Clone, Copy)]
+pub enum RawTarget<'a> {
+    /// A configured entrypoint (compiled; RVM where possible).
+    Entrypoint(Entrypoint),
+    /// The document at `data.<path>`, with the input or with `input` undefined.
+    Data {
+        /// The path below `data`.
+        path: &'a [&'a str],
+        /// Whether the input is given (else `input` is undefined, as OPA leaves it).
+        has_input: bool,
+    },
+}
+
+/// Why an ext_authz request got no verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvoyFailure {
+    /// The request could not be turned into an input document (answered with a 400
+    /// denial, as the OPA-Envoy plugin does).
+    BadRequest(BadEnvoyRequest),
+    /// Evaluation failed, the result was undefined or malformed (a gRPC error, so
+    /// Envoy's failure mode applies).
+    Evaluation(String),
+}
+
+/// An ext_authz decision: the record (id, revision; its `allow` is the real verdict)
+/// and the verdict read from the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyDecision {
+    /// The decision as recorded.
+    pub decision: Decision,
+    /// The verdict, or why there is none.
+    pub outcome: Result<EnvoyVerdict, EnvoyFailure>,
 }

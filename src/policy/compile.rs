@@ -19,10 +19,13 @@ use super::{
 pub enum Entrypoint {
     /// The decision rule every step is decided by (default `data.stepgate.decision`).
     Decision,
+    /// The rule Envoy's ext_authz `Check` is decided by (default `data.envoy.authz.allow`),
+    /// as the OPA-Envoy plugin evaluates it.
+    Envoy,
 }
 
 impl Entrypoint {
-    pub(super) const ALL: [Entrypoint; 1] = [Entrypoint::Decision];
+    pub(super) const ALL: [Entrypoint; 2] = [Entrypoint::Decision, Entrypoint::Envoy];
 
     pub(super) const fn index(self) -> usize {
         self as usize
@@ -34,6 +37,8 @@ impl Entrypoint {
 pub struct PolicyOptions {
     /// The decision rule, e.g. `data.stepgate.decision`.
     pub decision_entrypoint: Arc<str>,
+    /// The Envoy ext_authz rule, e.g. `data.envoy.authz.allow`.
+    pub envoy_entrypoint: Arc<str>,
     /// Guards applied to every file before parsing.
     pub source_limits: SourceLimits,
     /// Limits applied to every evaluation.
@@ -46,6 +51,7 @@ impl Default for PolicyOptions {
     fn default() -> Self {
         Self {
             decision_entrypoint: "data.stepgate.decision".into(),
+            envoy_entrypoint: "data.envoy.authz.allow".into(),
             source_limits: SourceLimits::default(),
             eval_limits: EvalLimits::default(),
             compile_timeout: Duration::from_secs(10),
@@ -57,6 +63,7 @@ impl PolicyOptions {
     fn rule(&self, entrypoint: Entrypoint) -> &Arc<str> {
         match entrypoint {
             Entrypoint::Decision => &self.decision_entrypoint,
+            Entrypoint::Envoy => &self.envoy_entrypoint,
         }
     }
 }
@@ -115,6 +122,19 @@ impl PolicySet {
     /// The files of the set, relative to its root.
     pub fn files(&self) -> &[String] {
         &self.files
+    }
+
+    /// Every policy module as `(file, source text)`, for `GET /v1/policies`.
+    pub fn policy_sources(&self) -> Vec<(String, String)> {
+        self.engine
+            .get_policies()
+            .map(|sources| {
+                sources
+                    .iter()
+                    .map(|s| (s.file().clone(), s.contents().clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// How each entrypoint is evaluated.

@@ -105,6 +105,45 @@ impl PolicySet {
         }
     }
 
+    /// Evaluates the document at `data.<path...>` (a rule, a package or data) for the
+    /// OPA REST Data API: `Ok(Value::Undefined)` when nothing is defined there. A path
+    /// naming a configured entrypoint takes its compiled path; any other path is
+    /// answered by a fresh clone of the warmed interpreter, so per-request paths leave
+    /// nothing behind (no cache can grow with them). `input: None` leaves `input`
+    /// undefined.
+    pub fn evaluate_path(&self, path: &[&str], input: Option<Value>) -> Result<Value, EvalError> {
+        if let Some(input) = &input
+            && path.iter().all(|segment| is_identifier(segment))
+            && let Some(entrypoint) = Entrypoint::ALL.into_iter().find(|e| {
+                let rule = &self.entrypoints[e.index()].rule;
+                rule.strip_prefix("data.")
+                    .is_some_and(|rest| rest.split('.').eq(path.iter().copied()))
+            })
+        {
+            return self.evaluate(entrypoint, input.clone());
+        }
+        // `data["a"]["b"]`: each segment a JSON string literal, so no path can inject Rego.
+        let mut query = String::from("data");
+        for segment in path {
+            query.push('[');
+            query.push_str(&serde_json::to_string(segment).unwrap_or_default());
+            query.push(']');
+        }
+        let mut engine = self.engine.clone();
+        engine.set_input(input.unwrap_or(Value::Undefined));
+        let results = match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query, false))) {
+            Ok(Ok(results)) => results,
+            Ok(Err(err)) => return Err(classify_engine_error(&err)),
+            Err(_) => return Err(EvalError::Failed("the policy engine panicked".into())),
+        };
+        Ok(results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map_or(Value::Undefined, |e| e.value))
+    }
+
     fn evaluate_rvm(
         &self,
         slot: usize,
@@ -166,6 +205,15 @@ impl PolicySet {
             Err(_) => Err(EvalError::Failed("the policy engine panicked".into())),
         }
     }
+}
+
+/// Whether `text` can stand as a Rego reference segment after a dot.
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn classify_vm_error(err: VmError) -> EvalError {
@@ -291,5 +339,34 @@ mod tests {
             .evaluate(Entrypoint::Decision, input(r#"{"n": 50000000}"#))
             .unwrap_err();
         assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+    }
+
+    #[test]
+    fn data_paths_evaluate_rules_packages_and_data_and_undefined_is_not_an_error() {
+        let set = set(
+            "package stepgate\ndecision := {\"allow\": input.ok == true}\nodd[\"a-b\"] := 1\nhas_input if input\n",
+            EvalLimits::default(),
+        );
+        let path = |p: &[&str], input: Option<&str>| {
+            set.evaluate_path(p, input.map(|i| Value::from_json_str(i).unwrap()))
+                .unwrap()
+        };
+        assert_eq!(
+            path(&["stepgate", "decision"], Some(r#"{"ok": true}"#))["allow"],
+            Value::from(true)
+        );
+        assert_eq!(path(&["stepgate", "odd", "a-b"], None), Value::from(1));
+        assert_eq!(
+            path(&["stepgate"], Some("{}"))["odd"]["a-b"],
+            Value::from(1)
+        );
+        assert_eq!(path(&["nothing", "here"], None), Value::Undefined);
+        assert_eq!(path(&["stepgate", "has_input"], None), Value::Undefined);
+        assert_eq!(
+            path(&["stepgate", "has_input"], Some("{}")),
+            Value::from(true)
+        );
+        // A segment cannot break out of its string literal.
+        assert_eq!(path(&["stepgate\"] | data[\"x"], None), Value::Undefined);
     }
 }

@@ -45,6 +45,8 @@ fn startup_with_a_bad_policy_set_exits_non_zero_naming_file_and_line() {
         dir.path().to_str().unwrap(),
         "--grpc-addr",
         "127.0.0.1:0",
+        "--http-addr",
+        "",
         "--ephemeral",
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -96,6 +98,8 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .args([
             "serve",
             "--grpc-addr",
+            "",
+            "--http-addr",
             "",
             "--watch-policies",
             "false",

@@ -11,7 +11,7 @@ use std::{
 use hyper_util::rt::TokioIo;
 use prost_types::{Struct, value::Kind};
 use stepgate::{
-    app::{App, RunningApp},
+    app::{App, Overrides, RunningApp},
     clock::ManualClock,
     config::{GrantsConfig, ServeConfig},
     grants::StoreOptions,
@@ -35,6 +35,8 @@ decision := {
 pub struct Server {
     pub app: Option<RunningApp>,
     pub addr: std::net::SocketAddr,
+    /// The HTTP listener, when the test left it on.
+    pub http: Option<std::net::SocketAddr>,
     pub uds: PathBuf,
     pub policies: TempDir,
     pub clock: ManualClock,
@@ -62,6 +64,7 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
         policies: policies.to_path_buf(),
         grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
         grpc_uds: Some(uds.to_path_buf()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         watch_policies: false,
         max_batch: 8,
         shutdown_grace: Duration::from_millis(500),
@@ -96,20 +99,52 @@ impl Server {
 
     /// Starts serving without loading policies yet.
     pub async fn bound(files: &[(&str, &str)], tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::bound_with(files, tweak, Overrides::default()).await
+    }
+
+    /// Starts with `overrides` (a tracer provider, a decision log) and policies loaded.
+    pub async fn start_overridden(
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut ServeConfig),
+        overrides: Overrides,
+    ) -> Self {
+        let mut server = Self::bound_with(files, tweak, overrides).await;
+        server
+            .app
+            .as_mut()
+            .unwrap()
+            .load_policies()
+            .await
+            .expect("policies load");
+        server
+    }
+
+    /// Starts serving with `overrides` (its clock is replaced by the test's manual
+    /// clock), without loading policies yet.
+    pub async fn bound_with(
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut ServeConfig),
+        overrides: Overrides,
+    ) -> Self {
         let policies = policy_dir(files);
         let sock_dir = tempfile::tempdir().unwrap();
         let uds = sock_dir.path().join("stepgate.sock");
         let mut config = config(policies.path(), &uds);
         tweak(&mut config);
         let clock = ManualClock::at("2026-11-23T10:00:00Z".parse().unwrap());
-        let app = App::bind_with_clock(config, Arc::new(clock.clone()))
-            .await
-            .expect("bind");
+        let overrides = Overrides {
+            clock: Some(Arc::new(clock.clone())),
+            ..overrides
+        };
+        let app = App::bind_with(config, overrides).await.expect("bind");
         let addr = app.grpc_addr().expect("tcp listener");
+        let http = app.http_addr();
         let app = app.start().await.expect("start");
+        assert_eq!(app.http_addr(), http);
         Self {
             app: Some(app),
             addr,
+            http,
             uds,
             policies,
             clock,
@@ -138,6 +173,17 @@ impl Server {
 
     pub async fn client(&self) -> DecisionServiceClient<Channel> {
         DecisionServiceClient::new(self.tcp_channel().await)
+    }
+
+    /// `GET path` on the HTTP listener.
+    pub async fn http_get(&self, path: &str) -> HttpReply {
+        let addr = self.http.expect("the HTTP listener is on");
+        http_request(addr, "GET", path, &[], "").await
+    }
+
+    /// The running app.
+    pub fn app(&self) -> &RunningApp {
+        self.app.as_ref().expect("running")
     }
 
     pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
@@ -231,4 +277,68 @@ pub fn write_bundle(path: &Path, files: &[(&str, &str)]) {
     let staging = path.with_extension("staging");
     std::fs::write(&staging, bytes).unwrap();
     std::fs::rename(staging, path).unwrap();
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection to `addr`.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http_request_over(stream, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request over `stream` (plain TCP or TLS) to `addr`.
+pub async fn http_request_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    use http_body_util::{BodyExt, Full};
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(hyper::body::Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    driver.abort();
+    HttpReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
 }

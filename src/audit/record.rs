@@ -1,0 +1,368 @@
+//! One decision-log record: the decision's evidence as one JSON line, secrets masked,
+//! hash-chained to the record before it.
+
+use std::sync::Arc;
+
+use chrono::SecondsFormat;
+use opentelemetry::trace::{SpanId, TraceId};
+use regorus::Value;
+use serde::Serialize;
+
+use super::chain::{self, Hash};
+use crate::{decision::Decision, grants::Grant};
+
+/// What the pipeline hands the log: everything is turned into JSON on the writer thread,
+/// off the decision path.
+#[derive(Debug)]
+pub struct Entry {
+    /// The final decision (after any overruling).
+    pub decision: Decision,
+    /// The input document the policy saw (masked when written).
+    pub input: Value,
+    /// The decision span's trace and span ids (or the caller's, when spans are off).
+    pub trace: Option<(TraceId, SpanId)>,
+    /// The grant the decision was about, after the step (its id and approvers).
+    pub grant: Option<Arc<Grant>>,
+}
+
+/// The value that replaces a masked one.
+pub const MASKED: &str = "[masked]";
+
+/// Which input values are masked: JSON pointers, and every value under an object key
+/// that contains one of `keys` (case-insensitive, `-` read as `_`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masks {
+    /// JSON pointers into the input document, e.g. `/agent/arguments/query`.
+    pub pointers: Vec<String>,
+    /// Key fragments, lowercase, e.g. `password`.
+    pub keys: Vec<String>,
+}
+
+/// The default key fragments.
+pub const DEFAULT_MASK_KEYS: [&str; 6] = [
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+];
+
+impl Default for Masks {
+    fn default() -> Self {
+        Self {
+            pointers: Vec::new(),
+            keys: DEFAULT_MASK_KEYS.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+impl Masks {
+    /// Whether values under `key` are masked: it contains a fragment, ignoring ASCII
+    /// case and reading `-` as `_` (without allocating: this runs for every key).
+    fn masks_key(&self, key: &str) -> bool {
+        let norm = |b: u8| {
+            if b == b'-' {
+                b'_'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        };
+        let key = key.as_bytes();
+        self.keys.iter().any(|fragment| {
+            let fragment = fragment.as_bytes();
+            !fragment.is_empty()
+                && key.windows(fragment.len()).any(|window| {
+                    window
+                        .iter()
+                        .zip(fragment)
+                        .all(|(k, f)| norm(*k) == norm(*f))
+                })
+        })
+    }
+
+    /// The pointers split into unescaped segments (`~1` is `/`, `~0` is `~`).
+    fn segments(&self) -> Vec<Vec<String>> {
+        self.pointers
+            .iter()
+            .map(|p| {
+                p.split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// A string value, if it is one.
+fn text(value: &Value) -> Option<&str> {
+    value.as_string().ok().map(|s| &**s)
+}
+
+/// The masks prepared for one writer: pointers pre-split.
+pub(crate) struct Masking {
+    masks: Masks,
+    pointers: Vec<Vec<String>>,
+}
+
+impl Masking {
+    pub(crate) fn new(masks: Masks) -> Self {
+        let pointers = masks.segments();
+        Self { masks, pointers }
+    }
+}
+
+/// A regorus value serialised as JSON with masks applied on the way (no intermediate
+/// JSON tree). `live` holds the pointers whose segments matched the path so far (a bit
+/// per pointer, up to 64); `depth` is the path length.
+struct Masked<'a> {
+    value: &'a Value,
+    masking: &'a Masking,
+    live: u64,
+    depth: usize,
+}
+
+impl Masked<'_> {
+    /// The pointers still matching after one more segment, and whether one ends there.
+    fn step(&self, segment: &dyn Fn(&str) -> bool) -> (u64, bool) {
+        let mut live = 0;
+        let mut ends = false;
+        for (i, pointer) in self.masking.pointers.iter().enumerate().take(64) {
+            if self.live & (1 << i) != 0 && pointer.get(self.depth).is_some_and(|s| segment(s)) {
+                if pointer.len() == self.depth + 1 {
+                    ends = true;
+                } else {
+                    live |= 1 << i;
+                }
+            }
+        }
+        (live, ends)
+    }
+
+    fn child<'b>(&'b self, value: &'b Value, live: u64) -> Masked<'b> {
+        Masked {
+            value,
+            masking: self.masking,
+            live,
+            depth: self.depth + 1,
+        }
+    }
+}
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.value {
+            Value::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields.iter() {
+                    let owned;
+                    let key: &str = match key {
+                        Value::String(s) => s,
+                        other => {
+                            owned = other.to_json_str().unwrap_or_default();
+                            &owned
+                        }
+                    };
+                    let (live, ends) = if self.live == 0 {
+                        (0, false)
+                    } else {
+                        self.step(&|segment| segment == key)
+                    };
+                    if ends || self.masking.masks.masks_key(key) {
+                        map.serialize_entry(key, MASKED)?;
+                    } else {
+                        map.serialize_entry(key, &self.child(value, live))?;
+                    }
+                }
+                map.end()
+            }
+            Value::Array(items) => self.sequence(items.iter(), items.len(), serializer),
+            Value::Set(items) => self.sequence(items.iter(), items.len(), serializer),
+            leaf => leaf.serialize(serializer),
+        }
+    }
+}
+
+impl Masked<'_> {
+    fn sequence<'v, S: serde::Serializer>(
+        &self,
+        items: impl Iterator<Item = &'v Value>,
+        len: usize,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for (index, item) in items.enumerate() {
+            let (live, ends) = if self.live == 0 {
+                (0, false)
+            } else {
+                self.step(&|segment| segment.parse::<usize>() == Ok(index))
+            };
+            if ends {
+                seq.serialize_element(MASKED)?;
+            } else {
+                seq.serialize_element(&self.child(item, live))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Approver<'a> {
+    approver: &'a str,
+    role: &'a str,
+    at: String,
+}
+
+#[derive(Serialize)]
+struct GrantPart<'a> {
+    id: String,
+    state: &'static str,
+    approvers: Vec<Approver<'a>>,
+}
+
+/// Who or what, in brief (the whole of it, attributes included, is under `input`).
+#[derive(Serialize)]
+struct Named<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "type")]
+    type_: Option<&'a str>,
+}
+
+impl<'a> Named<'a> {
+    fn of(value: &'a Value, kind_key: &str) -> Option<Self> {
+        if !matches!(value, Value::Object(_)) {
+            return None;
+        }
+        let kind = text(&value[kind_key]);
+        Some(if kind_key == "type" {
+            Self {
+                id: text(&value["id"]),
+                kind: None,
+                type_: kind,
+            }
+        } else {
+            Self {
+                id: text(&value["id"]),
+                kind,
+                type_: None,
+            }
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    decision_id: String,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<String>,
+    policy_revision: &'a str,
+    step: Option<&'a str>,
+    caller: Masked<'a>,
+    subject: Option<Named<'a>>,
+    action: Option<&'a str>,
+    resource: Option<Named<'a>>,
+    allow: bool,
+    reasons: &'a [String],
+    obligations: Masked<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<GrantPart<'a>>,
+    eval_us: u64,
+    input: Masked<'a>,
+    prev_hash: &'a str,
+}
+
+/// Renders `entry` as one line (no newline) chained to `prev`, and returns it with its
+/// own hash.
+pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, Hash) {
+    let input = &entry.input;
+    let all = if masking.pointers.is_empty() {
+        0
+    } else {
+        u64::MAX
+    };
+    let masked = |value| Masked {
+        value,
+        masking,
+        live: all,
+        depth: 0,
+    };
+    let grant = entry.grant.as_deref().map(|g| GrantPart {
+        id: g.id().to_string(),
+        state: g.state.as_str(),
+        approvers: g
+            .approvals
+            .iter()
+            .map(|a| Approver {
+                approver: &a.approver,
+                role: &a.role,
+                at: a.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            })
+            .collect(),
+    });
+    // A check naming a grant carries it in its input only.
+    let grant = grant.or_else(|| {
+        let id = text(&input["grant"]["id"])?.to_string();
+        let state = match text(&input["grant"]["state"]) {
+            Some("PENDING") => "PENDING",
+            Some("ACTIVE") => "ACTIVE",
+            Some("REJECTED") => "REJECTED",
+            Some("EXPIRED") => "EXPIRED",
+            Some("REVOKED") => "REVOKED",
+            _ => "",
+        };
+        Some(GrantPart {
+            id,
+            state,
+            approvers: Vec::new(),
+        })
+    });
+    let prev_hex = prev.to_hex();
+    // Masks apply to the input's own paths; the caller sub-document is masked by key.
+    let caller = Masked {
+        value: &input["caller"],
+        masking,
+        live: 0,
+        depth: 1,
+    };
+    let obligations = Masked {
+        value: &entry.decision.obligations,
+        masking,
+        live: 0,
+        depth: 0,
+    };
+    let record = Record {
+        decision_id: entry.decision.id.to_string(),
+        time: entry
+            .decision
+            .decided_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+        trace_id: entry.trace.map(|(t, _)| t.to_string()),
+        span_id: entry.trace.map(|(_, s)| s.to_string()),
+        policy_revision: &entry.decision.policy_revision,
+        step: text(&input["step"]),
+        caller,
+        subject: Named::of(&input["subject"], "kind"),
+        action: text(&input["action"]),
+        resource: Named::of(&input["resource"], "type"),
+        allow: entry.decision.allow,
+        reasons: &entry.decision.reasons,
+        obligations,
+        grant,
+        eval_us: u64::try_from(entry.decision.eval_duration.as_micros()).unwrap_or(u64::MAX),
+        input: masked(input),
+        prev_hash: &prev_hex,
+    };
+    // Serialising strings and regorus values into a String cannot fail.
+    let body = serde_json::to_string(&record).unwrap_or_default();
+    chain::seal(body)
+}

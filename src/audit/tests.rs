@@ -1,0 +1,248 @@
+//! Decision-log tests: chain verification and tampering, rotation, hostile values,
+//! masking, and the full-buffer path.
+
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc as std_mpsc},
+    time::Duration,
+};
+
+use chrono::Utc;
+use regorus::Value;
+
+use super::*;
+use crate::decision::Decision;
+
+fn entry(subject: &str) -> Entry {
+    let input = Value::from_json_str(
+        &serde_json::json!({
+            "step": "use",
+            "subject": {"id": subject, "kind": "agent", "attributes": {"note": subject}},
+            "caller": {"id": "uds:uid=0", "authenticated": true, "via": "uds"},
+            "action": "read",
+            "resource": {"type": "secret", "id": "db"},
+            "agent": {"tool": "db.query", "arguments": {"password": "hunter2", "query": "select 1", "nested": [{"Api-Key": "k"}]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Entry {
+        decision: Decision::deny("because", "sha256:rev".into(), Utc::now()),
+        input,
+        trace: None,
+        grant: None,
+    }
+}
+
+fn file_options(path: &Path) -> AuditOptions {
+    AuditOptions {
+        destination: Destination::File(path.to_path_buf()),
+        ..AuditOptions::default()
+    }
+}
+
+fn write_records(options: &AuditOptions, subjects: &[&str]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let log = DecisionLog::open(options).unwrap().unwrap();
+    for subject in subjects {
+        log.reserve().unwrap().send(entry(subject));
+    }
+    runtime.block_on(log.close());
+    assert_eq!(log.stats().counts(), (subjects.len() as u64, 0, 0));
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn rewrite(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn broken_at(result: Result<Verified, VerifyError>) -> (PathBuf, usize) {
+    match result {
+        Err(VerifyError::Broken { file, line, .. }) => (file, line),
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_verified_log_catches_edits_removals_and_reordering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    write_records(&file_options(&path), &["a", "b", "c", "d"]);
+    let verified = verify(&[&path]).unwrap();
+    assert_eq!(verified.records, 4);
+    assert!(verified.from_genesis);
+    let original = lines(&path);
+
+    // Edit: a changed value no longer matches its hash.
+    let mut edited = original.clone();
+    edited[1] = edited[1].replace("\"allow\":false", "\"allow\":true");
+    assert_ne!(edited[1], original[1]);
+    rewrite(&path, &edited);
+    assert_eq!(broken_at(verify(&[&path])), (path.clone(), 2));
+
+    // Delete: the next record's prev_hash names the missing one.
+    let mut deleted = original.clone();
+    deleted.remove(1);
+    rewrite(&path, &deleted);
+    assert_eq!(broken_at(verify(&[&path])), (path.clone(), 2));
+
+    // Reorder.
+    let mut reordered = original.clone();
+    reordered.swap(2, 3);
+    rewrite(&path, &reordered);
+    assert_eq!(broken_at(verify(&[&path])), (path.clone(), 3));
+
+    // Re-hashing an edited record does not help: the next one still points at the old.
+    rewrite(&path, &original);
+    assert!(verify(&[&path]).is_ok());
+}
+
+#[test]
+fn the_chain_survives_rotation_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let options = AuditOptions {
+        max_file_bytes: 2_000,
+        keep_files: 3,
+        ..file_options(&path)
+    };
+    write_records(&options, &["a", "b", "c", "d", "e"]);
+    // A restart continues the chain from the last record on disk.
+    write_records(&options, &["f", "g"]);
+    let mut files: Vec<PathBuf> = (1..=3)
+        .rev()
+        .map(|n| writer::numbered(&path, n))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(files.len() >= 2, "rotation happened: {files:?}");
+    files.push(path.clone());
+    let verified = verify(&files).unwrap();
+    assert!(verified.records >= 3);
+    // Files in the wrong order break the chain at the first record of the second file.
+    let mut wrong = files.clone();
+    wrong.swap(0, 1);
+    assert_eq!(broken_at(verify(&wrong)).1, 1);
+}
+
+#[test]
+fn hostile_values_keep_one_record_per_line_and_the_chain_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let hostile = [
+        "line\nbreak",
+        "sep\u{2028}arator\u{2029}",
+        "ansi\u{1b}[31mred",
+        "nul\0byte",
+        "quote\"}{\"hash\":\"",
+    ];
+    write_records(&file_options(&path), &hostile);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(['\u{2028}', '\u{2029}', '\u{1b}', '\0']));
+    let written = lines(&path);
+    assert_eq!(written.len(), hostile.len());
+    for (line, subject) in written.iter().zip(hostile) {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["subject"]["id"], subject);
+        assert_eq!(record["input"]["subject"]["attributes"]["note"], subject);
+    }
+    assert_eq!(verify(&[&path]).unwrap().records, hostile.len());
+}
+
+#[test]
+fn records_carry_the_evidence_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let options = AuditOptions {
+        masks: Masks {
+            pointers: vec!["/agent/arguments/query".into(), "/no/such/field".into()],
+            ..Masks::default()
+        },
+        ..file_options(&path)
+    };
+    write_records(&options, &["a"]);
+    let record: serde_json::Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+    for field in [
+        "decision_id",
+        "time",
+        "policy_revision",
+        "step",
+        "caller",
+        "subject",
+        "action",
+        "resource",
+        "allow",
+        "reasons",
+        "obligations",
+        "eval_us",
+        "input",
+        "prev_hash",
+        "hash",
+    ] {
+        assert!(record.get(field).is_some(), "{field} missing: {record}");
+    }
+    assert_eq!(record["caller"]["id"], "uds:uid=0");
+    assert_eq!(record["reasons"][0], "because");
+    let arguments = &record["input"]["agent"]["arguments"];
+    assert_eq!(arguments["password"], MASKED);
+    assert_eq!(arguments["query"], MASKED);
+    assert_eq!(arguments["nested"][0]["Api-Key"], MASKED);
+    assert!(!lines(&path)[0].contains("hunter2"));
+}
+
+/// A sink that blocks in `write` until released, and says when it got there.
+struct Stalled {
+    entered: std_mpsc::Sender<()>,
+    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
+}
+
+impl Write for Stalled {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = self.entered.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_buffer_drops_and_counts_without_blocking() {
+    let (entered_tx, entered) = std_mpsc::channel();
+    let (release, release_rx) = std_mpsc::channel();
+    let sink = Stalled {
+        entered: entered_tx,
+        release: Arc::new(Mutex::new(release_rx)),
+    };
+    let options = AuditOptions {
+        destination: Destination::Stdout,
+        buffer: 2,
+        ..AuditOptions::default()
+    };
+    let log = DecisionLog::to_writer(Box::new(sink), &options).unwrap();
+    log.reserve().unwrap().send(entry("first"));
+    // The writer holds the first record, stuck in the sink.
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    log.reserve().unwrap().send(entry("second"));
+    log.reserve().unwrap().send(entry("third"));
+    let started = std::time::Instant::now();
+    assert!(log.reserve().is_none(), "the buffer is full");
+    assert!(log.reserve().is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "reserving never waits"
+    );
+    assert_eq!(log.stats().counts().1, 2);
+    assert!(!log.required());
+    drop(release);
+}

@@ -1,0 +1,243 @@
+//! The writer thread and its sinks: records are rendered, chained and written off the
+//! decision path; a file sink rotates at a size limit, keeping a fixed number of files,
+//! and the chain continues across rotations and restarts.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    chain::{self, Hash},
+    record::{self, Entry, Masking, Masks},
+};
+
+/// What the writer thread receives.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// A record to write.
+    Record(Box<Entry>),
+    /// Flush, acknowledge, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Records written, dropped (buffer full) and failed (write errors).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub(crate) written: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+impl LogStats {
+    /// (written, dropped, failed).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Where lines go.
+pub(crate) enum Sink {
+    /// A rotating file.
+    File(RotatingFile),
+    /// Any stream (stdout, or a test's writer); never rotated.
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Sink {
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        match self {
+            Self::File(file) => file.write_line(line),
+            Self::Stream(out) => {
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::File(file) => file.out.flush(),
+            Self::Stream(out) => out.flush(),
+        }
+    }
+}
+
+/// A file rotated at `max_bytes`: `path` → `path.1` → … → `path.<keep>` (dropped).
+pub(crate) struct RotatingFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl RotatingFile {
+    /// Opens (or creates) `path` for appending and returns the hash of its last record,
+    /// so the chain continues. A torn last line (a crash mid-write) is cut off.
+    pub(crate) fn open(path: &Path, max_bytes: u64, keep: usize) -> io::Result<(Self, Hash)> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let last = last_hash(&mut file, path)?;
+        let size = file.metadata()?.len();
+        let prev = match last {
+            Some(hash) => hash,
+            // An empty file continues from the newest rotated one, if any.
+            None => rotated_last_hash(path).unwrap_or(Hash::GENESIS),
+        };
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                out: BufWriter::with_capacity(64 * 1024, file),
+                size,
+                max_bytes,
+                keep,
+            },
+            prev,
+        ))
+    }
+
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.size += len;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        for n in (1..self.keep).rev() {
+            let from = numbered(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, numbered(&self.path, n + 1))?;
+            }
+        }
+        if self.keep > 0 {
+            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)?;
+        if self.keep == 0 {
+            file.set_len(0)?;
+        }
+        self.out = BufWriter::with_capacity(64 * 1024, file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// `path.<n>`.
+pub(crate) fn numbered(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The last complete line's hash; a torn tail (no final newline) is truncated away.
+fn last_hash(file: &mut File, path: &Path) -> io::Result<Option<Hash>> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // Records are bounded by the request size limit; read a tail that holds the last.
+    let tail_len = len.min(4 * 1024 * 1024);
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(usize::try_from(tail_len).unwrap_or(0));
+    file.read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(end) => end,
+        None => {
+            tracing::warn!(path = %path.display(), "decision log has no complete record; starting it over");
+            file.set_len(len - tail_len)?;
+            return Ok(None);
+        }
+    };
+    if complete + 1 != tail.len() {
+        tracing::warn!(path = %path.display(), "decision log ends with a torn record; truncating it");
+        file.set_len(len - tail_len + complete as u64 + 1)?;
+    }
+    let start = tail[..complete]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = String::from_utf8_lossy(&tail[start..complete]);
+    match chain::hash_of(&line) {
+        Some(hash) => Ok(Some(hash)),
+        None => {
+            tracing::error!(path = %path.display(), "the last decision-log record has no hash; the chain restarts (audit verify will report it)");
+            Ok(None)
+        }
+    }
+}
+
+fn rotated_last_hash(path: &Path) -> Option<Hash> {
+    let mut file = File::open(numbered(path, 1)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    chain::hash_of(text.lines().last()?)
+}
+
+/// The writer thread's loop: render, chain, write; flush whenever the queue is empty.
+pub(crate) fn run(
+    mut rx: mpsc::Receiver<Message>,
+    mut sink: Sink,
+    mut prev: Hash,
+    masks: Masks,
+    stats: Arc<LogStats>,
+) {
+    let masks = Masking::new(masks);
+    while let Some(message) = rx.blocking_recv() {
+        match message {
+            Message::Record(entry) => {
+                let (line, hash) = record::render(&entry, &masks, &prev);
+                match sink.write_line(&line) {
+                    Ok(()) => {
+                        prev = hash;
+                        stats.written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %err, "decision log write failed; record lost");
+                    }
+                }
+                if rx.is_empty()
+                    && let Err(err) = sink.flush()
+                {
+                    tracing::error!(error = %err, "decision log flush failed");
+                }
+            }
+            Message::Stop(ack) => {
+                if let Err(err) = sink.flush() {
+                    tracing::error!(error = %err, "decision log flush failed");
+                }
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+    let _ = sink.flush();
+}

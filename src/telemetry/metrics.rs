@@ -1,0 +1,318 @@
+//! Prometheus metrics (`GET /metrics`). Every series is registered up front with a
+//! bounded label set (step, result, state, outcome; never subject or grant ids), and the
+//! decision path only touches pre-resolved atomic counters and a lock-free histogram.
+//! Values that other parts already count (grant states, sweeps, reloads, decision-log
+//! records) are copied in when scraped.
+
+use std::{sync::Mutex, time::Duration};
+
+use prometheus::{
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The steps that get their own label value; any other (custom) step counts as `other`,
+/// so callers cannot grow the label set.
+pub const STEP_LABELS: [&str; 9] = [
+    "request",
+    "approve",
+    "issue",
+    "use",
+    "renew",
+    "revoke",
+    "close",
+    "break_glass",
+    "other",
+];
+
+/// Decision latency buckets, in seconds: 10 µs to 1 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+
+/// Grant states, as the `state` label of `stepgate_grants`.
+const GRANT_STATES: [&str; 5] = ["PENDING", "ACTIVE", "REJECTED", "EXPIRED", "REVOKED"];
+
+/// Numbers owned elsewhere, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Grants by state, in [`GRANT_STATES`] order.
+    pub grants_by_state: [u64; 5],
+    /// Ended grants whose revocation is not confirmed yet.
+    pub awaiting_confirmation: u64,
+    /// Of those, the ones past their confirmation deadline.
+    pub revocations_overdue: u64,
+    /// Grants expired by the sweeper so far.
+    pub expirations: u64,
+    /// Sweeps so far.
+    pub sweeps: u64,
+    /// Duration of the last sweep.
+    pub last_sweep: Duration,
+    /// Policy loads accepted and rejected.
+    pub reloads: (u64, u64),
+    /// The serving policy revision (`none` before the first load).
+    pub revision: String,
+    /// Decision-log records written, dropped (buffer full), failed (write errors).
+    pub log_records: (u64, u64, u64),
+}
+
+/// The registry and its instruments.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `[step][allow as usize]`.
+    decisions: Vec<[IntCounter; 2]>,
+    latency: Histogram,
+    grants: Vec<IntGauge>,
+    awaiting_confirmation: IntGauge,
+    revocations_overdue: IntGauge,
+    expirations: IntCounter,
+    sweeps: IntCounter,
+    sweep_seconds: Counter,
+    last_sweep: Gauge,
+    reloads: [IntCounter; 2],
+    revision: IntGaugeVec,
+    log_records: [IntCounter; 3],
+    /// Serialises scrapes (copying totals into counters is read-then-add).
+    scrape: Mutex<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The index of `step` in [`STEP_LABELS`].
+pub fn step_index(step: &str) -> usize {
+    STEP_LABELS[..STEP_LABELS.len() - 1]
+        .iter()
+        .position(|s| *s == step)
+        .unwrap_or(STEP_LABELS.len() - 1)
+}
+
+impl Metrics {
+    /// A registry with every series registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            // Names are fixed and distinct: registration cannot fail.
+            let _ = registry.register(c);
+        };
+        let decisions_vec = IntCounterVec::new(
+            Opts::new("stepgate_decisions_total", "Decisions by step and result."),
+            &["step", "result"],
+        )
+        .expect("valid metric");
+        let decisions = STEP_LABELS
+            .iter()
+            .map(|step| {
+                [
+                    decisions_vec.with_label_values(&[step, "deny"]),
+                    decisions_vec.with_label_values(&[step, "allow"]),
+                ]
+            })
+            .collect();
+        register(Box::new(decisions_vec));
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "stepgate_decision_duration_seconds",
+                "Time to decide, from validated request to decision.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        register(Box::new(latency.clone()));
+        let grants_vec = IntGaugeVec::new(
+            Opts::new("stepgate_grants", "Grants held, by recorded state."),
+            &["state"],
+        )
+        .expect("valid metric");
+        let grants = GRANT_STATES
+            .iter()
+            .map(|s| grants_vec.with_label_values(&[s]))
+            .collect();
+        register(Box::new(grants_vec));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            register(Box::new(g.clone()));
+            g
+        };
+        let awaiting_confirmation = gauge(
+            "stepgate_revocations_awaiting_confirmation",
+            "Ended grants whose revocation downstream is not confirmed yet.",
+        );
+        let revocations_overdue = gauge(
+            "stepgate_revocations_overdue",
+            "Unconfirmed revocations past their confirmation deadline.",
+        );
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            register(Box::new(c.clone()));
+            c
+        };
+        let expirations = counter(
+            "stepgate_grant_expirations_total",
+            "Grants moved to EXPIRED by the sweeper.",
+        );
+        let sweeps = counter("stepgate_grant_sweeps_total", "Grant sweeps run.");
+        let sweep_seconds = Counter::new(
+            "stepgate_grant_sweep_duration_seconds_total",
+            "Time spent sweeping grants.",
+        )
+        .expect("valid metric");
+        register(Box::new(sweep_seconds.clone()));
+        let last_sweep = Gauge::new(
+            "stepgate_grant_sweep_last_duration_seconds",
+            "Duration of the last grant sweep.",
+        )
+        .expect("valid metric");
+        register(Box::new(last_sweep.clone()));
+        let reloads_vec = IntCounterVec::new(
+            Opts::new(
+                "stepgate_policy_reloads_total",
+                "Policy set loads, by result (a rejected set leaves the previous serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let reloads = [
+            reloads_vec.with_label_values(&["accepted"]),
+            reloads_vec.with_label_values(&["rejected"]),
+        ];
+        register(Box::new(reloads_vec));
+        let revision = IntGaugeVec::new(
+            Opts::new(
+                "stepgate_policy_revision_info",
+                "The serving policy revision (value 1).",
+            ),
+            &["revision"],
+        )
+        .expect("valid metric");
+        register(Box::new(revision.clone()));
+        let log_vec = IntCounterVec::new(
+            Opts::new(
+                "stepgate_decision_log_records_total",
+                "Decision-log records by outcome: written, dropped (buffer full), failed (write error).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let log_records = [
+            log_vec.with_label_values(&["written"]),
+            log_vec.with_label_values(&["dropped"]),
+            log_vec.with_label_values(&["failed"]),
+        ];
+        register(Box::new(log_vec));
+        Self {
+            registry,
+            decisions,
+            latency,
+            grants,
+            awaiting_confirmation,
+            revocations_overdue,
+            expirations,
+            sweeps,
+            sweep_seconds,
+            last_sweep,
+            reloads,
+            revision,
+            log_records,
+            scrape: Mutex::new(String::new()),
+        }
+    }
+
+    /// Counts one decision at `step` (an index from [`step_index`]) and its latency.
+    /// Lock-free: two atomic adds and a histogram observation.
+    pub fn record_decision(&self, step: usize, allow: bool, elapsed: Duration) {
+        if let Some(by_result) = self.decisions.get(step) {
+            by_result[usize::from(allow)].inc();
+        }
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Copies `snapshot` in and renders every series in the Prometheus text format.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut last_revision = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (gauge, count) in self.grants.iter().zip(snapshot.grants_by_state) {
+            gauge.set(saturating_i64(count));
+        }
+        self.awaiting_confirmation
+            .set(saturating_i64(snapshot.awaiting_confirmation));
+        self.revocations_overdue
+            .set(saturating_i64(snapshot.revocations_overdue));
+        raise_to(&self.expirations, snapshot.expirations);
+        let previous_sweeps = self.sweeps.get();
+        raise_to(&self.sweeps, snapshot.sweeps);
+        if self.sweeps.get() > previous_sweeps {
+            // Sweeps between scrapes are accounted at the last one's duration.
+            let secs = snapshot.last_sweep.as_secs_f64();
+            self.sweep_seconds
+                .inc_by(secs * (self.sweeps.get() - previous_sweeps) as f64);
+        }
+        self.last_sweep.set(snapshot.last_sweep.as_secs_f64());
+        raise_to(&self.reloads[0], snapshot.reloads.0);
+        raise_to(&self.reloads[1], snapshot.reloads.1);
+        if *last_revision != snapshot.revision {
+            // One series at a time: the old revision's goes away.
+            self.revision.reset();
+            self.revision
+                .with_label_values(&[snapshot.revision.as_str()])
+                .set(1);
+            *last_revision = snapshot.revision.clone();
+        }
+        raise_to(&self.log_records[0], snapshot.log_records.0);
+        raise_to(&self.log_records[1], snapshot.log_records.1);
+        raise_to(&self.log_records[2], snapshot.log_records.2);
+        let mut out = Vec::new();
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn raise_to(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_steps_share_the_other_label() {
+        assert_eq!(STEP_LABELS[step_index("issue")], "issue");
+        assert_eq!(STEP_LABELS[step_index("my_custom_step")], "other");
+        let metrics = Metrics::new();
+        metrics.record_decision(step_index("issue"), true, Duration::from_micros(20));
+        metrics.record_decision(step_index("x1"), false, Duration::from_micros(20));
+        metrics.record_decision(step_index("x2"), false, Duration::from_micros(20));
+        let text = metrics.render(&Snapshot {
+            revision: "sha256:ab".into(),
+            ..Snapshot::default()
+        });
+        assert!(text.contains("stepgate_decisions_total{result=\"allow\",step=\"issue\"} 1"));
+        assert!(text.contains("stepgate_decisions_total{result=\"deny\",step=\"other\"} 2"));
+        assert!(text.contains("stepgate_decision_duration_seconds_count 3"));
+        assert!(text.contains("stepgate_policy_revision_info{revision=\"sha256:ab\"} 1"));
+        let text = metrics.render(&Snapshot {
+            revision: "sha256:cd".into(),
+            ..Snapshot::default()
+        });
+        assert!(!text.contains("sha256:ab"), "{text}");
+    }
+}
