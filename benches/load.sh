@@ -51,15 +51,15 @@ grpc() { # PATH BODY: one call, the framed response on stdout
   nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$PORT$1"
 }
 
-# start_server NAME [FLAGS...]: a fresh server (own state directory) with one ACTIVE
-# grant, and check.bin / revalidate.bin naming it. Telemetry is off unless FLAGS turn
-# it on (no decision log, no HTTP listener, no exporter).
+# start_server NAME DECISION_LOG [FLAGS...]: a fresh server (own state directory) with
+# one ACTIVE grant, and check.bin / revalidate.bin naming it. Spans are off unless FLAGS
+# turn them on; no HTTP listener.
 start_server() {
-  local name=$1; shift
+  local name=$1 log=$2; shift 2
   rm -rf "$work/state"
   taskset -c "$SERVER_CPU" env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
     target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
-    --http-addr '' --decision-log off --watch-policies false --log-format json \
+    --http-addr '' --decision-log "$log" --watch-policies false --log-format json \
     --state-dir "$work/state" "$@" >"$work/server-$name.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
@@ -130,11 +130,11 @@ if [ "$MODE" = telemetry ]; then
   sink_pid=$!
   exec 3>"$work/sink.in"
   spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
-  log="--decision-log $work/state/decisions.jsonl"
-  for config in "off|" "spans|$spans" "log|$log" "spans+log|$spans $log"; do
-    name=${config%%|*}
+  log="$work/state/decisions.jsonl"
+  for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans"; do
+    IFS='|' read -r name decision_log flags <<<"$config"
     # shellcheck disable=SC2086 # the flags are meant to split
-    start_server "$name" ${config#*|}
+    start_server "$name" "$decision_log" $flags
     run "check-$name"        /stepgate.v1.DecisionService/Check "$work/check.bin" "$N"  16 8 150 600
     run "check-$name-single" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
     stop_server
@@ -156,7 +156,7 @@ PY
   exit 0
 fi
 
-start_server grpc
+start_server grpc off
 run check-throughput       /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N"  16 8 150 600
 run check-single           /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N1" 1  1 150 600
 run revalidate-throughput  /stepgate.v1.GrantService/Revalidate "$work/revalidate.bin" "$N"  16 8 500 2000
