@@ -131,7 +131,8 @@ if [ "$MODE" = telemetry ]; then
   exec 3>"$work/sink.in"
   spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
   log="$work/state/decisions.jsonl"
-  for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans"; do
+  # `off` runs first and last: the machine's drift over the run shows as their spread.
+  for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans" "off-again|off|"; do
     IFS='|' read -r name decision_log flags <<<"$config"
     # shellcheck disable=SC2086 # the flags are meant to split
     start_server "$name" "$decision_log" $flags
@@ -149,9 +150,12 @@ if [ "$MODE" = telemetry ]; then
 import sys
 work = sys.argv[1]
 rps = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[0])
-off = rps("off")
+cpu = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[1])
+off, off_cpu = (rps("off") + rps("off-again")) / 2, (cpu("off") + cpu("off-again")) / 2
+print(f"off: {rps('off'):.0f} then {rps('off-again'):.0f} rps (mean {off:.0f}), {off_cpu:.1f} us/call")
 for name in ["spans", "log", "spans+log"]:
-    print(f"{name:<10} throughput {rps(name):>8.0f} rps vs off {off:>8.0f} rps: cost {100 * (1 - rps(name) / off):5.1f}%")
+    print(f"{name:<10} {rps(name):>8.0f} rps: throughput cost {100 * (1 - rps(name) / off):5.1f}%, "
+          f"server CPU {cpu(name):5.1f} us/call (+{cpu(name) - off_cpu:.1f})")
 PY
   exit 0
 fi
