@@ -13,7 +13,7 @@
 #                                   # over h2c and over TLS (the cost of TLS)
 #
 # In `telemetry` mode spans go over OTLP/gRPC (sampler always_on) to a local receiver
-# (`cargo run --example otlp_sink`, pinned beside h2load), the decision log to a file in
+# (`benches/otlp_sink.rs`, pinned beside h2load), the decision log to a file in
 # the run's state directory; the server restarts for each configuration.
 #
 # The server is pinned to CPU 0 (one tokio worker), h2load to CPU 1. Every response is
@@ -47,22 +47,26 @@ command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
 
 cargo build --release --quiet --bin stepgate
-[ "$MODE" = telemetry ] && cargo build --release --quiet --example otlp_sink
+sink=""
+if [ "$MODE" = telemetry ]; then
+  sink=$(cargo bench --quiet --no-run --bench otlp_sink --message-format=json |
+    python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+fi
 printf '\0\0\0\0\0' > "$work/health.bin"
 
 grpc() { # PATH BODY: one call, the framed response on stdout
   nghttp -d "$2" -H 'content-type: application/grpc' -H 'te: trailers' "$SCHEME://127.0.0.1:$PORT$1"
 }
 
-# start_server NAME [FLAGS...]: a fresh server (own state directory) with one ACTIVE
-# grant, and check.bin / revalidate.bin naming it. Telemetry is off unless FLAGS turn
-# it on (no decision log, no HTTP listener, no exporter).
+# start_server NAME DECISION_LOG [FLAGS...]: a fresh server (own state directory) with
+# one ACTIVE grant, and check.bin / revalidate.bin naming it. Spans are off unless FLAGS
+# turn them on; no HTTP listener.
 start_server() {
-  local name=$1; shift
+  local name=$1 log=$2; shift 2
   rm -rf "$work/state"
   taskset -c "$SERVER_CPU" env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
     target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
-    --http-addr '' --decision-log off --watch-policies false --log-format json \
+    --http-addr '' --decision-log "$log" --watch-policies false --log-format json \
     --state-dir "$work/state" "$@" >"$work/server-$name.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
@@ -128,16 +132,17 @@ PY
 if [ "$MODE" = telemetry ]; then
   # A long-lived pipe keeps the sink's stdin open; closing it makes the sink report.
   mkfifo "$work/sink.in"
-  taskset -c "$LOAD_CPU" target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" \
+  taskset -c "$LOAD_CPU" "$sink" --listen "127.0.0.1:$OTLP_PORT" \
     <"$work/sink.in" >"$work/sink.out" 2>/dev/null &
   sink_pid=$!
   exec 3>"$work/sink.in"
   spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
-  log="--decision-log $work/state/decisions.jsonl"
-  for config in "off|" "spans|$spans" "log|$log" "spans+log|$spans $log"; do
-    name=${config%%|*}
+  log="$work/state/decisions.jsonl"
+  # `off` runs first and last: the machine's drift over the run shows as their spread.
+  for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans" "off-again|off|"; do
+    IFS='|' read -r name decision_log flags <<<"$config"
     # shellcheck disable=SC2086 # the flags are meant to split
-    start_server "$name" ${config#*|}
+    start_server "$name" "$decision_log" $flags
     run "check-$name"        /stepgate.v1.DecisionService/Check "$work/check.bin" "$N"  16 8 150 600
     run "check-$name-single" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
     stop_server
@@ -152,9 +157,12 @@ if [ "$MODE" = telemetry ]; then
 import sys
 work = sys.argv[1]
 rps = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[0])
-off = rps("off")
+cpu = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[1])
+off, off_cpu = (rps("off") + rps("off-again")) / 2, (cpu("off") + cpu("off-again")) / 2
+print(f"off: {rps('off'):.0f} then {rps('off-again'):.0f} rps (mean {off:.0f}), {off_cpu:.1f} us/call")
 for name in ["spans", "log", "spans+log"]:
-    print(f"{name:<10} throughput {rps(name):>8.0f} rps vs off {off:>8.0f} rps: cost {100 * (1 - rps(name) / off):5.1f}%")
+    print(f"{name:<10} {rps(name):>8.0f} rps: throughput cost {100 * (1 - rps(name) / off):5.1f}%, "
+          f"server CPU {cpu(name):5.1f} us/call (+{cpu(name) - off_cpu:.1f})")
 PY
   exit 0
 fi
@@ -175,7 +183,7 @@ if [ "$MODE" = envoy ]; then
   for config in "h2c|http|" "tls|https|$tls"; do
     name=${config%%|*}; rest=${config#*|}; SCHEME=${rest%%|*}
     # shellcheck disable=SC2086 # the flags are meant to split
-    start_server "$name" ${rest#*|}
+    start_server "$name" off ${rest#*|}
     grpc /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" | python3 benches/grpc_frame.py envoy_allowed
     run "check-$name"           /stepgate.v1.DecisionService/Check          "$work/check.bin" "$N"  16 8 150 600
     run "extauthz-$name"        /envoy.service.auth.v3.Authorization/Check "$work/envoy.bin" "$N"  16 8 120 400
@@ -199,7 +207,7 @@ PY
   exit 0
 fi
 
-start_server grpc
+start_server grpc off
 run check-throughput       /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N"  16 8 150 600
 run check-single           /stepgate.v1.DecisionService/Check  "$work/check.bin"      "$N1" 1  1 150 600
 run revalidate-throughput  /stepgate.v1.GrantService/Revalidate "$work/revalidate.bin" "$N"  16 8 500 2000

@@ -22,11 +22,13 @@ impl Hash {
 
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
-        use fmt::Write;
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        out
     }
 
     fn from_hex(text: &str) -> Option<Self> {
@@ -56,7 +58,8 @@ const SUFFIX_LEN: usize = HASH_FIELD.len() + 64 + 2;
 pub(crate) fn seal(mut body: String) -> (String, Hash) {
     // serde_json escapes control characters (newline, NUL, ESC) but not U+2028/U+2029,
     // which JavaScript and Python treat as line breaks.
-    if body.contains(['\u{2028}', '\u{2029}']) {
+    // Both start with the byte 0xE2 in UTF-8: a fast byte scan rules them out first.
+    if body.as_bytes().contains(&0xE2) && body.contains(['\u{2028}', '\u{2029}']) {
         body = body
             .replace('\u{2028}', "\\u2028")
             .replace('\u{2029}', "\\u2029");

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use aho_corasick::AhoCorasick;
 use chrono::SecondsFormat;
 use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
@@ -58,29 +59,6 @@ impl Default for Masks {
 }
 
 impl Masks {
-    /// Whether values under `key` are masked: it contains a fragment, ignoring ASCII
-    /// case and reading `-` as `_` (without allocating: this runs for every key).
-    fn masks_key(&self, key: &str) -> bool {
-        let norm = |b: u8| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_lowercase()
-            }
-        };
-        let key = key.as_bytes();
-        self.keys.iter().any(|fragment| {
-            let fragment = fragment.as_bytes();
-            !fragment.is_empty()
-                && key.windows(fragment.len()).any(|window| {
-                    window
-                        .iter()
-                        .zip(fragment)
-                        .all(|(k, f)| norm(*k) == norm(*f))
-                })
-        })
-    }
-
     /// The pointers split into unescaped segments (`~1` is `/`, `~0` is `~`).
     fn segments(&self) -> Vec<Vec<String>> {
         self.pointers
@@ -100,16 +78,43 @@ fn text(value: &Value) -> Option<&str> {
     value.as_string().ok().map(|s| &**s)
 }
 
-/// The masks prepared for one writer: pointers pre-split.
+/// The masks prepared for one writer: pointers pre-split, key fragments compiled into
+/// one case-insensitive automaton (it runs for every key of every record).
 pub(crate) struct Masking {
-    masks: Masks,
     pointers: Vec<Vec<String>>,
+    fragments: Option<AhoCorasick>,
 }
 
 impl Masking {
     pub(crate) fn new(masks: Masks) -> Self {
-        let pointers = masks.segments();
-        Self { masks, pointers }
+        // `-` and `_` are the same in a key: each fragment is searched in both spellings.
+        let mut patterns: Vec<String> = Vec::new();
+        for key in masks.keys.iter().filter(|k| !k.is_empty()) {
+            for spelling in [key.replace('-', "_"), key.replace('_', "-")] {
+                if !patterns.contains(&spelling) {
+                    patterns.push(spelling);
+                }
+            }
+        }
+        let fragments = if patterns.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&patterns)
+                .ok()
+        };
+        Self {
+            pointers: masks.segments(),
+            fragments,
+        }
+    }
+
+    /// Whether values under `key` are masked: it contains a fragment.
+    fn masks_key(&self, key: &str) -> bool {
+        self.fragments
+            .as_ref()
+            .is_some_and(|automaton| automaton.is_match(key))
     }
 }
 
@@ -170,7 +175,7 @@ impl Serialize for Masked<'_> {
                     } else {
                         self.step(&|segment| segment == key)
                     };
-                    if ends || self.masking.masks.masks_key(key) {
+                    if ends || self.masking.masks_key(key) {
                         map.serialize_entry(key, MASKED)?;
                     } else {
                         map.serialize_entry(key, &self.child(value, live))?;

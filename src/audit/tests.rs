@@ -1,12 +1,7 @@
 //! Decision-log tests: chain verification and tampering, rotation, hostile values,
-//! masking, and the full-buffer path.
+//! masking. (The full-buffer paths run through the server in `tests/it/audit.rs`.)
 
-use std::{
-    io::{self, Write},
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc as std_mpsc},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use regorus::Value;
@@ -197,52 +192,4 @@ fn records_carry_the_evidence_with_secrets_masked() {
     assert_eq!(arguments["query"], MASKED);
     assert_eq!(arguments["nested"][0]["Api-Key"], MASKED);
     assert!(!lines(&path)[0].contains("hunter2"));
-}
-
-/// A sink that blocks in `write` until released, and says when it got there.
-struct Stalled {
-    entered: std_mpsc::Sender<()>,
-    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
-}
-
-impl Write for Stalled {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = self.entered.send(());
-        let _ = self.release.lock().unwrap().recv();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn a_full_buffer_drops_and_counts_without_blocking() {
-    let (entered_tx, entered) = std_mpsc::channel();
-    let (release, release_rx) = std_mpsc::channel();
-    let sink = Stalled {
-        entered: entered_tx,
-        release: Arc::new(Mutex::new(release_rx)),
-    };
-    let options = AuditOptions {
-        destination: Destination::Stdout,
-        buffer: 2,
-        ..AuditOptions::default()
-    };
-    let log = DecisionLog::to_writer(Box::new(sink), &options).unwrap();
-    log.reserve().unwrap().send(entry("first"));
-    // The writer holds the first record, stuck in the sink.
-    entered.recv_timeout(Duration::from_secs(10)).unwrap();
-    log.reserve().unwrap().send(entry("second"));
-    log.reserve().unwrap().send(entry("third"));
-    let started = std::time::Instant::now();
-    assert!(log.reserve().is_none(), "the buffer is full");
-    assert!(log.reserve().is_none());
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "reserving never waits"
-    );
-    assert_eq!(log.stats().counts().1, 2);
-    assert!(!log.required());
-    drop(release);
 }

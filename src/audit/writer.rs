@@ -10,6 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::sync::{mpsc, oneshot};
@@ -201,7 +202,13 @@ fn rotated_last_hash(path: &Path) -> Option<Hash> {
     chain::hash_of(text.lines().last()?)
 }
 
-/// The writer thread's loop: render, chain, write; flush whenever the queue is empty.
+/// How long the writer lets records gather after waking: one wake-up, one write and one
+/// flush per batch rather than per record (on a shared core, per-record wake-ups cost
+/// more than rendering). Bounds how stale the file is behind the decisions.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// The writer thread's loop: wait for a record, let a batch gather, then render, chain
+/// and write all of it and flush once.
 pub(crate) fn run(
     mut rx: mpsc::Receiver<Message>,
     mut sink: Sink,
@@ -210,33 +217,35 @@ pub(crate) fn run(
     stats: Arc<LogStats>,
 ) {
     let masks = Masking::new(masks);
-    while let Some(message) = rx.blocking_recv() {
-        match message {
-            Message::Record(entry) => {
-                let (line, hash) = record::render(&entry, &masks, &prev);
-                match sink.write_line(&line) {
-                    Ok(()) => {
-                        prev = hash;
-                        stats.written.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %err, "decision log write failed; record lost");
+    while let Some(first) = rx.blocking_recv() {
+        std::thread::sleep(BATCH_WAIT);
+        let mut next = Some(first);
+        while let Some(message) = next.take().or_else(|| rx.try_recv().ok()) {
+            match message {
+                Message::Record(entry) => {
+                    let (line, hash) = record::render(&entry, &masks, &prev);
+                    match sink.write_line(&line) {
+                        Ok(()) => {
+                            prev = hash;
+                            stats.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %err, "decision log write failed; record lost");
+                        }
                     }
                 }
-                if rx.is_empty()
-                    && let Err(err) = sink.flush()
-                {
-                    tracing::error!(error = %err, "decision log flush failed");
+                Message::Stop(ack) => {
+                    if let Err(err) = sink.flush() {
+                        tracing::error!(error = %err, "decision log flush failed");
+                    }
+                    let _ = ack.send(());
+                    return;
                 }
             }
-            Message::Stop(ack) => {
-                if let Err(err) = sink.flush() {
-                    tracing::error!(error = %err, "decision log flush failed");
-                }
-                let _ = ack.send(());
-                return;
-            }
+        }
+        if let Err(err) = sink.flush() {
+            tracing::error!(error = %err, "decision log flush failed");
         }
     }
     let _ = sink.flush();

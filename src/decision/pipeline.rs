@@ -294,10 +294,8 @@ impl DecisionPipeline {
     /// reserving the decision's place in the decision log (a required log that is full
     /// denies without evaluating). Conclude the result with [`DecisionPipeline::conclude`].
     pub fn evaluate(&self, input: Value, now: DateTime<Utc>, parent: &ParentContext) -> Pending {
-        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
-        let started = Instant::now();
-        let (slot, refused) = self.reserve_record();
-        let decision = if refused {
+        let begun = self.begin();
+        let decision = if begun.slot.is_none() && self.log_required() {
             Decision::deny(LOG_FULL_DENY, self.serving_revision(), now)
         } else {
             let current = self.policies.current();
@@ -315,36 +313,34 @@ impl DecisionPipeline {
                 }
             }
         };
-        Pending {
-            decision,
-            input,
-            parent: parent.clone(),
-            started,
-            start_time,
-            slot,
-        }
+        begun.into_pending(decision, input, parent)
     }
 
     /// A decision made without evaluating (a grant that is missing or unusable, a
     /// confirmation), made pending so it is observed like any other. A required log
     /// that is full turns it into a deny.
     pub fn unevaluated(&self, decision: Decision, input: Value, parent: &ParentContext) -> Pending {
-        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
-        let started = Instant::now();
-        let (slot, refused) = self.reserve_record();
-        let decision = if refused && decision.allow {
+        let begun = self.begin();
+        let decision = if begun.slot.is_none() && self.log_required() && decision.allow {
             decision.overruled(LOG_FULL_DENY)
         } else {
             decision
         };
-        Pending {
-            decision,
-            input,
-            parent: parent.clone(),
-            started,
-            start_time,
-            slot,
+        begun.into_pending(decision, input, parent)
+    }
+
+    /// Starts timing a decision and reserves its decision-log record.
+    fn begin(&self) -> Begun {
+        Begun {
+            start_time: self.telemetry.tracer().is_enabled().then(SystemTime::now),
+            started: Instant::now(),
+            slot: self.decision_log.as_ref().and_then(|log| log.reserve()),
         }
+    }
+
+    /// Whether a decision without a decision-log record must be denied.
+    fn log_required(&self) -> bool {
+        self.decision_log.as_ref().is_some_and(|log| log.required())
     }
 
     /// Finishes a decision: counts it, records its span, and hands its record (with
@@ -398,12 +394,10 @@ impl DecisionPipeline {
         read: impl FnOnce(Result<Value, EvalError>) -> (T, bool, Vec<String>),
     ) -> (Decision, T) {
         let now = self.clock.now();
-        let start_time = self.telemetry.tracer().is_enabled().then(SystemTime::now);
-        let started = Instant::now();
-        let (slot, refused) = self.reserve_record();
+        let begun = self.begin();
         let current = self.policies.current();
         let (outcome, revision, eval_duration) = match current.as_ref() {
-            _ if refused => (
+            _ if begun.slot.is_none() && self.log_required() => (
                 Err(EvalError::Failed(LOG_FULL_DENY.into())),
                 self.serving_revision(),
                 Duration::ZERO,
@@ -434,14 +428,7 @@ impl DecisionPipeline {
             decided_at: now,
             eval_duration,
         };
-        let pending = Pending {
-            decision,
-            input,
-            parent: parent.clone(),
-            started,
-            start_time,
-            slot,
-        };
+        let pending = begun.into_pending(decision, input, parent);
         (self.conclude(pending, None), answer)
     }
 
@@ -486,15 +473,25 @@ impl DecisionPipeline {
         );
         EnvoyDecision { decision, outcome }
     }
+}
 
-    /// A place in the decision log, and whether its absence must deny the decision.
-    fn reserve_record(&self) -> (Option<Slot>, bool) {
-        match &self.decision_log {
-            None => (None, false),
-            Some(log) => match log.reserve() {
-                Some(slot) => (Some(slot), false),
-                None => (None, log.required()),
-            },
+/// A decision being made: its clocks and its reserved decision-log record.
+struct Begun {
+    started: Instant,
+    /// Wall-clock start, taken only when spans are recorded.
+    start_time: Option<SystemTime>,
+    slot: Option<Slot>,
+}
+
+impl Begun {
+    fn into_pending(self, decision: Decision, input: Value, parent: &ParentContext) -> Pending {
+        Pending {
+            decision,
+            input,
+            parent: parent.clone(),
+            started: self.started,
+            start_time: self.start_time,
+            slot: self.slot,
         }
     }
 }

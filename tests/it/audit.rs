@@ -14,7 +14,7 @@ use stepgate::{
     audit::{AuditOptions, DecisionLog, Destination, LOG_FULL_DENY},
     proto::v1::{
         ApproveRequest, RequestGrantRequest, Resource, Subject,
-        grant_service_client::GrantServiceClient,
+        decision_service_client::DecisionServiceClient, grant_service_client::GrantServiceClient,
     },
 };
 
@@ -157,6 +157,19 @@ impl Write for Stalled {
     }
 }
 
+/// A `Check` that must succeed as an RPC; its decision.
+async fn decide(
+    client: &mut DecisionServiceClient<tonic::transport::Channel>,
+) -> stepgate::proto::v1::Decision {
+    client
+        .check(request("read"))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap()
+}
+
 /// A server whose decision log holds one record in its buffer and is stuck writing.
 async fn stalled_server(required: bool) -> (Server, mpsc::Sender<()>) {
     let (entered_tx, entered) = mpsc::channel();
@@ -180,30 +193,12 @@ async fn stalled_server(required: bool) -> (Server, mpsc::Sender<()>) {
     let mut client = server.client().await;
     // The first record is taken by the writer, which gets stuck; the second fills the
     // buffer.
-    assert!(
-        client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .allow
-    );
+    assert!(decide(&mut client).await.allow);
     tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .allow
-    );
+    assert!(decide(&mut client).await.allow);
     (server, release)
 }
 
@@ -213,13 +208,7 @@ async fn a_full_decision_log_drops_and_counts_without_slowing_decisions() {
     let mut client = server.client().await;
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        let decision = client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap();
+        let decision = decide(&mut client).await;
         assert!(decision.allow);
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -236,13 +225,7 @@ async fn a_full_decision_log_drops_and_counts_without_slowing_decisions() {
 async fn a_required_decision_log_that_is_full_denies_and_changes_nothing() {
     let (server, release) = stalled_server(true).await;
     let mut client = server.client().await;
-    let decision = client
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = decide(&mut client).await;
     assert!(!decision.allow);
     assert_eq!(decision.reasons, [LOG_FULL_DENY]);
 
@@ -268,14 +251,7 @@ async fn a_required_decision_log_that_is_full_denies_and_changes_nothing() {
     let mut client = server.client().await;
     assert!(
         eventually(Duration::from_secs(10), async || {
-            client
-                .check(request("read"))
-                .await
-                .unwrap()
-                .into_inner()
-                .decision
-                .unwrap()
-                .allow
+            decide(&mut client).await.allow
         })
         .await
     );

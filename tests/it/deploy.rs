@@ -12,6 +12,9 @@ fn the_example_configuration_file_is_valid_and_matches_the_defaults() {
     let defaults = ServeConfig::default();
     assert_eq!(config.grpc_addr, defaults.grpc_addr);
     assert_eq!(config.http_addr, defaults.http_addr);
+    assert_eq!(config.audit.masks, defaults.audit.masks);
+    assert_eq!(config.audit.required, defaults.audit.required);
+    assert_eq!(config.tracing, defaults.tracing);
     assert_eq!(config.policy.eval_limits, defaults.policy.eval_limits);
     assert_eq!(config.policy.source_limits, defaults.policy.source_limits);
     assert_eq!(

@@ -86,15 +86,7 @@ impl Server {
     }
 
     pub async fn start_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        let mut server = Self::bound(files, tweak).await;
-        server
-            .app
-            .as_mut()
-            .unwrap()
-            .load_policies()
-            .await
-            .expect("policies load");
-        server
+        Self::start_overridden(files, tweak, Overrides::default()).await
     }
 
     /// Starts serving without loading policies yet.

@@ -1,8 +1,10 @@
 //! A minimal OTLP/gRPC trace receiver for the load harness (`benches/load.sh
 //! telemetry`): accepts `TraceService/Export` on the given address, counts spans, and
 //! prints the count when its standard input closes. Not a collector: it keeps nothing.
+//! It measures nothing on its own, so a plain `cargo bench` run (no `--listen`) returns
+//! at once.
 //!
-//!     cargo run --release --example otlp_sink -- 127.0.0.1:4317
+//!     cargo bench --bench otlp_sink -- --listen 127.0.0.1:4317
 
 use std::{
     io::Read,
@@ -40,10 +42,18 @@ impl TraceService for Counter {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:4317".into())
-        .parse()?;
+    let args: Vec<String> = std::env::args().collect();
+    let Some(addr) = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1))
+    else {
+        eprintln!(
+            "otlp_sink: the OTLP receiver of `benches/load.sh telemetry`; run with --listen ADDR"
+        );
+        return Ok(());
+    };
+    let addr = addr.parse()?;
     let counter = Counter::default();
     let spans = counter.0.clone();
     let stdin_closed = tokio::task::spawn_blocking(|| {
