@@ -309,9 +309,10 @@ fn breakdown() {
             .expect("approves");
     });
     println!(
-        "heap requested by one approved grant (bytes): subject {} (without attributes {}), \
-         resource {} ({}), workflow {} ({}); whole PENDING grant incl. spec and trail {}; \
-         approving it (approvals Vec cap 4 x {} B + strings, trail growth) {}",
+        "heap requested by one approved grant (bytes): as protos, subject {} (without \
+         attributes {}), resource {} ({}), workflow {} ({}); whole PENDING grant incl. \
+         spec, encoded terms (subject and resource not yet shared) and trail {}; approving \
+         it (a shared slice of {} B approvals, approver and role interned, trail growth) {}",
         parts[0].1,
         parts[3].1,
         parts[1].1,

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, DecisionPipeline, InvalidField, StepInput, grant_value, input::KEYS,
+    Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, StepInput, input::KEYS,
     input::validate_step,
 };
 use crate::{
@@ -215,11 +215,11 @@ impl GrantSteps {
             |grant, decision, now| {
                 grant.approve(
                     Approval {
-                        approver: req.approver.clone(),
-                        role: req.role.clone(),
+                        approver: req.approver.as_str().into(),
+                        role: req.role.as_str().into(),
                         at: now,
                         decision_id: decision.id,
-                        comment: req.comment.clone(),
+                        comment: req.comment.as_str().into(),
                     },
                     now,
                 )
@@ -277,14 +277,13 @@ impl GrantSteps {
                 Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
             return self.record_denial(&req.grant_id, decision);
         }
-        let input = grant_step_input(
-            &grant,
-            "use",
+        let input = GrantStepInput {
+            step: "use",
             caller,
-            req.agent.as_ref(),
-            req.context.as_ref(),
-        )
-        .build(now, Some(grant_value(&grant)), &[]);
+            agent: req.agent.as_ref(),
+            context: req.context.as_ref(),
+        }
+        .build(&grant, now, &[]);
         let decision = self.pipeline.decide_input(input, now);
         if !decision.allow {
             return self.record_denial(&req.grant_id, decision);
@@ -369,14 +368,13 @@ impl GrantSteps {
                     .store
                     .get(id)
                     .ok_or_else(|| GrantStepError::NotFound(id.clone()))?;
-                (
-                    grant_step_input(&grant, "revoke", caller, None, None).build(
-                        now,
-                        Some(grant_value(&grant)),
-                        &[],
-                    ),
-                    Some(grant),
-                )
+                let input = GrantStepInput {
+                    step: "revoke",
+                    caller,
+                    agent: None,
+                    context: None,
+                };
+                (input.build(&grant, now, &[]), Some(grant))
             }
             Target::WorkflowId(id) => {
                 require(id, "workflow_id")?;
@@ -419,7 +417,7 @@ impl GrantSteps {
         if !decision.allow {
             if let Some(grant) = grant {
                 self.store
-                    .push_decision(&grant.spec.id.to_string(), decision.id)?;
+                    .push_decision(&grant.id().to_string(), decision.id)?;
             }
             return Ok(RevokeOutcome {
                 decision,
@@ -507,11 +505,13 @@ impl GrantSteps {
             .get(id)
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))?;
         let now = self.store.now();
-        let input = grant_step_input(&grant, step, caller, None, context).build(
-            now,
-            Some(grant_value(&grant)),
-            extra,
-        );
+        let input = GrantStepInput {
+            step,
+            caller,
+            agent: None,
+            context,
+        }
+        .build(&grant, now, extra);
         let decision = self.pipeline.decide_input(input, now);
         if !decision.allow {
             return self.record_denial(id, decision);
@@ -538,27 +538,6 @@ impl GrantSteps {
             grant: Some(updated.grant),
             decision,
         })
-    }
-}
-
-/// The input parts of a step on an existing grant: its own subject, action, resource
-/// and workflow, so one set of rules can reason about every step.
-fn grant_step_input<'a>(
-    grant: &'a Grant,
-    step: &'a str,
-    caller: &'a Caller,
-    agent: Option<&'a crate::proto::v1::AgentCall>,
-    context: Option<&'a Context>,
-) -> StepInput<'a> {
-    StepInput {
-        step,
-        subject: Some(&grant.spec.subject),
-        caller,
-        action: &grant.spec.action,
-        resource: grant.spec.resource.as_ref(),
-        workflow: grant.spec.workflow.as_ref(),
-        agent,
-        context,
     }
 }
 

@@ -13,6 +13,8 @@ mod record;
 
 pub use caller::{Caller, Transport};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
-pub use input::{InvalidField, StepInput, check_input, grant_value, validate_check};
+pub use input::{
+    GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
+};
 pub use pipeline::DecisionPipeline;
 pub use record::Decision;

@@ -11,6 +11,13 @@
 //! the map (a momentary shard write) and publishes its events, so a refused or
 //! unjournaled change is never seen, and readers are never blocked by a writer's fsync.
 //!
+//! The workflow and subject indexes are ordered sets of `(hash of the name, id)`, in
+//! shards chosen by the hash: a few dozen bytes per grant instead of a map entry, a
+//! string and a tree node per workflow. A hash says "maybe": whoever reads an index
+//! checks the grant's own name (listing filters, bulk revocations re-check under the
+//! grant's lock), so a collision costs a look, never a wrong result. The hash is keyed
+//! per store, so callers cannot aim names at one entry.
+//!
 //! The due index (`BTreeSet<(due time, id)>`) holds one entry per grant: its expiry
 //! while live, then its revocation-confirmation deadline and the end of its retention.
 //! It is touched when a grant is created, changes its due time (activation, renewal,
@@ -23,6 +30,7 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
+    hash::{BuildHasher, RandomState},
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -59,6 +67,8 @@ const SWEEP_BATCH: usize = 64;
 const LIST_CHUNK: usize = 256;
 /// Prefix of page tokens (versioned, so the format can change).
 const PAGE_TOKEN_PREFIX: &str = "g1.";
+/// Shards of each name index (a power of two).
+const NAME_INDEX_SHARDS: usize = 64;
 
 /// How the store keeps grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +153,7 @@ impl ListFilter {
     pub fn matches(&self, grant: &Grant) -> bool {
         self.subject_id
             .as_deref()
-            .is_none_or(|s| grant.subject().id == s)
+            .is_none_or(|s| grant.subject_id() == s)
             && self
                 .workflow_id
                 .as_deref()
@@ -425,6 +435,65 @@ fn check_change(before: &Grant, after: &Grant) -> Result<(), TransitionError> {
     Ok(())
 }
 
+/// The grants of each workflow (or subject), by name: `(hash of the name, id)` in
+/// ordered sets, sharded by the hash. See the module doc.
+struct NameIndex {
+    seed: RandomState,
+    shards: Box<[Mutex<BTreeSet<(u64, Uuid)>>]>,
+}
+
+impl NameIndex {
+    fn new() -> Self {
+        Self {
+            seed: RandomState::new(),
+            shards: (0..NAME_INDEX_SHARDS)
+                .map(|_| Mutex::new(BTreeSet::new()))
+                .collect(),
+        }
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        self.seed.hash_one(name)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, BTreeSet<(u64, Uuid)>> {
+        // Truncation intended: the top bits pick the shard.
+        lock(&self.shards[(hash >> 58) as usize & (NAME_INDEX_SHARDS - 1)])
+    }
+
+    fn insert(&self, name: &str, key: Uuid) {
+        let hash = self.hash(name);
+        self.shard(hash).insert((hash, key));
+    }
+
+    fn remove(&self, name: &str, key: Uuid) {
+        let hash = self.hash(name);
+        self.shard(hash).remove(&(hash, key));
+    }
+
+    /// Up to `limit` ids (in id order) of grants that may be named `name`, after
+    /// `after`.
+    fn ids(&self, name: &str, after: Option<Uuid>, limit: usize) -> Vec<Uuid> {
+        use std::ops::Bound::{Excluded, Included};
+        let hash = self.hash(name);
+        let start = match after {
+            Some(after) => Excluded((hash, after)),
+            None => Included((hash, Uuid::nil())),
+        };
+        self.shard(hash)
+            .range((start, Included((hash, Uuid::max()))))
+            .take(limit)
+            .map(|&(_, key)| key)
+            .collect()
+    }
+
+    /// Every entry, hash first; for tests.
+    #[cfg(test)]
+    fn entries(&self) -> BTreeSet<(u64, Uuid)> {
+        self.shards.iter().flat_map(|s| lock(s).clone()).collect()
+    }
+}
+
 /// What a due index entry asks of a grant at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DueAction {
@@ -473,8 +542,8 @@ pub struct MemoryGrantStore {
     grants: DashMap<Uuid, Arc<Grant>, IdHash>,
     /// Writers' locks, by [`MemoryGrantStore::stripe`].
     writers: Box<[Mutex<()>]>,
-    by_workflow: DashMap<String, BTreeSet<Uuid>>,
-    by_subject: DashMap<String, BTreeSet<Uuid>>,
+    by_workflow: NameIndex,
+    by_subject: NameIndex,
     /// Every id, ordered, for unfiltered listing. Touched on create and drop only.
     ids: Mutex<BTreeSet<Uuid>>,
     /// One `(due time, id)` per grant; see the module doc.
@@ -577,8 +646,8 @@ impl MemoryGrantStore {
             confirm_deadline: options.revocation_confirm_deadline,
             grants: DashMap::with_hasher(IdHash),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
-            by_workflow: DashMap::new(),
-            by_subject: DashMap::new(),
+            by_workflow: NameIndex::new(),
+            by_subject: NameIndex::new(),
             ids: Mutex::new(BTreeSet::new()),
             due: Mutex::new(BTreeSet::new()),
             journal,
@@ -675,35 +744,22 @@ impl MemoryGrantStore {
 
     fn index(&self, key: Uuid, grant: &Grant) {
         if let Some(workflow) = grant.workflow_id() {
-            self.by_workflow
-                .entry(workflow.to_owned())
-                .or_default()
-                .insert(key);
+            self.by_workflow.insert(workflow, key);
         }
-        if !grant.subject().id.is_empty() {
-            self.by_subject
-                .entry(grant.subject().id.clone())
-                .or_default()
-                .insert(key);
+        if !grant.subject_id().is_empty() {
+            self.by_subject.insert(grant.subject_id(), key);
         }
         lock(&self.ids).insert(key);
         lock(&self.due).insert((self.next_due(grant), key));
     }
 
     fn unindex(&self, key: Uuid, grant: &Grant) {
-        fn remove(index: &DashMap<String, BTreeSet<Uuid>>, name: &str, key: Uuid) {
-            let emptied = index.get_mut(name).is_some_and(|mut set| {
-                set.remove(&key);
-                set.is_empty()
-            });
-            if emptied {
-                index.remove_if(name, |_, set| set.is_empty());
-            }
-        }
         if let Some(workflow) = grant.workflow_id() {
-            remove(&self.by_workflow, workflow, key);
+            self.by_workflow.remove(workflow, key);
         }
-        remove(&self.by_subject, &grant.subject().id, key);
+        if !grant.subject_id().is_empty() {
+            self.by_subject.remove(grant.subject_id(), key);
+        }
         lock(&self.ids).remove(&key);
         lock(&self.due).remove(&(self.next_due(grant), key));
     }
@@ -803,9 +859,12 @@ impl MemoryGrantStore {
         })
     }
 
+    /// Revokes the grants of `ids` that `named` (checked under each grant's lock: the
+    /// name indexes only say "maybe").
     fn revoke_all(
         &self,
         ids: Vec<Uuid>,
+        named: &dyn Fn(&Grant) -> bool,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
         let mut revoked = Vec::new();
@@ -815,7 +874,13 @@ impl MemoryGrantStore {
             // may be seen before that sync: a revocation seen early is safe.
             match self.apply_key(
                 key,
-                &mut |g, now| g.revoke(revocation, now),
+                &mut |g, now| {
+                    if named(g) {
+                        g.revoke(revocation, now)
+                    } else {
+                        Ok(Transition::UNCHANGED)
+                    }
+                },
                 Some(Durability::Buffered),
             ) {
                 Ok(updated) if updated.transition.changed => revoked.push(updated.grant),
@@ -835,13 +900,6 @@ impl MemoryGrantStore {
             Some(e) => Err(e),
             None => Ok(revoked),
         }
-    }
-
-    fn ids_in(index: &DashMap<String, BTreeSet<Uuid>>, name: &str) -> Vec<Uuid> {
-        index
-            .get(name)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default()
     }
 
     /// Handles one batch of due entries: locks their grants, journals every change in
@@ -933,8 +991,8 @@ impl MemoryGrantStore {
     pub(crate) fn check_indexes(&self) -> Result<(), String> {
         let mut expected_due = BTreeSet::new();
         let mut expected_ids = BTreeSet::new();
-        let mut workflows: std::collections::BTreeMap<String, BTreeSet<Uuid>> = Default::default();
-        let mut subjects: std::collections::BTreeMap<String, BTreeSet<Uuid>> = Default::default();
+        let mut workflows = BTreeSet::new();
+        let mut subjects = BTreeSet::new();
         for entry in self.grants.iter() {
             let grant = entry.value();
             if grant.id() != *entry.key() {
@@ -943,15 +1001,11 @@ impl MemoryGrantStore {
             expected_due.insert((self.next_due(grant), *entry.key()));
             expected_ids.insert(*entry.key());
             if let Some(w) = grant.workflow_id() {
-                workflows
-                    .entry(w.to_owned())
-                    .or_default()
-                    .insert(*entry.key());
+                workflows.insert((self.by_workflow.hash(w), *entry.key()));
             }
-            subjects
-                .entry(grant.subject().id.clone())
-                .or_default()
-                .insert(*entry.key());
+            if !grant.subject_id().is_empty() {
+                subjects.insert((self.by_subject.hash(grant.subject_id()), *entry.key()));
+            }
         }
         if *lock(&self.due) != expected_due {
             return Err("due index disagrees with the map".into());
@@ -959,16 +1013,10 @@ impl MemoryGrantStore {
         if *lock(&self.ids) != expected_ids {
             return Err("id index disagrees with the map".into());
         }
-        let actual = |index: &DashMap<String, BTreeSet<Uuid>>| {
-            index
-                .iter()
-                .map(|e| (e.key().clone(), e.value().clone()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        if actual(&self.by_workflow) != workflows {
+        if self.by_workflow.entries() != workflows {
             return Err("workflow index disagrees with the map".into());
         }
-        if actual(&self.by_subject) != subjects {
+        if self.by_subject.entries() != subjects {
             return Err("subject index disagrees with the map".into());
         }
         Ok(())
@@ -1034,7 +1082,11 @@ impl GrantStore for MemoryGrantStore {
         workflow_id: &str,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(Self::ids_in(&self.by_workflow, workflow_id), revocation)
+        self.revoke_all(
+            self.by_workflow.ids(workflow_id, None, usize::MAX),
+            &|g| g.workflow_id() == Some(workflow_id),
+            revocation,
+        )
     }
 
     fn revoke_subject(
@@ -1042,7 +1094,11 @@ impl GrantStore for MemoryGrantStore {
         subject_id: &str,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(Self::ids_in(&self.by_subject, subject_id), revocation)
+        self.revoke_all(
+            self.by_subject.ids(subject_id, None, usize::MAX),
+            &|g| g.subject_id() == subject_id,
+            revocation,
+        )
     }
 
     fn list(
@@ -1073,16 +1129,8 @@ impl GrantStore for MemoryGrantStore {
         let mut last = None;
         'scan: loop {
             let chunk = match (&filter.workflow_id, &filter.subject_id) {
-                (Some(w), _) => self
-                    .by_workflow
-                    .get(w.as_str())
-                    .map(|set| chunk_after(&set, cursor))
-                    .unwrap_or_default(),
-                (None, Some(s)) => self
-                    .by_subject
-                    .get(s.as_str())
-                    .map(|set| chunk_after(&set, cursor))
-                    .unwrap_or_default(),
+                (Some(w), _) => self.by_workflow.ids(w, cursor, LIST_CHUNK),
+                (None, Some(s)) => self.by_subject.ids(s, cursor, LIST_CHUNK),
                 (None, None) => chunk_after(&lock(&self.ids), cursor),
             };
             let Some(&chunk_last) = chunk.last() else {
@@ -1256,7 +1304,7 @@ pub(crate) mod tests {
             role: "owner".into(),
             at: t0(),
             decision_id: Uuid::now_v7(),
-            comment: String::new(),
+            comment: "".into(),
         }
     }
 
@@ -1387,9 +1435,15 @@ pub(crate) mod tests {
         let cases: [(&str, Tamper); 5] = [
             ("id", |g| Arc::make_mut(&mut g.spec).id = Uuid::now_v7()),
             ("subject", |g| {
-                Arc::make_mut(&mut g.spec).subject.id = "other".into()
+                let mut terms = g.terms();
+                terms.subject.id = "other".into();
+                Arc::make_mut(&mut g.spec).terms = terms.into();
             }),
-            ("workflow", |g| Arc::make_mut(&mut g.spec).workflow = None),
+            ("workflow", |g| {
+                let mut terms = g.terms();
+                terms.workflow = None;
+                Arc::make_mut(&mut g.spec).terms = terms.into();
+            }),
             ("uses", |g| g.uses = 0),
             ("ending", |g| g.ending = Some(Box::default())),
         ];
@@ -1710,7 +1764,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|id| {
                 let g = store.get(id).unwrap();
-                g.workflow_id() == Some("even") && g.subject().id == "s0"
+                g.workflow_id() == Some("even") && g.subject_id() == "s0"
             })
             .cloned()
             .collect();
