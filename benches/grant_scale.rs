@@ -281,18 +281,28 @@ fn breakdown() {
             measure(&mut || keep.push(Box::new(support::workflow(12_345, &shape)))),
         ));
     }
-    let mut grant = None;
-    let whole = measure(&mut || {
-        grant = Some(direct_grant(
-            12_345,
-            &REALISTIC,
-            1,
-            TimeDelta::hours(1),
-            0,
-            &revision,
+    let pending = |i: usize| direct_grant(i, &REALISTIC, 1, TimeDelta::hours(1), 0, &revision, now);
+    // Warm the interners' tables (allocated once per process) with an unrelated grant.
+    let mut warm = pending(0);
+    let _ = warm
+        .approve(
+            Approval {
+                approver: "bob".into(),
+                role: "asset_owner".into(),
+                at: now,
+                decision_id: Uuid::now_v7(),
+                comment: "warm".into(),
+            },
             now,
-        ))
-    });
+        )
+        .expect("approves");
+    keep.push(Box::new(warm));
+    let mut first = None;
+    let whole = measure(&mut || first = Some(pending(12_345)));
+    keep.push(Box::new(first));
+    // Grant 12,345 + 10,000,000 has the same subject (of 10,000) and resource (of 1,000).
+    let mut grant = None;
+    let sharing = measure(&mut || grant = Some(pending(10_012_345)));
     let mut grant = grant.expect("built");
     let approval = measure(&mut || {
         let _ = grant
@@ -311,7 +321,7 @@ fn breakdown() {
     println!(
         "heap requested by one approved grant (bytes): as protos, subject {} (without \
          attributes {}), resource {} ({}), workflow {} ({}); whole PENDING grant incl. \
-         spec, encoded terms (subject and resource not yet shared) and trail {}; approving \
+         spec, encoded terms and trail {} (first of its subject and resource: {}); approving \
          it (a shared slice of {} B approvals, approver and role interned, trail growth) {}",
         parts[0].1,
         parts[3].1,
@@ -319,6 +329,7 @@ fn breakdown() {
         parts[4].1,
         parts[2].1,
         parts[5].1,
+        sharing,
         whole,
         size_of::<Approval>(),
         approval,
