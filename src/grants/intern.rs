@@ -32,6 +32,9 @@ const MIN_PURGE_LEN: usize = 1024;
 pub struct Interner<T: ?Sized> {
     table: DashMap<u64, Weak<T>, PreHashed>,
     seed: RandomState,
+    /// About how many entries the table holds (counted on insert, set by a purge), so
+    /// an insert need not visit every shard to learn the table's size.
+    entries: AtomicUsize,
     /// Purge when the table grows past this many entries.
     purge_at: AtomicUsize,
     purging: Mutex<()>,
@@ -50,6 +53,7 @@ impl<T: ?Sized> Default for Interner<T> {
         Self {
             table: DashMap::with_hasher(PreHashed),
             seed: RandomState::new(),
+            entries: AtomicUsize::new(0),
             purge_at: AtomicUsize::new(MIN_PURGE_LEN),
             purging: Mutex::new(()),
         }
@@ -79,6 +83,7 @@ where
             Entry::Vacant(slot) => {
                 let fresh: Arc<T> = Arc::from(value);
                 slot.insert(Arc::downgrade(&fresh));
+                self.entries.fetch_add(1, Ordering::Relaxed);
                 fresh
             }
         };
@@ -96,13 +101,14 @@ where
     pub fn purge(&self) -> usize {
         self.table.retain(|_, weak| weak.strong_count() > 0);
         let live = self.table.len();
+        self.entries.store(live, Ordering::Relaxed);
         self.purge_at
             .store((2 * live).max(MIN_PURGE_LEN), Ordering::Relaxed);
         live
     }
 
     fn maybe_purge(&self) {
-        if self.table.len() <= self.purge_at.load(Ordering::Relaxed) {
+        if self.entries.load(Ordering::Relaxed) <= self.purge_at.load(Ordering::Relaxed) {
             return;
         }
         // One purge at a time; the others go on inserting.

@@ -537,7 +537,9 @@ impl Grant {
             .iter()
             .any(|a| a.approver == approval.approver)
         {
-            return Err(TransitionError::AlreadyApproved(approval.approver.to_string()));
+            return Err(TransitionError::AlreadyApproved(
+                approval.approver.to_string(),
+            ));
         }
         let activates = self.approvals.len() + 1 >= self.spec.required_approvals as usize;
         let end = if activates {

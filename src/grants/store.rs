@@ -435,11 +435,17 @@ fn check_change(before: &Grant, after: &Grant) -> Result<(), TransitionError> {
     Ok(())
 }
 
+/// One shard of a [`NameIndex`]: `(hash of the name, id)`, ordered.
+type NameShard = Mutex<BTreeSet<(u64, Uuid)>>;
+
 /// The grants of each workflow (or subject), by name: `(hash of the name, id)` in
 /// ordered sets, sharded by the hash. See the module doc.
 struct NameIndex {
     seed: RandomState,
-    shards: Box<[Mutex<BTreeSet<(u64, Uuid)>>]>,
+    shards: Box<[NameShard]>,
+    /// Tests: every name hashes alike, as if every lookup were a collision.
+    #[cfg(test)]
+    collide: bool,
 }
 
 impl NameIndex {
@@ -449,10 +455,16 @@ impl NameIndex {
             shards: (0..NAME_INDEX_SHARDS)
                 .map(|_| Mutex::new(BTreeSet::new()))
                 .collect(),
+            #[cfg(test)]
+            collide: false,
         }
     }
 
     fn hash(&self, name: &str) -> u64 {
+        #[cfg(test)]
+        if self.collide {
+            return 42;
+        }
         self.seed.hash_one(name)
     }
 
@@ -1321,6 +1333,14 @@ pub(crate) mod tests {
         (MemoryGrantStore::ephemeral(Arc::new(clock.clone())), clock)
     }
 
+    /// A store whose name indexes put every workflow and every subject on one hash.
+    fn colliding_store() -> MemoryGrantStore {
+        let (mut store, _) = store();
+        store.by_workflow.collide = true;
+        store.by_subject.collide = true;
+        store
+    }
+
     fn drain(rx: &mut broadcast::Receiver<GrantEvent>) -> Vec<(GrantEventKind, String)> {
         let mut out = Vec::new();
         while let Ok(e) = rx.try_recv() {
@@ -1714,6 +1734,102 @@ pub(crate) mod tests {
         assert_eq!(store.stats().awaiting_confirmation, 1);
         clock.advance(TimeDelta::minutes(5));
         assert_eq!(store.sweep().overdue, 1);
+    }
+
+    #[test]
+    fn name_index_collisions_never_widen_a_revocation_or_a_listing() {
+        let store = colliding_store();
+        let mut by_workflow: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for i in 0..12 {
+            let (subject, workflow) = (["s1", "s2", "s3"][i % 3], ["w1", "w2"][i % 2]);
+            let g = store.create(grant(t0(), 0, subject, workflow, 0)).unwrap();
+            by_workflow
+                .entry(workflow)
+                .or_default()
+                .push(g.id().to_string());
+        }
+        store.check_indexes().unwrap();
+        // Listing one workflow page by page sees only its grants, in id order.
+        let filter = ListFilter {
+            workflow_id: Some("w2".into()),
+            ..ListFilter::default()
+        };
+        let (mut seen, mut token) = (Vec::new(), None::<String>);
+        loop {
+            let page = store.list(&filter, 2, token.as_deref()).unwrap();
+            seen.extend(page.grants.iter().map(|g| g.id().to_string()));
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, by_workflow["w2"]);
+        // Revoking a workflow or a subject ends only theirs.
+        let revoked = store.revoke_workflow("w1", &revocation()).unwrap();
+        let mut ids: Vec<_> = revoked.iter().map(|g| g.id().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, by_workflow["w1"]);
+        let revoked = store.revoke_subject("s2", &revocation()).unwrap();
+        assert!(!revoked.is_empty());
+        assert!(
+            revoked
+                .iter()
+                .all(|g| g.subject_id() == "s2" && g.workflow_id() == Some("w2"))
+        );
+        for id in &by_workflow["w2"] {
+            let g = store.get(id).unwrap();
+            let expected = if g.subject_id() == "s2" {
+                GrantState::Revoked
+            } else {
+                GrantState::Active
+            };
+            assert_eq!(g.state, expected, "{}", g.subject_id());
+        }
+        assert!(
+            store
+                .revoke_workflow("w9", &revocation())
+                .unwrap()
+                .is_empty()
+        );
+        store.check_indexes().unwrap();
+    }
+
+    #[test]
+    fn equal_parties_and_names_are_shared_between_grants() {
+        let (store, _) = store();
+        let a = store.create(grant(t0(), 1, "s1", "w1", 0)).unwrap();
+        let b = store.create(grant(t0(), 1, "s1", "w2", 0)).unwrap();
+        assert!(Arc::ptr_eq(
+            a.spec.terms.subject_bytes(),
+            b.spec.terms.subject_bytes()
+        ));
+        let a = store
+            .approve(&a.id().to_string(), &approval("bob"))
+            .unwrap();
+        let b = store
+            .approve(&b.id().to_string(), &approval("bob"))
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &a.grant.approvals[0].approver,
+            &b.grant.approvals[0].approver
+        ));
+        assert!(Arc::ptr_eq(
+            &a.grant.approvals[0].role,
+            &b.grant.approvals[0].role
+        ));
+        // What a grant holds for itself stays small: no spare capacity, no copies.
+        assert_eq!(a.grant.approvals.len(), 1);
+        assert_eq!(a.grant.decision_ids.len(), 2);
+        assert!(
+            size_of::<Grant>() <= 88,
+            "Grant is {} B",
+            size_of::<Grant>()
+        );
+        assert!(
+            size_of::<crate::grants::GrantSpec>() <= 120,
+            "GrantSpec is {} B",
+            size_of::<crate::grants::GrantSpec>()
+        );
     }
 
     #[test]
