@@ -24,9 +24,13 @@
 //! end) or is dropped: never by `get`, nor by a use. A sweep pops only what is due, so
 //! it costs O(due), not O(grants).
 //!
-//! Lock order: writer stripes (several only in ascending order, by the sweep and the
-//! compaction barrier), then dashmap shards and the index mutexes. Nothing waits for a
-//! stripe while holding a shard or an index lock.
+//! The sweep takes one grant's writer lock at a time, for a copy and a swap; it
+//! journals each batch after making its changes visible (they are restrictive: see
+//! `sweep_batch`), so a Revalidate never waits for a batch or for the disk.
+//!
+//! Lock order: writer stripes (several only in ascending order, by the compaction
+//! barrier), then dashmap shards and the index mutexes. Nothing waits for a stripe
+//! while holding a shard or an index lock.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -914,27 +918,25 @@ impl MemoryGrantStore {
         }
     }
 
-    /// Handles one batch of due entries: locks their grants, journals every change in
-    /// one write, then makes them visible, publishes, drops, and re-indexes.
-    /// `keys` are distinct.
+    /// Handles one batch of due entries, one grant at a time under its own writer lock
+    /// (held for a copy and a swap, never across the journal write, so a caller waits
+    /// for at most one grant's step, not for a batch or a preempted sweeper): expires,
+    /// reports overdue, or drops it, and re-indexes its due time. Then journals the
+    /// batch's changes in one write and publishes their events. A change is visible
+    /// before its record is written: both are restrictive (an expiry, a report), a
+    /// restart re-expires a grant whose record was lost, and an overdue report whose
+    /// record was lost is made again (its event was not published yet). `keys` are
+    /// distinct.
     fn sweep_batch(&self, keys: Vec<Uuid>, now: DateTime<Utc>, report: &mut SweepReport) {
-        // Only the sweep and the compaction barrier hold several writer locks, both in
-        // ascending stripe order.
-        let mut stripes: Vec<usize> = keys.iter().map(Self::stripe).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _writers: Vec<MutexGuard<'_, ()>> =
-            stripes.iter().map(|&i| lock(&self.writers[i])).collect();
         let mut records = Vec::new();
-        let mut changes = Vec::new();
-        let mut dropped = Vec::new();
-        let mut untouched = Vec::new();
-        for key in &keys {
-            let Some(current) = self.current(key) else {
+        let mut changed = Vec::new();
+        for key in keys {
+            let _writer = self.writer(&key);
+            let Some(current) = self.current(&key) else {
                 continue;
             };
             let mut next = Grant::clone(&current);
-            let mut delta = Delta::new(*key);
+            let mut delta = Delta::new(key);
             let transition = match self.due_action(&current, now) {
                 DueAction::Expire => {
                     delta.expired_at = Some(now);
@@ -945,13 +947,16 @@ impl MemoryGrantStore {
                     next.report_overdue()
                 }
                 DueAction::Drop => {
-                    dropped.push((*key, current));
+                    self.grants.remove(&key);
+                    self.unindex(key, &current);
+                    self.counts.add(&current, -1);
+                    report.dropped += 1;
                     continue;
                 }
                 DueAction::Nothing => Transition::UNCHANGED,
             };
             if !transition.changed {
-                untouched.push((*key, current));
+                lock(&self.due).insert((self.next_due(&current), key));
                 continue;
             }
             if self.journal.is_some() {
@@ -961,35 +966,27 @@ impl MemoryGrantStore {
                     Err(_) => report.unjournaled += 1,
                 }
             }
-            changes.push((*key, current, Arc::new(next), transition));
-        }
-        if !records.is_empty()
-            && let Some(journal) = &self.journal
-            && let Err(e) = journal.append(&records, Durability::Buffered)
-        {
-            tracing::error!(error = %e, grants = changes.len(), "cannot journal swept grants; applying them anyway (replay expires them again)");
-            report.unjournaled += changes.len();
-        }
-        let mut due_entries = Vec::with_capacity(changes.len() + untouched.len());
-        for (key, current, next, transition) in changes {
+            let next = Arc::new(next);
             self.set_visible(key, next.clone());
             self.counts.replace(&current, &next);
+            lock(&self.due).insert((self.next_due(&next), key));
             match transition.events.first() {
                 Some(GrantEventKind::Expired) => report.expired += 1,
                 Some(GrantEventKind::RevocationOverdue) => report.overdue += 1,
                 _ => {}
             }
-            self.publish(transition.events, &next, now);
-            due_entries.push((self.next_due(&next), key));
+            changed.push((transition.events, next));
         }
-        for (key, current) in dropped {
-            self.grants.remove(&key);
-            self.unindex(key, &current);
-            self.counts.add(&current, -1);
-            report.dropped += 1;
+        if !records.is_empty()
+            && let Some(journal) = &self.journal
+            && let Err(e) = journal.append(&records, Durability::Buffered)
+        {
+            tracing::error!(error = %e, grants = changed.len(), "cannot journal swept grants; applied anyway (replay expires them again)");
+            report.unjournaled += changed.len();
         }
-        due_entries.extend(untouched.iter().map(|(key, g)| (self.next_due(g), *key)));
-        lock(&self.due).extend(due_entries);
+        for (events, grant) in changed {
+            self.publish(events, &grant, now);
+        }
     }
 
     /// Every grant as stored (no lazy view); for tests.
