@@ -320,17 +320,20 @@ fn breakdown() {
     });
     println!(
         "heap requested by one approved grant (bytes): as protos, subject {} (without \
-         attributes {}), resource {} ({}), workflow {} ({}); whole PENDING grant incl. \
-         spec, encoded terms and trail {} (first of its subject and resource: {}); approving \
-         it (a shared slice of {} B approvals, approver and role interned, trail growth) {}",
+         attributes {}), resource {} ({}), workflow {} ({}); what a PENDING grant points \
+         to (spec, encoded terms ({} B its own), trail) {} (the first of its subject and \
+         resource: {}); the store holds it in an Arc<Grant> of {} B, plus index entries; approving it (a shared slice of {} B approvals, approver and role \
+         interned, trail growth) {}",
         parts[0].1,
         parts[3].1,
         parts[1].1,
         parts[4].1,
         parts[2].1,
         parts[5].1,
+        grant.spec.terms.own_len(),
         sharing,
         whole,
+        size_of::<Grant>() + 16,
         size_of::<Approval>(),
         approval,
     );
