@@ -322,8 +322,9 @@ fn breakdown() {
         "heap requested by one approved grant (bytes): as protos, subject {} (without \
          attributes {}), resource {} ({}), workflow {} ({}); what a PENDING grant points \
          to (spec, encoded terms ({} B its own), trail) {} (the first of its subject and \
-         resource: {}); the store holds it in an Arc<Grant> of {} B, plus index entries; approving it (a shared slice of {} B approvals, approver and role \
-         interned, trail growth) {}",
+         resource: {}); the store holds it in an Arc<Grant> of {} B, plus index entries; \
+         approving it (a shared slice of {} B approvals, approver and role interned, trail \
+         growth) {}",
         parts[0].1,
         parts[3].1,
         parts[1].1,
