@@ -3,10 +3,14 @@
 //! and short strings such as approver names, roles and policy revisions.
 //!
 //! An [`Interner`] hands out one `Arc` per distinct value among the live ones. Its table
-//! holds only [`Weak`] references, so the value is freed with the last grant holding it;
-//! the dead entries left behind are purged by the insert that finds the table grown past
-//! twice its live size at the last purge (amortised O(1) per insert, and the table never
-//! holds more than about twice the live values). Sharing is an optimisation only: a
+//! holds only [`Weak`] references, so nothing is kept alive for the table's sake; a dead
+//! entry still holds its value's allocation (a `Weak` keeps it) until it is purged or
+//! reused by an equal value. Dead entries are purged by the insert that finds the table
+//! grown past twice its live size at the last purge (amortised O(1) per insert), so the
+//! table and the allocations it holds stay within about twice the live values; and,
+//! when no new values come, after the store has dropped about half as many grants as
+//! the table has entries ([`released`], called by the sweep: amortised O(1) per grant
+//! dropped). Sharing is an optimisation only: a
 //! value that cannot be shared (a hash collision with a live, different value) gets its
 //! own `Arc`, and nothing depends on two equal values being the same allocation.
 //!
@@ -37,6 +41,8 @@ pub struct Interner<T: ?Sized> {
     entries: AtomicUsize,
     /// Purge when the table grows past this many entries.
     purge_at: AtomicUsize,
+    /// Holders dropped since the last purge (see [`released`]).
+    released: AtomicUsize,
     purging: Mutex<()>,
 }
 
@@ -55,6 +61,7 @@ impl<T: ?Sized> Default for Interner<T> {
             seed: RandomState::new(),
             entries: AtomicUsize::new(0),
             purge_at: AtomicUsize::new(MIN_PURGE_LEN),
+            released: AtomicUsize::new(0),
             purging: Mutex::new(()),
         }
     }
@@ -102,16 +109,29 @@ where
         self.table.retain(|_, weak| weak.strong_count() > 0);
         let live = self.table.len();
         self.entries.store(live, Ordering::Relaxed);
+        self.released.store(0, Ordering::Relaxed);
         self.purge_at
             .store((2 * live).max(MIN_PURGE_LEN), Ordering::Relaxed);
         live
     }
 
-    fn maybe_purge(&self) {
-        if self.entries.load(Ordering::Relaxed) <= self.purge_at.load(Ordering::Relaxed) {
-            return;
+    /// Notes that `n` holders of values (grants) were dropped; purges once they are
+    /// about half the table's entries.
+    pub fn note_released(&self, n: usize) {
+        let released = self.released.fetch_add(n, Ordering::Relaxed) + n;
+        if released >= self.entries.load(Ordering::Relaxed) / 2 {
+            self.try_purge();
         }
-        // One purge at a time; the others go on inserting.
+    }
+
+    fn maybe_purge(&self) {
+        if self.entries.load(Ordering::Relaxed) > self.purge_at.load(Ordering::Relaxed) {
+            self.try_purge();
+        }
+    }
+
+    /// Purges unless another thread is purging (the others go on inserting).
+    fn try_purge(&self) {
         if let Ok(_one) = self.purging.try_lock() {
             self.purge();
         }
@@ -123,6 +143,15 @@ pub static PARTIES: LazyLock<Interner<[u8]>> = LazyLock::new(Interner::default);
 
 /// Short repeated strings: approvers, roles, policy revisions.
 pub static NAMES: LazyLock<Interner<str>> = LazyLock::new(Interner::default);
+
+/// Tells the interners that `grants` grants were dropped, so the values only they held
+/// are forgotten in time even when no new values come (see the module doc).
+pub fn released(grants: usize) {
+    if grants > 0 {
+        PARTIES.note_released(grants);
+        NAMES.note_released(grants);
+    }
+}
 
 /// The table's hasher: its keys are already hashes (of a seeded hasher), so they are
 /// used as they are.
@@ -197,6 +226,21 @@ mod tests {
         for (i, k) in kept.iter().enumerate() {
             assert!(Arc::ptr_eq(k, &interner.intern(&(i as u32).to_le_bytes())));
         }
+    }
+
+    #[test]
+    fn releasing_holders_purges_without_new_values() {
+        let interner: Interner<str> = Interner::default();
+        let kept = interner.intern("kept");
+        for i in 0..100 {
+            drop(interner.intern(&format!("gone-{i}")));
+        }
+        assert_eq!(interner.entries(), 101, "below the growth threshold");
+        interner.note_released(10);
+        assert_eq!(interner.entries(), 101, "not yet half the entries");
+        interner.note_released(41);
+        assert_eq!(interner.entries(), 1);
+        assert!(Arc::ptr_eq(&kept, &interner.intern("kept")));
     }
 
     #[test]

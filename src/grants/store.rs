@@ -71,6 +71,10 @@ const SWEEP_BATCH: usize = 64;
 const LIST_CHUNK: usize = 256;
 /// Prefix of page tokens (versioned, so the format can change).
 const PAGE_TOKEN_PREFIX: &str = "g1.";
+/// Shards of the grant map (a power of two). More than dashmap's default (4 per core):
+/// the sweep write-locks a shard per grant it changes, and a caller reading or writing
+/// another grant should rarely meet it there (nor wait for it when it is preempted).
+const GRANT_SHARDS: usize = 256;
 /// Shards of each name index (a power of two).
 const NAME_INDEX_SHARDS: usize = 64;
 
@@ -660,7 +664,7 @@ impl MemoryGrantStore {
             clock,
             retention: options.retention,
             confirm_deadline: options.revocation_confirm_deadline,
-            grants: DashMap::with_hasher(IdHash),
+            grants: DashMap::with_capacity_and_hasher_and_shard_amount(0, IdHash, GRANT_SHARDS),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
             by_workflow: NameIndex::new(),
             by_subject: NameIndex::new(),
@@ -984,8 +988,11 @@ impl MemoryGrantStore {
             tracing::error!(error = %e, grants = changed.len(), "cannot journal swept grants; applied anyway (replay expires them again)");
             report.unjournaled += changed.len();
         }
-        for (events, grant) in changed {
-            self.publish(events, &grant, now);
+        // One look at the subscribers per batch (it takes the channel's lock).
+        if self.events.receiver_count() > 0 {
+            for (events, grant) in changed {
+                self.publish(events, &grant, now);
+            }
         }
     }
 
@@ -1196,6 +1203,7 @@ impl GrantStore for MemoryGrantStore {
             );
         }
         lock(&self.due).extend(again);
+        super::intern::released(report.dropped);
         if let Some(journal) = &self.journal {
             if report.expired + report.overdue > 0
                 && let Err(e) = journal.sync()
