@@ -41,7 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
     clock::ManualClock,
     grants::{
@@ -285,16 +285,7 @@ fn breakdown() {
     // Warm the interners' tables (allocated once per process) with an unrelated grant.
     let mut warm = pending(0);
     let _ = warm
-        .approve(
-            Approval {
-                approver: "bob".into(),
-                role: "asset_owner".into(),
-                at: now,
-                decision_id: Uuid::now_v7(),
-                comment: "warm".into(),
-            },
-            now,
-        )
+        .approve(bobs_approval(now, Uuid::now_v7()), now)
         .expect("approves");
     keep.push(Box::new(warm));
     let mut first = None;
@@ -306,16 +297,7 @@ fn breakdown() {
     let mut grant = grant.expect("built");
     let approval = measure(&mut || {
         let _ = grant
-            .approve(
-                Approval {
-                    approver: "bob".into(),
-                    role: "asset_owner".into(),
-                    at: now,
-                    decision_id: Uuid::now_v7(),
-                    comment: "ok, approved in CAB".into(),
-                },
-                now,
-            )
+            .approve(bobs_approval(now, Uuid::now_v7()), now)
             .expect("approves");
     });
     println!(
@@ -339,6 +321,17 @@ fn breakdown() {
         approval,
     );
     std::hint::black_box((keep, grant));
+}
+
+/// Bob's approval, as the approval path records it.
+fn bobs_approval(at: DateTime<Utc>, decision_id: Uuid) -> Approval {
+    Approval {
+        approver: "bob".into(),
+        role: "asset_owner".into(),
+        at,
+        decision_id,
+        comment: "ok, approved in CAB".into(),
+    }
 }
 
 /// One RSS variant; prints `before after grants seconds heap_bytes`.
@@ -376,13 +369,7 @@ fn rss_child(variant: &str) {
         kept.reserve_exact(n);
     }
     let now = t0();
-    let approval = |decision_id| Approval {
-        approver: "bob".into(),
-        role: "asset_owner".into(),
-        at: now,
-        decision_id,
-        comment: "ok, approved in CAB".into(),
-    };
+    let approval = |decision_id| bobs_approval(now, decision_id);
     let before = rss_bytes();
     let heap_before = live_heap();
     let started = Instant::now();

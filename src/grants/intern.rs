@@ -29,12 +29,14 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 
+use super::store::IdHash;
+
 /// Table entries below which no purge is attempted.
 const MIN_PURGE_LEN: usize = 1024;
 
 /// Shares equal values of `T` among their holders (see the module doc).
 pub struct Interner<T: ?Sized> {
-    table: DashMap<u64, Weak<T>, PreHashed>,
+    table: DashMap<u64, Weak<T>, IdHash>,
     seed: RandomState,
     /// About how many entries the table holds (counted on insert, set by a purge), so
     /// an insert need not visit every shard to learn the table's size.
@@ -57,7 +59,7 @@ impl<T: ?Sized> std::fmt::Debug for Interner<T> {
 impl<T: ?Sized> Default for Interner<T> {
     fn default() -> Self {
         Self {
-            table: DashMap::with_hasher(PreHashed),
+            table: DashMap::with_hasher(IdHash),
             seed: RandomState::new(),
             entries: AtomicUsize::new(0),
             purge_at: AtomicUsize::new(MIN_PURGE_LEN),
@@ -150,40 +152,6 @@ pub fn released(grants: usize) {
     if grants > 0 {
         PARTIES.note_released(grants);
         NAMES.note_released(grants);
-    }
-}
-
-/// The table's hasher: its keys are already hashes (of a seeded hasher), so they are
-/// used as they are.
-#[derive(Debug, Clone, Copy, Default)]
-struct PreHashed;
-
-impl BuildHasher for PreHashed {
-    type Hasher = PreHashedHasher;
-
-    fn build_hasher(&self) -> PreHashedHasher {
-        PreHashedHasher(0)
-    }
-}
-
-/// The hasher of [`PreHashed`]: passes a `u64` key through.
-#[derive(Debug, Default)]
-struct PreHashedHasher(u64);
-
-impl std::hash::Hasher for PreHashedHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; fold anything else in, never panic.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

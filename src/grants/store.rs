@@ -344,8 +344,9 @@ pub trait GrantStore: Send + Sync {
 /// Hashes grant ids. They are UUIDv7s the store generated (74 random bits) and never
 /// keys chosen by a caller (lookups do not insert), so a fast unkeyed multiplicative
 /// mix is safe, and it puts the entropy in the high bits dashmap and hashbrown use.
+/// The interners use it too, for keys that are already seeded hashes.
 #[derive(Debug, Clone, Copy, Default)]
-struct IdHash;
+pub(crate) struct IdHash;
 
 impl std::hash::BuildHasher for IdHash {
     type Hasher = IdHasher;
@@ -357,7 +358,7 @@ impl std::hash::BuildHasher for IdHash {
 
 /// The hasher of [`IdHash`].
 #[derive(Debug, Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
