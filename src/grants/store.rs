@@ -71,10 +71,6 @@ const SWEEP_BATCH: usize = 64;
 const LIST_CHUNK: usize = 256;
 /// Prefix of page tokens (versioned, so the format can change).
 const PAGE_TOKEN_PREFIX: &str = "g1.";
-/// Shards of the grant map (a power of two). More than dashmap's default (4 per core):
-/// the sweep write-locks a shard per grant it changes, and a caller reading or writing
-/// another grant should rarely meet it there (nor wait for it when it is preempted).
-const GRANT_SHARDS: usize = 256;
 /// Shards of each name index (a power of two).
 const NAME_INDEX_SHARDS: usize = 64;
 
@@ -665,7 +661,7 @@ impl MemoryGrantStore {
             clock,
             retention: options.retention,
             confirm_deadline: options.revocation_confirm_deadline,
-            grants: DashMap::with_capacity_and_hasher_and_shard_amount(0, IdHash, GRANT_SHARDS),
+            grants: DashMap::with_hasher(IdHash),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
             by_workflow: NameIndex::new(),
             by_subject: NameIndex::new(),
