@@ -42,7 +42,7 @@ use std::{
 };
 use stepgate::telemetry::ParentContext;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
     clock::ManualClock,
     grants::{
@@ -282,48 +282,57 @@ fn breakdown() {
             measure(&mut || keep.push(Box::new(support::workflow(12_345, &shape)))),
         ));
     }
+    let pending = |i: usize| direct_grant(i, &REALISTIC, 1, TimeDelta::hours(1), 0, &revision, now);
+    // Warm the interners' tables (allocated once per process) with an unrelated grant.
+    let mut warm = pending(0);
+    let _ = warm
+        .approve(bobs_approval(now, Uuid::now_v7()), now)
+        .expect("approves");
+    keep.push(Box::new(warm));
+    let mut first = None;
+    let whole = measure(&mut || first = Some(pending(12_345)));
+    keep.push(Box::new(first));
+    // Grant 12,345 + 10,000,000 has the same subject (of 10,000) and resource (of 1,000).
     let mut grant = None;
-    let whole = measure(&mut || {
-        grant = Some(direct_grant(
-            12_345,
-            &REALISTIC,
-            1,
-            TimeDelta::hours(1),
-            0,
-            &revision,
-            now,
-        ))
-    });
+    let sharing = measure(&mut || grant = Some(pending(10_012_345)));
     let mut grant = grant.expect("built");
     let approval = measure(&mut || {
         let _ = grant
-            .approve(
-                Approval {
-                    approver: "bob".into(),
-                    role: "asset_owner".into(),
-                    at: now,
-                    decision_id: Uuid::now_v7(),
-                    comment: "ok, approved in CAB".into(),
-                },
-                now,
-            )
+            .approve(bobs_approval(now, Uuid::now_v7()), now)
             .expect("approves");
     });
     println!(
-        "heap requested by one approved grant (bytes): subject {} (without attributes {}), \
-         resource {} ({}), workflow {} ({}); whole PENDING grant incl. spec and trail {}; \
-         approving it (approvals Vec cap 4 x {} B + strings, trail growth) {}",
+        "heap requested by one approved grant (bytes): as protos, subject {} (without \
+         attributes {}), resource {} ({}), workflow {} ({}); what a PENDING grant points \
+         to (spec, encoded terms ({} B its own), trail) {} (the first of its subject and \
+         resource: {}); the store holds it in an Arc<Grant> of {} B, plus index entries; \
+         approving it (a shared slice of {} B approvals, approver and role interned, trail \
+         growth) {}",
         parts[0].1,
         parts[3].1,
         parts[1].1,
         parts[4].1,
         parts[2].1,
         parts[5].1,
+        grant.spec.terms.own_len(),
+        sharing,
         whole,
+        size_of::<Grant>() + 16,
         size_of::<Approval>(),
         approval,
     );
     std::hint::black_box((keep, grant));
+}
+
+/// Bob's approval, as the approval path records it.
+fn bobs_approval(at: DateTime<Utc>, decision_id: Uuid) -> Approval {
+    Approval {
+        approver: "bob".into(),
+        role: "asset_owner".into(),
+        at,
+        decision_id,
+        comment: "ok, approved in CAB".into(),
+    }
 }
 
 /// One RSS variant; prints `before after grants seconds heap_bytes`.
@@ -361,13 +370,7 @@ fn rss_child(variant: &str) {
         kept.reserve_exact(n);
     }
     let now = t0();
-    let approval = |decision_id| Approval {
-        approver: "bob".into(),
-        role: "asset_owner".into(),
-        at: now,
-        decision_id,
-        comment: "ok, approved in CAB".into(),
-    };
+    let approval = |decision_id| bobs_approval(now, decision_id);
     let before = rss_bytes();
     let heap_before = live_heap();
     let started = Instant::now();

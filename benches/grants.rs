@@ -4,7 +4,9 @@
 //!   policy decisions, a create and an activation) on an ephemeral store;
 //! - `steps/revalidate` vs `steps/check_use`: `Revalidate` of an ACTIVE grant (the hot
 //!   path: read, decide step `use`, count the use) against a `Check` of step `use`
-//!   naming the same grant (read and decide, no write);
+//!   naming the same grant (read and decide, no write); `steps/grant_input`: the input
+//!   document of a step on a grant (its terms decoded, `input.grant` built), part of
+//!   `revalidate`;
 //! - `store/get`, `store/record_use`: the same store operations without policy;
 //! - `journal/*`: what the journal adds per mutation in a temp dir on the target disk:
 //!   `record_use` on a grant with `max_uses > 0` (a synced delta) and `create` (a synced
@@ -26,6 +28,7 @@ use chrono::TimeDelta;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stepgate::{
     clock::ManualClock,
+    decision::GrantStepInput,
     grants::{GrantStore, JournalOptions, MemoryGrantStore},
 };
 use support::{Fixture, Shape, check_use, direct_grant, issuer, revalidate, store_options, t0};
@@ -59,6 +62,21 @@ fn steps(c: &mut Criterion) {
                 .expect("revalidate");
             debug_assert!(outcome.decision.allow);
             black_box(outcome)
+        })
+    });
+    // What a step on a grant spends on its input document (decoding the grant's terms
+    // and building `input` with `input.grant`), part of `revalidate`.
+    let grant = fx.store.get(&id).expect("the grant");
+    let now = fx.store.now();
+    group.bench_function("grant_input", |b| {
+        b.iter(|| {
+            let input = GrantStepInput {
+                step: "use",
+                caller: &caller,
+                agent: None,
+                context: req.context.as_ref(),
+            };
+            black_box(input.build(&grant, now, &[]))
         })
     });
     let check = check_use(&id, 0, &shape);

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, DecisionPipeline, InvalidField, Pending, StepInput, grant_value,
+    Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending, StepInput,
     input::{Entries, KEYS, validate_step},
 };
 use crate::{
@@ -217,11 +217,11 @@ impl GrantSteps {
                 |grant, decision, now| {
                     grant.approve(
                         Approval {
-                            approver: req.approver.clone(),
-                            role: req.role.clone(),
+                            approver: req.approver.as_str().into(),
+                            role: req.role.as_str().into(),
                             at: now,
                             decision_id: decision.id,
-                            comment: req.comment.clone(),
+                            comment: req.comment.as_str().into(),
                         },
                         now,
                     )
@@ -305,14 +305,13 @@ impl GrantSteps {
             ));
         };
         let now = self.store.now();
-        let input = grant_step_input(
-            &grant,
-            "use",
+        let input = GrantStepInput {
+            step: "use",
             caller,
-            req.agent.as_ref(),
-            req.context.as_ref(),
-        )
-        .build(now, Some(grant_value(&grant)), &[]);
+            agent: req.agent.as_ref(),
+            context: req.context.as_ref(),
+        }
+        .build(&grant, now, &[]);
         if let Err(refusal) = grant.check_usable(now) {
             let decision =
                 Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
@@ -420,14 +419,13 @@ impl GrantSteps {
                     .store
                     .get(id)
                     .ok_or_else(|| GrantStepError::NotFound(id.clone()))?;
-                (
-                    grant_step_input(&grant, "revoke", caller, None, None).build(
-                        now,
-                        Some(grant_value(&grant)),
-                        &[],
-                    ),
-                    Some(grant),
-                )
+                let input = GrantStepInput {
+                    step: "revoke",
+                    caller,
+                    agent: None,
+                    context: None,
+                };
+                (input.build(&grant, now, &[]), Some(grant))
             }
             Target::WorkflowId(id) => {
                 require(id, "workflow_id")?;
@@ -471,7 +469,7 @@ impl GrantSteps {
             let grant = match grant {
                 Some(grant) => Some(
                     self.store
-                        .push_decision(&grant.spec.id.to_string(), pending.decision().id)?
+                        .push_decision(&grant.id().to_string(), pending.decision().id)?
                         .grant,
                 ),
                 None => None,
@@ -525,11 +523,13 @@ impl GrantSteps {
             .ok_or_else(|| GrantStepError::NotFound(req.grant_id.clone()))?;
         let now = self.store.now();
         let revision = self.pipeline.serving_revision();
-        let input = grant_step_input(&grant, "confirm_revocation", caller, None, None).build(
-            now,
-            Some(grant_value(&grant)),
-            &[],
-        );
+        let input = GrantStepInput {
+            step: "confirm_revocation",
+            caller,
+            agent: None,
+            context: None,
+        }
+        .build(&grant, now, &[]);
         // Reserved before the store changes, so a required decision log that is full
         // refuses the confirmation instead of leaving it unrecorded.
         let pending = self.pipeline.unevaluated(
@@ -597,11 +597,13 @@ impl GrantSteps {
             .get(id)
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))?;
         let now = self.store.now();
-        let input = grant_step_input(&grant, step, caller, None, context).build(
-            now,
-            Some(grant_value(&grant)),
-            extra,
-        );
+        let input = GrantStepInput {
+            step,
+            caller,
+            agent: None,
+            context,
+        }
+        .build(&grant, now, extra);
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
             return self.record_denial(id, pending);
@@ -644,27 +646,6 @@ impl Step {
             grant: None,
             pending,
         }
-    }
-}
-
-/// The input parts of a step on an existing grant: its own subject, action, resource
-/// and workflow, so one set of rules can reason about every step.
-fn grant_step_input<'a>(
-    grant: &'a Grant,
-    step: &'a str,
-    caller: &'a Caller,
-    agent: Option<&'a crate::proto::v1::AgentCall>,
-    context: Option<&'a Context>,
-) -> StepInput<'a> {
-    StepInput {
-        step,
-        subject: Some(&grant.spec.subject),
-        caller,
-        action: &grant.spec.action,
-        resource: grant.spec.resource.as_ref(),
-        workflow: grant.spec.workflow.as_ref(),
-        agent,
-        context,
     }
 }
 

@@ -12,7 +12,7 @@ use regorus::{Value, value::Object};
 
 use super::Caller;
 use crate::{
-    grants::Grant,
+    grants::{Grant, Terms},
     proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
 };
 
@@ -221,19 +221,36 @@ impl StepInput<'_> {
         grant: Option<Value>,
         extra: &[(&Value, Value)],
     ) -> Value {
+        let parts = TermValues {
+            subject: self.subject.map(subject_value),
+            resource: self.resource.map(resource_value),
+            workflow: self.workflow.map(workflow_value),
+        };
+        self.assemble(parts, now, grant, extra)
+    }
+
+    /// The document from the subject, resource and workflow already turned into values
+    /// (the other fields from `self`).
+    fn assemble(
+        &self,
+        parts: TermValues,
+        now: DateTime<Utc>,
+        grant: Option<Value>,
+        extra: &[(&Value, Value)],
+    ) -> Value {
         let k = &*KEYS;
         let mut input = Entries::new();
         input.insert(k.step.clone(), Value::from(self.step));
-        if let Some(subject) = self.subject {
-            input.insert(k.subject.clone(), subject_value(subject));
+        if let Some(subject) = parts.subject {
+            input.insert(k.subject.clone(), subject);
         }
         input.insert(k.caller.clone(), caller_value(self.caller));
         insert_str(&mut input, &k.action, self.action);
-        if let Some(resource) = self.resource {
-            input.insert(k.resource.clone(), resource_value(resource));
+        if let Some(resource) = parts.resource {
+            input.insert(k.resource.clone(), resource);
         }
-        if let Some(workflow) = self.workflow {
-            input.insert(k.workflow.clone(), workflow_value(workflow));
+        if let Some(workflow) = parts.workflow {
+            input.insert(k.workflow.clone(), workflow);
         }
         if let Some(grant) = grant {
             input.insert(k.grant.clone(), grant);
@@ -246,6 +263,60 @@ impl StepInput<'_> {
             input.insert((*key).clone(), value.clone());
         }
         input.into_value()
+    }
+}
+
+/// A grant's subject, resource and workflow as input values.
+#[derive(Debug, Clone, Default)]
+struct TermValues {
+    subject: Option<Value>,
+    resource: Option<Value>,
+    workflow: Option<Value>,
+}
+
+impl TermValues {
+    fn of(terms: &Terms) -> Self {
+        Self {
+            subject: Some(subject_value(&terms.subject)),
+            resource: terms.resource.as_ref().map(resource_value),
+            workflow: terms.workflow.as_ref().map(workflow_value),
+        }
+    }
+}
+
+/// The input document of a step on an existing grant: the grant's own subject, action,
+/// resource and workflow (so one set of rules can reason about every step) and the
+/// grant as `input.grant`. The grant's terms are decoded once and each turned into a
+/// value once: `input.subject` and `input.grant.subject` share it.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantStepInput<'a> {
+    /// `input.step`.
+    pub step: &'a str,
+    /// `input.caller` (from the transport).
+    pub caller: &'a Caller,
+    /// `input.agent`.
+    pub agent: Option<&'a AgentCall>,
+    /// `input.context` (its `time` is always the server's).
+    pub context: Option<&'a Context>,
+}
+
+impl GrantStepInput<'_> {
+    /// The document at `now` for `grant`, with `extra` top-level fields.
+    pub fn build(&self, grant: &Grant, now: DateTime<Utc>, extra: &[(&Value, Value)]) -> Value {
+        let terms = grant.terms();
+        let values = TermValues::of(&terms);
+        let record = grant_object(grant, &terms, &values);
+        let step = StepInput {
+            step: self.step,
+            subject: None,
+            caller: self.caller,
+            action: &terms.action,
+            resource: None,
+            workflow: None,
+            agent: self.agent,
+            context: self.context,
+        };
+        step.assemble(values, now, Some(record), extra)
     }
 }
 
@@ -278,23 +349,33 @@ impl<'a> StepInput<'a> {
 
 /// A grant as `input.grant`: state as its short name, times as RFC 3339 strings.
 pub fn grant_value(grant: &Grant) -> Value {
+    let terms = grant.terms();
+    grant_object(grant, &terms, &TermValues::of(&terms))
+}
+
+/// `input.grant` from the grant, its decoded terms and their values.
+fn grant_object(grant: &Grant, terms: &Terms, values: &TermValues) -> Value {
     let k = &*KEYS;
     let spec = &grant.spec;
     let mut o = Entries::new();
     o.insert(k.id.clone(), Value::from(spec.id.to_string()));
     o.insert(k.state.clone(), Value::from(grant.state.as_str()));
-    o.insert(k.subject.clone(), subject_value(&spec.subject));
-    insert_str(&mut o, &k.action, &spec.action);
-    if let Some(resource) = &spec.resource {
-        o.insert(k.resource.clone(), resource_value(resource));
+    let parts = [
+        (&k.subject, &values.subject),
+        (&k.resource, &values.resource),
+        (&k.workflow, &values.workflow),
+    ];
+    for (key, value) in parts {
+        if let Some(value) = value {
+            o.insert(key.clone(), value.clone());
+        }
     }
-    if let Some(workflow) = &spec.workflow {
-        o.insert(k.workflow.clone(), workflow_value(workflow));
-    }
+    insert_str(&mut o, &k.action, &terms.action);
     o.insert(
         k.scope.clone(),
         Value::from(
-            spec.scope
+            terms
+                .scope
                 .iter()
                 .map(|s| Value::from(s.as_str()))
                 .collect::<Vec<_>>(),
@@ -305,7 +386,7 @@ pub fn grant_value(grant: &Grant) -> Value {
         .iter()
         .map(|a| {
             let mut approval = Entries::new();
-            approval.insert(k.approver.clone(), Value::from(a.approver.as_str()));
+            approval.insert(k.approver.clone(), Value::from(&*a.approver));
             insert_str(&mut approval, &k.role, &a.role);
             approval.insert(k.at.clone(), Value::from(rfc3339(a.at)));
             approval.into_value()

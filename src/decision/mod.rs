@@ -16,7 +16,8 @@ pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use input::{
-    InvalidField, StepInput, check_input, grant_value, validate_check, with_transport_caller,
+    GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
+    with_transport_caller,
 };
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

@@ -1027,7 +1027,9 @@ mod tests {
         let mut grants = Vec::new();
         for i in 0..n {
             let mut g = grant(t0(), (i % 3) as u32, &format!("subject-{i}"), "w", 0);
-            Arc::make_mut(&mut g.spec).scope = vec!["x".repeat(i * 7)];
+            let mut terms = g.terms();
+            terms.scope = vec!["x".repeat(i * 7)];
+            Arc::make_mut(&mut g.spec).terms = terms.into();
             starts.push(bytes.len() as u64);
             bytes.extend(encode_record(&g).unwrap());
             grants.push(g);

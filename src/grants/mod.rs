@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: the [`Grant`] and its pure, all-or-nothing state transitions (no way
 //!   back from REJECTED, EXPIRED or REVOKED; lazy expiry against the clock);
+//! - [`terms`]: what a grant was requested for, kept encoded, its subject and resource
+//!   shared between grants (through a private interner of repeated values);
 //! - [`store`]: the [`GrantStore`] trait and the embedded [`MemoryGrantStore`]
 //!   (dashmap by id, indexes by workflow, subject and due time, bounded event
 //!   broadcast, retention and revocation-confirmation deadlines);
@@ -14,10 +16,12 @@
 //! from an injected [`Clock`](crate::clock::Clock), so tests move it instead of
 //! sleeping.
 
+mod intern;
 pub mod journal;
 pub mod model;
 pub mod store;
 pub mod sweeper;
+pub mod terms;
 
 #[cfg(test)]
 mod tests;
@@ -32,3 +36,4 @@ pub use store::{
     SweepReport, Updated,
 };
 pub use sweeper::{Sweeper, SweeperStats, spawn_sweeper};
+pub use terms::{CompactTerms, Terms};

@@ -9,16 +9,23 @@
 //! EXPIRED by every transition ([`Grant::effective_state`]) whether or not a sweep has
 //! recorded it yet, so nothing is honoured after `expires_at`.
 //!
-//! Layout: a grant holds what never changes after the request (subject, action,
-//! resource, ...) in one shared [`GrantSpec`], what ends it in an optional boxed
-//! [`Ending`], and decision ids as UUIDs, so copying a grant for a transition is a few
-//! words and an idle grant stays small. [`v1::Grant`] conversions map it field for field.
+//! Layout: a grant holds what never changes after the request in one shared
+//! [`GrantSpec`] (its subject, action, resource, scope and workflow encoded as
+//! [`CompactTerms`], the subject and resource shared with other grants), its approvals
+//! in a shared slice, what ends it in an optional boxed [`Ending`], and decision ids as
+//! UUIDs in an exact-size slice, so copying a grant for a transition is a few words
+//! and an idle grant stays small (well under a kilobyte, indexes included).
+//! [`v1::Grant`] conversions map it field for field.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
+use super::{
+    intern::NAMES,
+    terms::{CompactTerms, Terms},
+};
 use crate::proto::v1;
 
 /// How many decision ids a grant keeps in its evidence trail. The first
@@ -107,19 +114,20 @@ impl std::fmt::Display for GrantState {
     }
 }
 
-/// One allowed approval of a grant.
+/// One allowed approval of a grant. Approver and role are shared with the other
+/// approvals naming them once recorded ([`Grant::approve`] interns them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     /// Who approved.
-    pub approver: String,
+    pub approver: Arc<str>,
     /// In which role.
-    pub role: String,
+    pub role: Arc<str>,
     /// When.
     pub at: DateTime<Utc>,
     /// The `approve` decision that allowed it.
     pub decision_id: Uuid,
     /// The approver's comment.
-    pub comment: String,
+    pub comment: Box<str>,
 }
 
 /// Who ends a grant and why, for [`Grant::revoke`] and the store's bulk revocations.
@@ -165,16 +173,9 @@ pub struct GrantRequest {
 pub struct GrantSpec {
     /// Server-assigned identifier (UUIDv7; hyphenated lowercase on the wire).
     pub id: Uuid,
-    /// Who the access is for.
-    pub subject: v1::Subject,
-    /// The action granted.
-    pub action: String,
-    /// The resource granted.
-    pub resource: Option<v1::Resource>,
-    /// Scope narrowing.
-    pub scope: Vec<String>,
-    /// The workflow it belongs to.
-    pub workflow: Option<v1::Workflow>,
+    /// Subject, action, resource, scope and workflow, encoded ([`CompactTerms::decode`]
+    /// gives them back).
+    pub terms: CompactTerms,
     /// Distinct allowed approvals needed to activate.
     pub required_approvals: u32,
     /// When it was requested.
@@ -214,8 +215,9 @@ pub struct Grant {
     pub spec: Arc<GrantSpec>,
     /// Lifecycle state as recorded (see [`Grant::effective_state`] for the lazy view).
     pub state: GrantState,
-    /// Allowed approvals so far (distinct approvers).
-    pub approvals: Vec<Approval>,
+    /// Allowed approvals so far (distinct approvers), shared between the grant's
+    /// versions until one adds an approval.
+    pub approvals: Arc<[Approval]>,
     /// When it became ACTIVE.
     pub activated_at: Option<DateTime<Utc>>,
     /// PENDING: approval deadline; ACTIVE: end of access; terminal: as it was then.
@@ -225,8 +227,8 @@ pub struct Grant {
     /// How it ended, once it has.
     pub ending: Option<Box<Ending>>,
     /// The evidence trail: decisions taken about this grant, in order (capped, see
-    /// [`MAX_TRAIL`]).
-    pub decision_ids: Vec<Uuid>,
+    /// [`MAX_TRAIL`]), without spare capacity.
+    pub decision_ids: Box<[Uuid]>,
 }
 
 /// What happened to a grant, as `GrantEvent.kind` names it.
@@ -409,11 +411,13 @@ impl Grant {
         Ok(Self {
             spec: Arc::new(GrantSpec {
                 id: Uuid::now_v7(),
-                subject: request.subject,
-                action: request.action,
-                resource: request.resource,
-                scope: request.scope,
-                workflow: request.workflow,
+                terms: CompactTerms::from(Terms {
+                    subject: request.subject,
+                    action: request.action,
+                    resource: request.resource,
+                    scope: request.scope,
+                    workflow: request.workflow,
+                }),
                 required_approvals: request.required_approvals,
                 created_at: now,
                 ttl: request.ttl,
@@ -421,12 +425,12 @@ impl Grant {
                 policy_revision: request.policy_revision,
             }),
             state,
-            approvals: Vec::new(),
+            approvals: Arc::new([]),
             activated_at,
             expires_at,
             uses: 0,
             ending: None,
-            decision_ids: vec![request.decision_id],
+            decision_ids: Box::new([request.decision_id]),
         })
     }
 
@@ -435,9 +439,14 @@ impl Grant {
         self.spec.id
     }
 
-    /// Who the access is for.
-    pub fn subject(&self) -> &v1::Subject {
-        &self.spec.subject
+    /// What was requested, decoded (allocates: see [`CompactTerms`]).
+    pub fn terms(&self) -> Terms {
+        self.spec.terms.decode()
+    }
+
+    /// The id of the subject the access is for (read without decoding).
+    pub fn subject_id(&self) -> &str {
+        self.spec.terms.subject_id()
     }
 
     /// Maximum uses; 0 = unlimited.
@@ -447,11 +456,7 @@ impl Grant {
 
     /// The workflow id, if the grant belongs to a workflow with a non-empty id.
     pub fn workflow_id(&self) -> Option<&str> {
-        self.spec
-            .workflow
-            .as_ref()
-            .map(|w| w.id.as_str())
-            .filter(|id| !id.is_empty())
+        self.spec.terms.workflow_id()
     }
 
     /// When stepgate recorded its end, if it has ended.
@@ -532,7 +537,9 @@ impl Grant {
             .iter()
             .any(|a| a.approver == approval.approver)
         {
-            return Err(TransitionError::AlreadyApproved(approval.approver));
+            return Err(TransitionError::AlreadyApproved(
+                approval.approver.to_string(),
+            ));
         }
         let activates = self.approvals.len() + 1 >= self.spec.required_approvals as usize;
         let end = if activates {
@@ -544,7 +551,12 @@ impl Grant {
             None
         };
         self.trail(approval.decision_id);
-        self.approvals.push(approval);
+        self.approvals = self
+            .approvals
+            .iter()
+            .cloned()
+            .chain([approval.interned()])
+            .collect();
         Ok(match end {
             Some(end) => {
                 self.state = GrantState::Active;
@@ -726,12 +738,35 @@ impl Grant {
 }
 
 /// Appends to an evidence trail, keeping at most [`MAX_TRAIL`] ids: the first
-/// [`TRAIL_KEPT_HEAD`] stay, the oldest after them make room.
-pub(crate) fn push_trail(trail: &mut Vec<Uuid>, decision_id: Uuid) {
-    if trail.len() >= MAX_TRAIL {
-        trail.remove(TRAIL_KEPT_HEAD.min(MAX_TRAIL - 1));
+/// [`TRAIL_KEPT_HEAD`] stay, the oldest after them make room. The new trail has no
+/// spare capacity (a grant keeps it for its life).
+pub(crate) fn push_trail(trail: &mut Box<[Uuid]>, decision_id: Uuid) {
+    let dropped = if trail.len() >= MAX_TRAIL {
+        Some(TRAIL_KEPT_HEAD.min(MAX_TRAIL - 1))
+    } else {
+        None
+    };
+    let mut next = Vec::with_capacity(trail.len() + 1 - usize::from(dropped.is_some()));
+    match dropped {
+        Some(i) => {
+            next.extend_from_slice(&trail[..i]);
+            next.extend_from_slice(&trail[i + 1..]);
+        }
+        None => next.extend_from_slice(trail),
     }
-    trail.push(decision_id);
+    next.push(decision_id);
+    *trail = next.into_boxed_slice();
+}
+
+impl Approval {
+    /// The same approval with its approver and role shared (interned).
+    fn interned(self) -> Self {
+        Self {
+            approver: NAMES.intern(&self.approver),
+            role: NAMES.intern(&self.role),
+            ..self
+        }
+    }
 }
 
 // ---- conversions to and from the proto ----
@@ -773,11 +808,11 @@ pub fn from_duration(d: &prost_types::Duration) -> Option<TimeDelta> {
 impl From<&Approval> for v1::Approval {
     fn from(a: &Approval) -> Self {
         Self {
-            approver: a.approver.clone(),
-            role: a.role.clone(),
+            approver: a.approver.to_string(),
+            role: a.role.to_string(),
             at: Some(timestamp(a.at)),
             decision_id: a.decision_id.hyphenated().to_string(),
-            comment: a.comment.clone(),
+            comment: a.comment.to_string(),
         }
     }
 }
@@ -787,14 +822,15 @@ impl From<&Grant> for v1::Grant {
         let spec = &*g.spec;
         let ending = g.ending.as_deref();
         let text = |f: fn(&Ending) -> &String| ending.map(f).cloned().unwrap_or_default();
+        let terms = spec.terms.decode();
         Self {
             id: spec.id.hyphenated().to_string(),
             state: g.state.to_proto() as i32,
-            subject: Some(spec.subject.clone()),
-            action: spec.action.clone(),
-            resource: spec.resource.clone(),
-            scope: spec.scope.clone(),
-            workflow: spec.workflow.clone(),
+            subject: Some(terms.subject),
+            action: terms.action,
+            resource: terms.resource,
+            scope: terms.scope,
+            workflow: terms.workflow,
             approvals: g.approvals.iter().map(v1::Approval::from).collect(),
             required_approvals: spec.required_approvals,
             created_at: Some(timestamp(spec.created_at)),
@@ -873,17 +909,17 @@ impl Grant {
                 Ok(Approval {
                     at: time(a.at, "approval time missing or out of range")?,
                     decision_id: parse_uuid(&a.decision_id, "approval decision id is not a UUID")?,
-                    approver: a.approver,
-                    role: a.role,
-                    comment: a.comment,
+                    approver: NAMES.intern(&a.approver),
+                    role: NAMES.intern(&a.role),
+                    comment: a.comment.into(),
                 })
             })
-            .collect::<Result<Vec<_>, InvalidGrant>>()?;
+            .collect::<Result<Arc<[_]>, InvalidGrant>>()?;
         let decision_ids = g
             .decision_ids
             .iter()
             .map(|d| parse_uuid(d, "decision id is not a UUID"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Box<[_]>, _>>()?;
         let ending = if state.is_terminal() {
             Some(Box::new(Ending {
                 by: g.ended_by,
@@ -899,16 +935,19 @@ impl Grant {
         Ok(Self {
             spec: Arc::new(GrantSpec {
                 id,
-                subject: g.subject.ok_or(InvalidGrant("subject missing"))?,
-                action: g.action,
-                resource: g.resource,
-                scope: g.scope,
-                workflow: g.workflow,
+                terms: CompactTerms::from(Terms {
+                    subject: g.subject.ok_or(InvalidGrant("subject missing"))?,
+                    action: g.action,
+                    resource: g.resource,
+                    scope: g.scope,
+                    workflow: g.workflow,
+                }),
                 required_approvals: g.required_approvals,
                 created_at,
                 ttl,
                 max_uses: g.max_uses,
-                policy_revision: g.policy_revision.into(),
+                // Replay reads one revision string per grant: share them again.
+                policy_revision: NAMES.intern(&g.policy_revision),
             }),
             state,
             approvals,
@@ -975,7 +1014,7 @@ mod tests {
             role: "asset_owner".into(),
             at,
             decision_id: d(n),
-            comment: String::new(),
+            comment: "".into(),
         }
     }
 
@@ -1022,7 +1061,7 @@ mod tests {
         assert_eq!(p.state, GrantState::Pending);
         assert_eq!(p.expires_at, t0() + secs(600));
         assert_eq!(p.activated_at, None);
-        assert_eq!(p.decision_ids, vec![d(REQUEST)]);
+        assert_eq!(p.decision_ids.to_vec(), vec![d(REQUEST)]);
         assert_eq!(p.id().get_version_num(), 7);
         let a = active(0);
         assert_eq!(a.state, GrantState::Active);
@@ -1070,7 +1109,7 @@ mod tests {
         assert_eq!(g.activated_at, Some(t0() + secs(9)));
         assert_eq!(g.expires_at, t0() + secs(9) + secs(3600));
         assert_eq!(g.approvals.len(), 2);
-        assert_eq!(g.decision_ids, vec![d(REQUEST), d(10), d(12)]);
+        assert_eq!(g.decision_ids.to_vec(), vec![d(REQUEST), d(10), d(12)]);
         let err = refused(&g, |g| {
             g.approve(approval("dave", 13, t0()), t0() + secs(10))
         });

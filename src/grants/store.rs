@@ -11,18 +11,30 @@
 //! the map (a momentary shard write) and publishes its events, so a refused or
 //! unjournaled change is never seen, and readers are never blocked by a writer's fsync.
 //!
+//! The workflow and subject indexes are ordered sets of `(hash of the name, id)`, in
+//! shards chosen by the hash: a few dozen bytes per grant instead of a map entry, a
+//! string and a tree node per workflow. A hash says "maybe": whoever reads an index
+//! checks the grant's own name (listing filters, bulk revocations re-check under the
+//! grant's lock), so a collision costs a look, never a wrong result. The hash is keyed
+//! per store, so callers cannot aim names at one entry.
+//!
 //! The due index (`BTreeSet<(due time, id)>`) holds one entry per grant: its expiry
 //! while live, then its revocation-confirmation deadline and the end of its retention.
 //! It is touched when a grant is created, changes its due time (activation, renewal,
 //! end) or is dropped: never by `get`, nor by a use. A sweep pops only what is due, so
 //! it costs O(due), not O(grants).
 //!
-//! Lock order: writer stripes (several only in ascending order, by the sweep and the
-//! compaction barrier), then dashmap shards and the index mutexes. Nothing waits for a
-//! stripe while holding a shard or an index lock.
+//! The sweep takes one grant's writer lock at a time, for a copy and a swap; it
+//! journals each batch after making its changes visible (they are restrictive: see
+//! `sweep_batch`), so a Revalidate never waits for a batch or for the disk.
+//!
+//! Lock order: writer stripes (several only in ascending order, by the compaction
+//! barrier), then dashmap shards and the index mutexes. Nothing waits for a stripe
+//! while holding a shard or an index lock.
 
 use std::{
     collections::{BTreeSet, HashSet},
+    hash::{BuildHasher, RandomState},
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -59,6 +71,8 @@ const SWEEP_BATCH: usize = 64;
 const LIST_CHUNK: usize = 256;
 /// Prefix of page tokens (versioned, so the format can change).
 const PAGE_TOKEN_PREFIX: &str = "g1.";
+/// Shards of each name index (a power of two).
+const NAME_INDEX_SHARDS: usize = 64;
 
 /// How the store keeps grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +157,7 @@ impl ListFilter {
     pub fn matches(&self, grant: &Grant) -> bool {
         self.subject_id
             .as_deref()
-            .is_none_or(|s| grant.subject().id == s)
+            .is_none_or(|s| grant.subject_id() == s)
             && self
                 .workflow_id
                 .as_deref()
@@ -326,8 +340,9 @@ pub trait GrantStore: Send + Sync {
 /// Hashes grant ids. They are UUIDv7s the store generated (74 random bits) and never
 /// keys chosen by a caller (lookups do not insert), so a fast unkeyed multiplicative
 /// mix is safe, and it puts the entropy in the high bits dashmap and hashbrown use.
+/// The interners use it too, for keys that are already seeded hashes.
 #[derive(Debug, Clone, Copy, Default)]
-struct IdHash;
+pub(crate) struct IdHash;
 
 impl std::hash::BuildHasher for IdHash {
     type Hasher = IdHasher;
@@ -339,7 +354,7 @@ impl std::hash::BuildHasher for IdHash {
 
 /// The hasher of [`IdHash`].
 #[derive(Debug, Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -425,6 +440,77 @@ fn check_change(before: &Grant, after: &Grant) -> Result<(), TransitionError> {
     Ok(())
 }
 
+/// One shard of a [`NameIndex`]: `(hash of the name, id)`, ordered.
+type NameShard = Mutex<BTreeSet<(u64, Uuid)>>;
+
+/// The grants of each workflow (or subject), by name: `(hash of the name, id)` in
+/// ordered sets, sharded by the hash. See the module doc.
+struct NameIndex {
+    seed: RandomState,
+    shards: Box<[NameShard]>,
+    /// Tests: every name hashes alike, as if every lookup were a collision.
+    #[cfg(test)]
+    collide: bool,
+}
+
+impl NameIndex {
+    fn new() -> Self {
+        Self {
+            seed: RandomState::new(),
+            shards: (0..NAME_INDEX_SHARDS)
+                .map(|_| Mutex::new(BTreeSet::new()))
+                .collect(),
+            #[cfg(test)]
+            collide: false,
+        }
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        #[cfg(test)]
+        if self.collide {
+            return 42;
+        }
+        self.seed.hash_one(name)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, BTreeSet<(u64, Uuid)>> {
+        // Truncation intended: the top bits pick the shard.
+        lock(&self.shards[(hash >> 58) as usize & (NAME_INDEX_SHARDS - 1)])
+    }
+
+    fn insert(&self, name: &str, key: Uuid) {
+        let hash = self.hash(name);
+        self.shard(hash).insert((hash, key));
+    }
+
+    fn remove(&self, name: &str, key: Uuid) {
+        let hash = self.hash(name);
+        self.shard(hash).remove(&(hash, key));
+    }
+
+    /// Up to `limit` ids (in id order) of grants that may be named `name`, after
+    /// `after`.
+    fn ids(&self, name: &str, after: Option<Uuid>, limit: usize) -> Vec<Uuid> {
+        use std::ops::Bound::{Excluded, Included};
+        let hash = self.hash(name);
+        let start = match after {
+            Some(after) => Excluded((hash, after)),
+            None => Included((hash, Uuid::nil())),
+        };
+        self.shard(hash)
+            .range((start, Included((hash, Uuid::max()))))
+            .take(limit)
+            .map(|&(_, key)| key)
+            .collect()
+    }
+
+    /// Every entry, hash first; for tests.
+    #[cfg(test)]
+    fn entries(&self) -> BTreeSet<(u64, Uuid)> {
+        self.shards.iter().flat_map(|s| lock(s).clone()).collect()
+    }
+}
+
 /// What a due index entry asks of a grant at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DueAction {
@@ -473,8 +559,8 @@ pub struct MemoryGrantStore {
     grants: DashMap<Uuid, Arc<Grant>, IdHash>,
     /// Writers' locks, by [`MemoryGrantStore::stripe`].
     writers: Box<[Mutex<()>]>,
-    by_workflow: DashMap<String, BTreeSet<Uuid>>,
-    by_subject: DashMap<String, BTreeSet<Uuid>>,
+    by_workflow: NameIndex,
+    by_subject: NameIndex,
     /// Every id, ordered, for unfiltered listing. Touched on create and drop only.
     ids: Mutex<BTreeSet<Uuid>>,
     /// One `(due time, id)` per grant; see the module doc.
@@ -577,8 +663,8 @@ impl MemoryGrantStore {
             confirm_deadline: options.revocation_confirm_deadline,
             grants: DashMap::with_hasher(IdHash),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
-            by_workflow: DashMap::new(),
-            by_subject: DashMap::new(),
+            by_workflow: NameIndex::new(),
+            by_subject: NameIndex::new(),
             ids: Mutex::new(BTreeSet::new()),
             due: Mutex::new(BTreeSet::new()),
             journal,
@@ -675,35 +761,22 @@ impl MemoryGrantStore {
 
     fn index(&self, key: Uuid, grant: &Grant) {
         if let Some(workflow) = grant.workflow_id() {
-            self.by_workflow
-                .entry(workflow.to_owned())
-                .or_default()
-                .insert(key);
+            self.by_workflow.insert(workflow, key);
         }
-        if !grant.subject().id.is_empty() {
-            self.by_subject
-                .entry(grant.subject().id.clone())
-                .or_default()
-                .insert(key);
+        if !grant.subject_id().is_empty() {
+            self.by_subject.insert(grant.subject_id(), key);
         }
         lock(&self.ids).insert(key);
         lock(&self.due).insert((self.next_due(grant), key));
     }
 
     fn unindex(&self, key: Uuid, grant: &Grant) {
-        fn remove(index: &DashMap<String, BTreeSet<Uuid>>, name: &str, key: Uuid) {
-            let emptied = index.get_mut(name).is_some_and(|mut set| {
-                set.remove(&key);
-                set.is_empty()
-            });
-            if emptied {
-                index.remove_if(name, |_, set| set.is_empty());
-            }
-        }
         if let Some(workflow) = grant.workflow_id() {
-            remove(&self.by_workflow, workflow, key);
+            self.by_workflow.remove(workflow, key);
         }
-        remove(&self.by_subject, &grant.subject().id, key);
+        if !grant.subject_id().is_empty() {
+            self.by_subject.remove(grant.subject_id(), key);
+        }
         lock(&self.ids).remove(&key);
         lock(&self.due).remove(&(self.next_due(grant), key));
     }
@@ -803,9 +876,12 @@ impl MemoryGrantStore {
         })
     }
 
+    /// Revokes the grants of `ids` that `named` (checked under each grant's lock: the
+    /// name indexes only say "maybe").
     fn revoke_all(
         &self,
         ids: Vec<Uuid>,
+        named: &dyn Fn(&Grant) -> bool,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
         let mut revoked = Vec::new();
@@ -815,7 +891,13 @@ impl MemoryGrantStore {
             // may be seen before that sync: a revocation seen early is safe.
             match self.apply_key(
                 key,
-                &mut |g, now| g.revoke(revocation, now),
+                &mut |g, now| {
+                    if named(g) {
+                        g.revoke(revocation, now)
+                    } else {
+                        Ok(Transition::UNCHANGED)
+                    }
+                },
                 Some(Durability::Buffered),
             ) {
                 Ok(updated) if updated.transition.changed => revoked.push(updated.grant),
@@ -837,34 +919,25 @@ impl MemoryGrantStore {
         }
     }
 
-    fn ids_in(index: &DashMap<String, BTreeSet<Uuid>>, name: &str) -> Vec<Uuid> {
-        index
-            .get(name)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Handles one batch of due entries: locks their grants, journals every change in
-    /// one write, then makes them visible, publishes, drops, and re-indexes.
-    /// `keys` are distinct.
+    /// Handles one batch of due entries, one grant at a time under its own writer lock
+    /// (held for a copy and a swap, never across the journal write, so a caller waits
+    /// for at most one grant's step, not for a batch or a preempted sweeper): expires,
+    /// reports overdue, or drops it, and re-indexes its due time. Then journals the
+    /// batch's changes in one write and publishes their events. A change is visible
+    /// before its record is written: both are restrictive (an expiry, a report), a
+    /// restart re-expires a grant whose record was lost, and an overdue report whose
+    /// record was lost is made again (its event was not published yet). `keys` are
+    /// distinct.
     fn sweep_batch(&self, keys: Vec<Uuid>, now: DateTime<Utc>, report: &mut SweepReport) {
-        // Only the sweep and the compaction barrier hold several writer locks, both in
-        // ascending stripe order.
-        let mut stripes: Vec<usize> = keys.iter().map(Self::stripe).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _writers: Vec<MutexGuard<'_, ()>> =
-            stripes.iter().map(|&i| lock(&self.writers[i])).collect();
         let mut records = Vec::new();
-        let mut changes = Vec::new();
-        let mut dropped = Vec::new();
-        let mut untouched = Vec::new();
-        for key in &keys {
-            let Some(current) = self.current(key) else {
+        let mut changed = Vec::new();
+        for key in keys {
+            let _writer = self.writer(&key);
+            let Some(current) = self.current(&key) else {
                 continue;
             };
             let mut next = Grant::clone(&current);
-            let mut delta = Delta::new(*key);
+            let mut delta = Delta::new(key);
             let transition = match self.due_action(&current, now) {
                 DueAction::Expire => {
                     delta.expired_at = Some(now);
@@ -875,13 +948,16 @@ impl MemoryGrantStore {
                     next.report_overdue()
                 }
                 DueAction::Drop => {
-                    dropped.push((*key, current));
+                    self.grants.remove(&key);
+                    self.unindex(key, &current);
+                    self.counts.add(&current, -1);
+                    report.dropped += 1;
                     continue;
                 }
                 DueAction::Nothing => Transition::UNCHANGED,
             };
             if !transition.changed {
-                untouched.push((*key, current));
+                lock(&self.due).insert((self.next_due(&current), key));
                 continue;
             }
             if self.journal.is_some() {
@@ -891,35 +967,30 @@ impl MemoryGrantStore {
                     Err(_) => report.unjournaled += 1,
                 }
             }
-            changes.push((*key, current, Arc::new(next), transition));
-        }
-        if !records.is_empty()
-            && let Some(journal) = &self.journal
-            && let Err(e) = journal.append(&records, Durability::Buffered)
-        {
-            tracing::error!(error = %e, grants = changes.len(), "cannot journal swept grants; applying them anyway (replay expires them again)");
-            report.unjournaled += changes.len();
-        }
-        let mut due_entries = Vec::with_capacity(changes.len() + untouched.len());
-        for (key, current, next, transition) in changes {
+            let next = Arc::new(next);
             self.set_visible(key, next.clone());
             self.counts.replace(&current, &next);
+            lock(&self.due).insert((self.next_due(&next), key));
             match transition.events.first() {
                 Some(GrantEventKind::Expired) => report.expired += 1,
                 Some(GrantEventKind::RevocationOverdue) => report.overdue += 1,
                 _ => {}
             }
-            self.publish(transition.events, &next, now);
-            due_entries.push((self.next_due(&next), key));
+            changed.push((transition.events, next));
         }
-        for (key, current) in dropped {
-            self.grants.remove(&key);
-            self.unindex(key, &current);
-            self.counts.add(&current, -1);
-            report.dropped += 1;
+        if !records.is_empty()
+            && let Some(journal) = &self.journal
+            && let Err(e) = journal.append(&records, Durability::Buffered)
+        {
+            tracing::error!(error = %e, grants = changed.len(), "cannot journal swept grants; applied anyway (replay expires them again)");
+            report.unjournaled += changed.len();
         }
-        due_entries.extend(untouched.iter().map(|(key, g)| (self.next_due(g), *key)));
-        lock(&self.due).extend(due_entries);
+        // One look at the subscribers per batch (it takes the channel's lock).
+        if self.events.receiver_count() > 0 {
+            for (events, grant) in changed {
+                self.publish(events, &grant, now);
+            }
+        }
     }
 
     /// Every grant as stored (no lazy view); for tests.
@@ -933,8 +1004,8 @@ impl MemoryGrantStore {
     pub(crate) fn check_indexes(&self) -> Result<(), String> {
         let mut expected_due = BTreeSet::new();
         let mut expected_ids = BTreeSet::new();
-        let mut workflows: std::collections::BTreeMap<String, BTreeSet<Uuid>> = Default::default();
-        let mut subjects: std::collections::BTreeMap<String, BTreeSet<Uuid>> = Default::default();
+        let mut workflows = BTreeSet::new();
+        let mut subjects = BTreeSet::new();
         for entry in self.grants.iter() {
             let grant = entry.value();
             if grant.id() != *entry.key() {
@@ -943,15 +1014,11 @@ impl MemoryGrantStore {
             expected_due.insert((self.next_due(grant), *entry.key()));
             expected_ids.insert(*entry.key());
             if let Some(w) = grant.workflow_id() {
-                workflows
-                    .entry(w.to_owned())
-                    .or_default()
-                    .insert(*entry.key());
+                workflows.insert((self.by_workflow.hash(w), *entry.key()));
             }
-            subjects
-                .entry(grant.subject().id.clone())
-                .or_default()
-                .insert(*entry.key());
+            if !grant.subject_id().is_empty() {
+                subjects.insert((self.by_subject.hash(grant.subject_id()), *entry.key()));
+            }
         }
         if *lock(&self.due) != expected_due {
             return Err("due index disagrees with the map".into());
@@ -959,16 +1026,10 @@ impl MemoryGrantStore {
         if *lock(&self.ids) != expected_ids {
             return Err("id index disagrees with the map".into());
         }
-        let actual = |index: &DashMap<String, BTreeSet<Uuid>>| {
-            index
-                .iter()
-                .map(|e| (e.key().clone(), e.value().clone()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        if actual(&self.by_workflow) != workflows {
+        if self.by_workflow.entries() != workflows {
             return Err("workflow index disagrees with the map".into());
         }
-        if actual(&self.by_subject) != subjects {
+        if self.by_subject.entries() != subjects {
             return Err("subject index disagrees with the map".into());
         }
         Ok(())
@@ -1034,7 +1095,11 @@ impl GrantStore for MemoryGrantStore {
         workflow_id: &str,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(Self::ids_in(&self.by_workflow, workflow_id), revocation)
+        self.revoke_all(
+            self.by_workflow.ids(workflow_id, None, usize::MAX),
+            &|g| g.workflow_id() == Some(workflow_id),
+            revocation,
+        )
     }
 
     fn revoke_subject(
@@ -1042,7 +1107,11 @@ impl GrantStore for MemoryGrantStore {
         subject_id: &str,
         revocation: &Revocation,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(Self::ids_in(&self.by_subject, subject_id), revocation)
+        self.revoke_all(
+            self.by_subject.ids(subject_id, None, usize::MAX),
+            &|g| g.subject_id() == subject_id,
+            revocation,
+        )
     }
 
     fn list(
@@ -1073,16 +1142,8 @@ impl GrantStore for MemoryGrantStore {
         let mut last = None;
         'scan: loop {
             let chunk = match (&filter.workflow_id, &filter.subject_id) {
-                (Some(w), _) => self
-                    .by_workflow
-                    .get(w.as_str())
-                    .map(|set| chunk_after(&set, cursor))
-                    .unwrap_or_default(),
-                (None, Some(s)) => self
-                    .by_subject
-                    .get(s.as_str())
-                    .map(|set| chunk_after(&set, cursor))
-                    .unwrap_or_default(),
+                (Some(w), _) => self.by_workflow.ids(w, cursor, LIST_CHUNK),
+                (None, Some(s)) => self.by_subject.ids(s, cursor, LIST_CHUNK),
                 (None, None) => chunk_after(&lock(&self.ids), cursor),
             };
             let Some(&chunk_last) = chunk.last() else {
@@ -1139,6 +1200,7 @@ impl GrantStore for MemoryGrantStore {
             );
         }
         lock(&self.due).extend(again);
+        super::intern::released(report.dropped);
         if let Some(journal) = &self.journal {
             if report.expired + report.overdue > 0
                 && let Err(e) = journal.sync()
@@ -1256,7 +1318,7 @@ pub(crate) mod tests {
             role: "owner".into(),
             at: t0(),
             decision_id: Uuid::now_v7(),
-            comment: String::new(),
+            comment: "".into(),
         }
     }
 
@@ -1271,6 +1333,14 @@ pub(crate) mod tests {
     fn store() -> (MemoryGrantStore, ManualClock) {
         let clock = ManualClock::at(t0());
         (MemoryGrantStore::ephemeral(Arc::new(clock.clone())), clock)
+    }
+
+    /// A store whose name indexes put every workflow and every subject on one hash.
+    fn colliding_store() -> MemoryGrantStore {
+        let (mut store, _) = store();
+        store.by_workflow.collide = true;
+        store.by_subject.collide = true;
+        store
     }
 
     fn drain(rx: &mut broadcast::Receiver<GrantEvent>) -> Vec<(GrantEventKind, String)> {
@@ -1387,9 +1457,15 @@ pub(crate) mod tests {
         let cases: [(&str, Tamper); 5] = [
             ("id", |g| Arc::make_mut(&mut g.spec).id = Uuid::now_v7()),
             ("subject", |g| {
-                Arc::make_mut(&mut g.spec).subject.id = "other".into()
+                let mut terms = g.terms();
+                terms.subject.id = "other".into();
+                Arc::make_mut(&mut g.spec).terms = terms.into();
             }),
-            ("workflow", |g| Arc::make_mut(&mut g.spec).workflow = None),
+            ("workflow", |g| {
+                let mut terms = g.terms();
+                terms.workflow = None;
+                Arc::make_mut(&mut g.spec).terms = terms.into();
+            }),
             ("uses", |g| g.uses = 0),
             ("ending", |g| g.ending = Some(Box::default())),
         ];
@@ -1663,6 +1739,102 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn name_index_collisions_never_widen_a_revocation_or_a_listing() {
+        let store = colliding_store();
+        let mut by_workflow: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for i in 0..12 {
+            let (subject, workflow) = (["s1", "s2", "s3"][i % 3], ["w1", "w2"][i % 2]);
+            let g = store.create(grant(t0(), 0, subject, workflow, 0)).unwrap();
+            by_workflow
+                .entry(workflow)
+                .or_default()
+                .push(g.id().to_string());
+        }
+        store.check_indexes().unwrap();
+        // Listing one workflow page by page sees only its grants, in id order.
+        let filter = ListFilter {
+            workflow_id: Some("w2".into()),
+            ..ListFilter::default()
+        };
+        let (mut seen, mut token) = (Vec::new(), None::<String>);
+        loop {
+            let page = store.list(&filter, 2, token.as_deref()).unwrap();
+            seen.extend(page.grants.iter().map(|g| g.id().to_string()));
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, by_workflow["w2"]);
+        // Revoking a workflow or a subject ends only theirs.
+        let revoked = store.revoke_workflow("w1", &revocation()).unwrap();
+        let mut ids: Vec<_> = revoked.iter().map(|g| g.id().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, by_workflow["w1"]);
+        let revoked = store.revoke_subject("s2", &revocation()).unwrap();
+        assert!(!revoked.is_empty());
+        assert!(
+            revoked
+                .iter()
+                .all(|g| g.subject_id() == "s2" && g.workflow_id() == Some("w2"))
+        );
+        for id in &by_workflow["w2"] {
+            let g = store.get(id).unwrap();
+            let expected = if g.subject_id() == "s2" {
+                GrantState::Revoked
+            } else {
+                GrantState::Active
+            };
+            assert_eq!(g.state, expected, "{}", g.subject_id());
+        }
+        assert!(
+            store
+                .revoke_workflow("w9", &revocation())
+                .unwrap()
+                .is_empty()
+        );
+        store.check_indexes().unwrap();
+    }
+
+    #[test]
+    fn equal_parties_and_names_are_shared_between_grants() {
+        let (store, _) = store();
+        let a = store.create(grant(t0(), 1, "s1", "w1", 0)).unwrap();
+        let b = store.create(grant(t0(), 1, "s1", "w2", 0)).unwrap();
+        assert!(Arc::ptr_eq(
+            a.spec.terms.subject_bytes(),
+            b.spec.terms.subject_bytes()
+        ));
+        let a = store
+            .approve(&a.id().to_string(), &approval("bob"))
+            .unwrap();
+        let b = store
+            .approve(&b.id().to_string(), &approval("bob"))
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &a.grant.approvals[0].approver,
+            &b.grant.approvals[0].approver
+        ));
+        assert!(Arc::ptr_eq(
+            &a.grant.approvals[0].role,
+            &b.grant.approvals[0].role
+        ));
+        // What a grant holds for itself stays small: no spare capacity, no copies.
+        assert_eq!(a.grant.approvals.len(), 1);
+        assert_eq!(a.grant.decision_ids.len(), 2);
+        assert!(
+            size_of::<Grant>() <= 88,
+            "Grant is {} B",
+            size_of::<Grant>()
+        );
+        assert!(
+            size_of::<crate::grants::GrantSpec>() <= 120,
+            "GrantSpec is {} B",
+            size_of::<crate::grants::GrantSpec>()
+        );
+    }
+
+    #[test]
     fn pagination_is_stable_and_filtered() {
         let (store, clock) = store();
         let mut ids = Vec::new();
@@ -1710,7 +1882,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|id| {
                 let g = store.get(id).unwrap();
-                g.workflow_id() == Some("even") && g.subject().id == "s0"
+                g.workflow_id() == Some("even") && g.subject_id() == "s0"
             })
             .cloned()
             .collect();

@@ -136,6 +136,19 @@ fn a_restart_replays_everything() {
     assert_eq!(snapshot(&store), before);
     assert_eq!(store.stats(), stats);
     store.check_indexes().unwrap();
+    // Replay shares what the grants repeat again: subjects, resources, revisions.
+    let replayed = store.raw_grants();
+    let of_s1: Vec<_> = replayed.iter().filter(|g| g.subject_id() == "s1").collect();
+    assert_eq!(of_s1.len(), 2);
+    assert!(Arc::ptr_eq(
+        of_s1[0].spec.terms.subject_bytes(),
+        of_s1[1].spec.terms.subject_bytes()
+    ));
+    assert!(
+        replayed
+            .iter()
+            .all(|g| Arc::ptr_eq(&g.spec.policy_revision, &replayed[0].spec.policy_revision))
+    );
     // And the replayed store goes on working.
     let active = before
         .values()

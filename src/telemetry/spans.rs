@@ -263,11 +263,13 @@ impl Tracer {
             .start_with_context(tracer, &Context::new());
         if span.is_recording() {
             let grant = &event.grant;
+            // Decoded only for a recorded span: grants keep their terms encoded.
+            let terms = grant.terms();
             span.set_attributes([
                 KeyValue::new(attr::GRANT_ID, grant.id().to_string()),
                 KeyValue::new(attr::GRANT_STATE, grant.state.as_str()),
-                KeyValue::new(attr::ACTION, grant.spec.action.clone()),
-                KeyValue::new(attr::SUBJECT_KIND, grant.spec.subject.kind.clone()),
+                KeyValue::new(attr::ACTION, terms.action),
+                KeyValue::new(attr::SUBJECT_KIND, terms.subject.kind),
             ]);
             span.add_event(event.kind.as_str(), Vec::new());
         }
