@@ -838,17 +838,24 @@ impl Journal {
     }
 
     /// Syncs everything written so far (after [`Durability::Buffered`] appends).
+    ///
+    /// The sync runs on a duplicate of the file handle, outside the writer's lock: it
+    /// covers every write that finished before it, and appends (a `Revalidate`'s use)
+    /// go on meanwhile instead of waiting out an `fdatasync` of a whole sweep.
     pub fn sync(&self) -> Result<(), JournalError> {
         if !self.options.fsync {
             return Ok(());
         }
-        let mut writer = lock(&self.writer);
-        if let Some(why) = &writer.failed {
-            return Err(JournalError::Unavailable(why.clone()));
-        }
-        if let Err(e) = writer.file.sync_data() {
+        let file = {
+            let writer = lock(&self.writer);
+            if let Some(why) = &writer.failed {
+                return Err(JournalError::Unavailable(why.clone()));
+            }
+            writer.file.try_clone()
+        };
+        if let Err(e) = file.and_then(|file| file.sync_data()) {
             let why: Arc<str> = format!("{}: {e}", self.path.display()).into();
-            writer.failed = Some(why);
+            lock(&self.writer).failed = Some(why);
             return Err(JournalError::io(&self.path, e));
         }
         Ok(())
