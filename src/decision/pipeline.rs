@@ -21,6 +21,7 @@ use super::{
     Caller, Decision, InvalidField, check_input,
     envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
     grant_value,
+    input::KEYS,
     record::fail_closed,
     validate_check,
 };
@@ -355,7 +356,7 @@ impl DecisionPipeline {
             slot,
         } = pending;
         let elapsed = started.elapsed();
-        let step = input["step"].as_string().map_or("", |s| &**s);
+        let step = input[&KEYS.step].as_string().map_or("", |s| &**s);
         self.telemetry
             .metrics()
             .record_decision(step_index(step), decision.allow, elapsed);
@@ -501,14 +502,15 @@ fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) ->
     let text = |value: &Value| -> Option<StringValue> {
         value.as_string().ok().map(|s| StringValue::from(s.clone()))
     };
+    let k = &*KEYS;
     let mut attributes = Vec::with_capacity(9);
     attributes.push(KeyValue::new(attr::DECISION_ID, decision.id.to_string()));
     attributes.push(KeyValue::new(attr::DECISION_ALLOW, decision.allow));
     for (key, value) in [
-        (attr::STEP, &input["step"]),
-        (attr::ACTION, &input["action"]),
-        (attr::SUBJECT_KIND, &input["subject"]["kind"]),
-        (attr::RESOURCE_TYPE, &input["resource"]["type"]),
+        (attr::STEP, &input[&k.step]),
+        (attr::ACTION, &input[&k.action]),
+        (attr::SUBJECT_KIND, &input[&k.subject][&k.kind]),
+        (attr::RESOURCE_TYPE, &input[&k.resource][&k.type_]),
     ] {
         if let Some(value) = text(value) {
             attributes.push(KeyValue::new(key, value));
@@ -517,7 +519,7 @@ fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) ->
     match grant {
         Some(grant) => attributes.push(KeyValue::new(attr::GRANT_ID, grant.id().to_string())),
         None => {
-            if let Some(id) = text(&input["grant"]["id"]) {
+            if let Some(id) = text(&input[&k.grant][&k.id]) {
                 attributes.push(KeyValue::new(attr::GRANT_ID, id));
             }
         }

@@ -14,11 +14,11 @@ use stepgate::{
     audit::{AuditOptions, DecisionLog, Destination, LOG_FULL_DENY},
     proto::v1::{
         ApproveRequest, RequestGrantRequest, Resource, Subject,
-        decision_service_client::DecisionServiceClient, grant_service_client::GrantServiceClient,
+        grant_service_client::GrantServiceClient,
     },
 };
 
-use super::support::{Server, eventually, request};
+use super::support::{Server, decide, eventually, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 
@@ -157,19 +157,6 @@ impl Write for Stalled {
     }
 }
 
-/// A `Check` that must succeed as an RPC; its decision.
-async fn decide(
-    client: &mut DecisionServiceClient<tonic::transport::Channel>,
-) -> stepgate::proto::v1::Decision {
-    client
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap()
-}
-
 /// A server whose decision log holds one record in its buffer and is stuck writing.
 async fn stalled_server(required: bool) -> (Server, mpsc::Sender<()>) {
     let (entered_tx, entered) = mpsc::channel();
@@ -193,12 +180,12 @@ async fn stalled_server(required: bool) -> (Server, mpsc::Sender<()>) {
     let mut client = server.client().await;
     // The first record is taken by the writer, which gets stuck; the second fills the
     // buffer.
-    assert!(decide(&mut client).await.allow);
+    assert!(decide(&mut client, "read").await.allow);
     tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
         .unwrap();
-    assert!(decide(&mut client).await.allow);
+    assert!(decide(&mut client, "read").await.allow);
     (server, release)
 }
 
@@ -208,7 +195,7 @@ async fn a_full_decision_log_drops_and_counts_without_slowing_decisions() {
     let mut client = server.client().await;
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        let decision = decide(&mut client).await;
+        let decision = decide(&mut client, "read").await;
         assert!(decision.allow);
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -225,7 +212,7 @@ async fn a_full_decision_log_drops_and_counts_without_slowing_decisions() {
 async fn a_required_decision_log_that_is_full_denies_and_changes_nothing() {
     let (server, release) = stalled_server(true).await;
     let mut client = server.client().await;
-    let decision = decide(&mut client).await;
+    let decision = decide(&mut client, "read").await;
     assert!(!decision.allow);
     assert_eq!(decision.reasons, [LOG_FULL_DENY]);
 
@@ -251,7 +238,7 @@ async fn a_required_decision_log_that_is_full_denies_and_changes_nothing() {
     let mut client = server.client().await;
     assert!(
         eventually(Duration::from_secs(10), async || {
-            decide(&mut client).await.allow
+            decide(&mut client, "read").await.allow
         })
         .await
     );

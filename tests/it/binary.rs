@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use stepgate::proto::v1::decision_service_client::DecisionServiceClient;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::support::{ECHO_POLICY, eventually, policy_dir, request, write_bundle, write_policy};
+use super::support::{ECHO_POLICY, decide, eventually, policy_dir, write_bundle, write_policy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 
@@ -131,13 +131,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     assert!(serving, "the server never reported SERVING");
 
     let mut client = DecisionServiceClient::new(channel.unwrap());
-    let first = client
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let first = decide(&mut client, "read").await;
     assert!(first.allow);
 
     write_policy(
@@ -154,13 +148,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
             .success()
     );
     let reloaded = eventually(Duration::from_secs(10), async || {
-        let decision = client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap();
+        let decision = decide(&mut client, "read").await;
         decision.policy_revision != first.policy_revision && !decision.allow
     })
     .await;

@@ -7,20 +7,14 @@ use stepgate::proto::v1::{
 };
 use tonic::{Code, metadata::MetadataValue};
 
-use super::support::{ECHO_POLICY, Server, my_uid, request, strukt};
+use super::support::{ECHO_POLICY, Server, decide, my_uid, request, strukt};
 
 #[tokio::test]
 async fn allow_and_deny_carry_evidence() {
     let server = Server::start(&[("p.rego", ECHO_POLICY)]).await;
     let mut client = server.client().await;
 
-    let allowed = client
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let allowed = decide(&mut client, "read").await;
     assert!(allowed.allow);
     assert_eq!(
         allowed.obligations.as_ref().unwrap().fields["seen_subject"],
@@ -38,13 +32,7 @@ async fn allow_and_deny_carry_evidence() {
         server.clock_now().timestamp()
     );
 
-    let denied = client
-        .check(request("write"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let denied = decide(&mut client, "write").await;
     assert!(!denied.allow);
     assert_ne!(denied.decision_id, allowed.decision_id);
     server.stop().await;
@@ -74,27 +62,13 @@ async fn the_server_sets_time_and_caller_from_the_transport() {
 
     // Unix socket: the peer's uid.
     let mut uds = DecisionServiceClient::new(server.uds_channel().await);
-    let reasons = uds
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap()
-        .reasons;
+    let reasons = decide(&mut uds, "read").await.reasons;
     assert_eq!(reasons[0], format!("uds:uid={}", my_uid()));
     assert_eq!(reasons[1], "uds");
 
     // Time moves with the server's clock, not the caller.
     server.clock.advance(chrono::TimeDelta::minutes(5));
-    let reasons = tcp
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap()
-        .reasons;
+    let reasons = decide(&mut tcp, "read").await.reasons;
     assert_eq!(reasons[2], "2026-11-23T10:05:00Z");
     server.stop().await;
 }
@@ -141,13 +115,7 @@ decision := {"allow": input.subject.attributes.n + "a"} if input.action == "erro
             decision.reasons
         );
     }
-    let ok = client
-        .check(request("ok"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let ok = decide(&mut client, "ok").await;
     assert!(ok.allow, "the same server still allows what policy allows");
     server.stop().await;
 }
@@ -155,15 +123,7 @@ decision := {"allow": input.subject.attributes.n + "a"} if input.action == "erro
 #[tokio::test]
 async fn a_missing_entrypoint_denies() {
     let server = Server::start(&[("p.rego", "package other\nx := 1\n")]).await;
-    let decision = server
-        .client()
-        .await
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = decide(&mut server.client().await, "read").await;
     assert!(!decision.allow);
     assert_eq!(
         decision.reasons,
@@ -277,16 +237,7 @@ async fn oversized_messages_are_refused_by_the_transport() {
         "{status:?}"
     );
     // The connection and the server are fine afterwards.
-    assert!(
-        client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .allow
-    );
+    assert!(decide(&mut client, "read").await.allow);
     server.stop().await;
 }
 
@@ -334,25 +285,10 @@ async fn batch_keeps_order_and_decides_each_independently() {
 async fn decisions_before_policies_load_deny() {
     let mut server = Server::bound(&[("p.rego", ECHO_POLICY)], |_| {}).await;
     let mut client = server.client().await;
-    let decision = client
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = decide(&mut client, "read").await;
     assert!(!decision.allow);
     assert_eq!(decision.policy_revision, "none");
     server.app.as_mut().unwrap().load_policies().await.unwrap();
-    assert!(
-        client
-            .check(request("read"))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .allow
-    );
+    assert!(decide(&mut client, "read").await.allow);
     server.stop().await;
 }

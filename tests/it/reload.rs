@@ -5,21 +5,15 @@ use std::time::Duration;
 
 use stepgate::policy::PolicyStore;
 
-use super::support::{ECHO_POLICY, Server, eventually, request, write_bundle, write_policy};
+use super::support::{
+    ECHO_POLICY, Server, decide, eventually, request, write_bundle, write_policy,
+};
 
 const DENY_ALL: &str =
     "package stepgate\n\ndecision := {\"allow\": false, \"reasons\": [\"v2\"]}\n";
 
 async fn revision_and_allow(server: &Server) -> (String, bool) {
-    let decision = server
-        .client()
-        .await
-        .check(request("read"))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = decide(&mut server.client().await, "read").await;
     (decision.policy_revision, decision.allow)
 }
 

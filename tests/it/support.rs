@@ -334,3 +334,17 @@ pub async fn http_request_over(
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
+
+/// A `Check` of `action` (see [`request`]) that must succeed as an RPC; its decision.
+pub async fn decide(
+    client: &mut DecisionServiceClient<Channel>,
+    action: &str,
+) -> stepgate::proto::v1::Decision {
+    client
+        .check(request(action))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap()
+}

@@ -28,7 +28,7 @@ use stepgate::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::support::{ECHO_POLICY, Server, eventually, request};
+use super::support::{ECHO_POLICY, Server, eventually, http_request, request};
 
 const ALLOW_ALL: &str = r#"package stepgate
 
@@ -584,5 +584,36 @@ async fn metric_labels_stay_bounded_under_100k_distinct_subjects() {
         ),
         Some(100_000.0)
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_decisions_get_spans_under_the_callers_trace_header() {
+    let (server, exporter) = traced_server(&[("p.rego", ALLOW_ALL)]).await;
+    let addr = server.http.expect("the HTTP listener is on");
+    let traced = [
+        ("content-type", "application/json"),
+        ("traceparent", TRACEPARENT),
+    ];
+    let authzen = r#"{"subject": {"type": "service_account", "id": "svc-a"},
+        "action": {"name": "read"}, "resource": {"type": "secret", "id": "db"}}"#;
+    let reply = http_request(addr, "POST", "/access/v1/evaluation", &traced, authzen).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let opa = r#"{"input": {"step": "use", "subject": {"id": "svc-a"}, "action": "read"}}"#;
+    let reply = http_request(addr, "POST", "/v1/data/stepgate/decision", &traced, opa).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let spans = decision_spans(&exporter);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for span in &spans {
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(
+            span.parent_span_id,
+            SpanId::from_hex("00f067aa0ba902b7").unwrap()
+        );
+    }
     server.stop().await;
 }
