@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use prost_types::{Struct, value::Kind};
 use regorus::{Value, value::Object};
 
-use super::Caller;
+use super::{Caller, spec_values::SpecValues};
 use crate::{
     grants::{Grant, Terms},
     proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
@@ -163,7 +163,8 @@ keys! {
 /// regorus builds an object from sorted entries in one pass, where inserting key by key
 /// pays a tree search and node shuffle each time: on the `Check` path that was a fifth
 /// of the server's instructions per call. Later entries win over earlier ones with the
-/// same key, as with `insert`.
+/// same key, as with `insert`. Entries inserted in key order cost one comparison each
+/// to sort, so the builders below insert their fixed keys alphabetically.
 #[derive(Debug, Default)]
 pub(crate) struct Entries(Vec<(Value, Value)>);
 
@@ -174,6 +175,13 @@ impl Entries {
 
     pub(crate) fn insert(&mut self, key: Value, value: Value) {
         self.0.push((key, value));
+    }
+
+    /// Inserts `value` under `key` when there is one.
+    fn insert_some(&mut self, key: &Value, value: Option<&Value>) {
+        if let Some(value) = value {
+            self.0.push((key.clone(), value.clone()));
+        }
     }
 
     pub(crate) fn into_value(self) -> Value {
@@ -223,42 +231,38 @@ impl StepInput<'_> {
     ) -> Value {
         let parts = TermValues {
             subject: self.subject.map(subject_value),
+            action: (!self.action.is_empty()).then(|| Value::from(self.action)),
             resource: self.resource.map(resource_value),
             workflow: self.workflow.map(workflow_value),
         };
-        self.assemble(parts, now, grant, extra)
+        self.assemble(&parts, now, grant, extra)
     }
 
-    /// The document from the subject, resource and workflow already turned into values
-    /// (the other fields from `self`).
+    /// The document from the subject, action, resource and workflow already turned into
+    /// values (the other fields from `self`).
     fn assemble(
         &self,
-        parts: TermValues,
+        parts: &TermValues,
         now: DateTime<Utc>,
         grant: Option<Value>,
         extra: &[(&Value, Value)],
     ) -> Value {
         let k = &*KEYS;
+        // In key order (see `Entries`); the extra fields go where the sort puts them.
         let mut input = Entries::new();
-        input.insert(k.step.clone(), Value::from(self.step));
-        if let Some(subject) = parts.subject {
-            input.insert(k.subject.clone(), subject);
-        }
-        input.insert(k.caller.clone(), caller_value(self.caller));
-        insert_str(&mut input, &k.action, self.action);
-        if let Some(resource) = parts.resource {
-            input.insert(k.resource.clone(), resource);
-        }
-        if let Some(workflow) = parts.workflow {
-            input.insert(k.workflow.clone(), workflow);
-        }
-        if let Some(grant) = grant {
-            input.insert(k.grant.clone(), grant);
-        }
+        input.insert_some(&k.action, parts.action.as_ref());
         if let Some(agent) = self.agent {
             input.insert(k.agent.clone(), agent_value(agent));
         }
+        input.insert(k.caller.clone(), caller_value(self.caller));
         input.insert(k.context.clone(), context_value(self.context, now));
+        if let Some(grant) = grant {
+            input.insert(k.grant.clone(), grant);
+        }
+        input.insert_some(&k.resource, parts.resource.as_ref());
+        input.insert(k.step.clone(), Value::from(self.step));
+        input.insert_some(&k.subject, parts.subject.as_ref());
+        input.insert_some(&k.workflow, parts.workflow.as_ref());
         for (key, value) in extra {
             input.insert((*key).clone(), value.clone());
         }
@@ -266,18 +270,22 @@ impl StepInput<'_> {
     }
 }
 
-/// A grant's subject, resource and workflow as input values.
+/// The subject, action, resource and workflow of a request or a grant, as input values
+/// (absent when not given).
 #[derive(Debug, Clone, Default)]
-struct TermValues {
-    subject: Option<Value>,
-    resource: Option<Value>,
-    workflow: Option<Value>,
+pub(super) struct TermValues {
+    pub(super) subject: Option<Value>,
+    pub(super) action: Option<Value>,
+    pub(super) resource: Option<Value>,
+    pub(super) workflow: Option<Value>,
 }
 
 impl TermValues {
-    fn of(terms: &Terms) -> Self {
+    /// A grant's terms as values.
+    pub(super) fn of(terms: &Terms) -> Self {
         Self {
             subject: Some(subject_value(&terms.subject)),
+            action: (!terms.action.is_empty()).then(|| Value::from(terms.action.as_str())),
             resource: terms.resource.as_ref().map(resource_value),
             workflow: terms.workflow.as_ref().map(workflow_value),
         }
@@ -286,8 +294,8 @@ impl TermValues {
 
 /// The input document of a step on an existing grant: the grant's own subject, action,
 /// resource and workflow (so one set of rules can reason about every step) and the
-/// grant as `input.grant`. The grant's terms are decoded once and each turned into a
-/// value once: `input.subject` and `input.grant.subject` share it.
+/// grant as `input.grant`. The grant's terms are turned into values once per spec (see
+/// [`SpecValues`]): `input.subject` and `input.grant.subject` share them.
 #[derive(Debug, Clone, Copy)]
 pub struct GrantStepInput<'a> {
     /// `input.step`.
@@ -303,20 +311,19 @@ pub struct GrantStepInput<'a> {
 impl GrantStepInput<'_> {
     /// The document at `now` for `grant`, with `extra` top-level fields.
     pub fn build(&self, grant: &Grant, now: DateTime<Utc>, extra: &[(&Value, Value)]) -> Value {
-        let terms = grant.terms();
-        let values = TermValues::of(&terms);
-        let record = grant_object(grant, &terms, &values);
+        let spec = SpecValues::of(&grant.spec);
+        let record = grant_object(grant, &spec);
         let step = StepInput {
             step: self.step,
             subject: None,
             caller: self.caller,
-            action: &terms.action,
+            action: "",
             resource: None,
             workflow: None,
             agent: self.agent,
             context: self.context,
         };
-        step.assemble(values, now, Some(record), extra)
+        step.assemble(&spec.terms, now, Some(record), extra)
     }
 }
 
@@ -349,76 +356,107 @@ impl<'a> StepInput<'a> {
 
 /// A grant as `input.grant`: state as its short name, times as RFC 3339 strings.
 pub fn grant_value(grant: &Grant) -> Value {
-    let terms = grant.terms();
-    grant_object(grant, &terms, &TermValues::of(&terms))
+    grant_object(grant, &SpecValues::of(&grant.spec))
 }
 
-/// `input.grant` from the grant, its decoded terms and their values.
-fn grant_object(grant: &Grant, terms: &Terms, values: &TermValues) -> Value {
+/// `input.grant` from the grant and the values of its spec.
+fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
     let k = &*KEYS;
-    let spec = &grant.spec;
-    let mut o = Entries::new();
-    o.insert(k.id.clone(), Value::from(spec.id.to_string()));
-    o.insert(k.state.clone(), Value::from(grant.state.as_str()));
-    let parts = [
-        (&k.subject, &values.subject),
-        (&k.resource, &values.resource),
-        (&k.workflow, &values.workflow),
-    ];
-    for (key, value) in parts {
-        if let Some(value) = value {
-            o.insert(key.clone(), value.clone());
-        }
-    }
-    insert_str(&mut o, &k.action, &terms.action);
-    o.insert(
-        k.scope.clone(),
-        Value::from(
-            terms
-                .scope
-                .iter()
-                .map(|s| Value::from(s.as_str()))
-                .collect::<Vec<_>>(),
-        ),
-    );
+    let terms = &spec.terms;
     let approvals = grant
         .approvals
         .iter()
         .map(|a| {
             let mut approval = Entries::new();
             approval.insert(k.approver.clone(), Value::from(&*a.approver));
-            insert_str(&mut approval, &k.role, &a.role);
             approval.insert(k.at.clone(), Value::from(rfc3339(a.at)));
+            insert_str(&mut approval, &k.role, &a.role);
             approval.into_value()
         })
         .collect::<Vec<_>>();
-    o.insert(k.approvals.clone(), Value::from(approvals));
-    o.insert(
-        k.required_approvals.clone(),
-        Value::from(u64::from(spec.required_approvals)),
-    );
-    o.insert(k.created_at.clone(), Value::from(rfc3339(spec.created_at)));
+    // In key order (see `Entries`).
+    let mut o = Entries::new();
+    o.insert_some(&k.action, terms.action.as_ref());
     if let Some(at) = grant.activated_at {
         o.insert(k.activated_at.clone(), Value::from(rfc3339(at)));
     }
+    o.insert(k.approvals.clone(), Value::from(approvals));
+    o.insert(k.created_at.clone(), spec.created_at.clone());
     o.insert(k.expires_at.clone(), Value::from(rfc3339(grant.expires_at)));
-    o.insert(k.ttl_seconds.clone(), Value::from(spec.ttl.num_seconds()));
+    o.insert(k.id.clone(), spec.id.clone());
+    o.insert(k.max_uses.clone(), spec.max_uses.clone());
+    o.insert(
+        k.required_approvals.clone(),
+        spec.required_approvals.clone(),
+    );
+    o.insert_some(&k.resource, terms.resource.as_ref());
+    o.insert(k.scope.clone(), spec.scope.clone());
+    o.insert(k.state.clone(), Value::from(grant.state.as_str()));
+    o.insert_some(&k.subject, terms.subject.as_ref());
+    o.insert(k.ttl_seconds.clone(), spec.ttl_seconds.clone());
     o.insert(k.uses.clone(), Value::from(grant.uses));
-    o.insert(k.max_uses.clone(), Value::from(spec.max_uses));
+    o.insert_some(&k.workflow, terms.workflow.as_ref());
     o.into_value()
 }
 
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// `at` as RFC 3339 in UTC, as chrono writes it with [`SecondsFormat::AutoSi`] and `Z`:
+/// no fraction for whole seconds, else 3, 6 or 9 digits. Written by hand for the years
+/// 0 to 9999 (chrono's formatter costs a few hundred nanoseconds, and an input has up
+/// to three of these); chrono writes any other.
+pub(super) fn rfc3339(at: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        return at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    let nanos = at.nanosecond();
+    // A leap second (nanos >= 1e9) has its own formatting rules: chrono's.
+    if nanos >= 1_000_000_000 {
+        return at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    let mut out = [0u8; 30];
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut v = value;
+        for i in (0..digits).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year as u32, 4);
+    put(5, at.month(), 2);
+    put(8, at.day(), 2);
+    put(11, at.hour(), 2);
+    put(14, at.minute(), 2);
+    put(17, at.second(), 2);
+    let (fraction, digits) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    put(20, fraction, digits);
+    out[4] = b'-';
+    out[7] = b'-';
+    out[10] = b'T';
+    out[13] = b':';
+    out[16] = b':';
+    let mut len = 19;
+    if digits > 0 {
+        out[19] = b'.';
+        len = 20 + digits;
+    }
+    out[len] = b'Z';
+    // Every byte written is an ASCII digit or separator.
+    String::from_utf8_lossy(&out[..=len]).into_owned()
 }
 
 pub(crate) fn subject_value(subject: &Subject) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
+    insert_struct(&mut o, &k.attributes, subject.attributes.as_ref());
     insert_str(&mut o, &k.id, &subject.id);
     insert_str(&mut o, &k.kind, &subject.kind);
     insert_str(&mut o, &k.owner, &subject.owner);
-    insert_struct(&mut o, &k.attributes, subject.attributes.as_ref());
     o.into_value()
 }
 
@@ -437,8 +475,8 @@ pub fn with_transport_caller(input: Value, caller: &Caller) -> Value {
 pub(crate) fn caller_value(caller: &Caller) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    o.insert(k.id.clone(), Value::String(caller.id.clone()));
     o.insert(k.authenticated.clone(), Value::from(caller.authenticated));
+    o.insert(k.id.clone(), Value::String(caller.id.clone()));
     o.insert(k.via.clone(), Value::from(caller.via.as_str()));
     o.into_value()
 }
@@ -446,46 +484,46 @@ pub(crate) fn caller_value(caller: &Caller) -> Value {
 pub(crate) fn resource_value(resource: &Resource) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_str(&mut o, &k.type_, &resource.r#type);
-    insert_str(&mut o, &k.id, &resource.id);
     insert_struct(&mut o, &k.attributes, resource.attributes.as_ref());
+    insert_str(&mut o, &k.id, &resource.id);
+    insert_str(&mut o, &k.type_, &resource.r#type);
     o.into_value()
 }
 
 pub(crate) fn workflow_value(workflow: &Workflow) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_str(&mut o, &k.id, &workflow.id);
-    insert_str(&mut o, &k.requester, &workflow.requester);
-    insert_str(&mut o, &k.justification, &workflow.justification);
-    o.insert(k.emergency.clone(), Value::from(workflow.emergency));
     insert_struct(&mut o, &k.attributes, workflow.attributes.as_ref());
+    o.insert(k.emergency.clone(), Value::from(workflow.emergency));
+    insert_str(&mut o, &k.id, &workflow.id);
+    insert_str(&mut o, &k.justification, &workflow.justification);
+    insert_str(&mut o, &k.requester, &workflow.requester);
     o.into_value()
 }
 
 pub(crate) fn agent_value(agent: &AgentCall) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_str(&mut o, &k.tool, &agent.tool);
     insert_struct(&mut o, &k.arguments, agent.arguments.as_ref());
-    insert_str(&mut o, &k.on_behalf_of, &agent.on_behalf_of);
     let chain: Vec<Value> = agent
         .delegation_chain
         .iter()
         .map(|s| Value::from(s.as_str()))
         .collect();
     o.insert(k.delegation_chain.clone(), Value::from(chain));
+    insert_str(&mut o, &k.on_behalf_of, &agent.on_behalf_of);
+    insert_str(&mut o, &k.tool, &agent.tool);
     o.into_value()
 }
 
 pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    o.insert(k.time.clone(), Value::from(rfc3339(now)));
     if let Some(context) = context {
-        insert_str(&mut o, &k.source_ip, &context.source_ip);
         insert_struct(&mut o, &k.attributes, context.attributes.as_ref());
+        insert_str(&mut o, &k.source_ip, &context.source_ip);
     }
+    o.insert(k.time.clone(), Value::from(rfc3339(now)));
     o.into_value()
 }
 
@@ -652,6 +690,39 @@ mod tests {
             Some(grant.clone()),
         );
         assert_eq!(input["grant"], grant);
+    }
+
+    #[test]
+    fn rfc3339_is_written_as_chrono_writes_it() {
+        let cases = [
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.5Z",
+            "2026-01-02T03:04:05.120Z",
+            "2026-01-02T03:04:05.123456Z",
+            "2026-01-02T03:04:05.000001Z",
+            "2026-12-31T23:59:59.999999999Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2024-02-29T12:00:00.000000100Z",
+        ];
+        for case in cases {
+            let at: DateTime<Utc> = case.parse().unwrap();
+            assert_eq!(
+                rfc3339(at),
+                at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                "{case}"
+            );
+        }
+        let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 7).unwrap();
+        assert_eq!(
+            rfc3339(far),
+            far.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        );
+        let mut at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        for step in 0..2_000i64 {
+            at += chrono::TimeDelta::nanoseconds(step * 7_919_003 + 13);
+            assert_eq!(rfc3339(at), at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod grant_steps;
 mod input;
 mod pipeline;
 mod record;
+mod spec_values;
 
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
