@@ -83,6 +83,9 @@ fn text(value: &Value) -> Option<&str> {
 pub(crate) struct Masking {
     pointers: Vec<Vec<String>>,
     fragments: Option<AhoCorasick>,
+    /// Bytes of the shortest fragment: a shorter key (`id`, `kind`, `step`, ...) holds
+    /// none, and most keys of an input are short.
+    shortest: usize,
 }
 
 impl Masking {
@@ -107,14 +110,17 @@ impl Masking {
         Self {
             pointers: masks.segments(),
             fragments,
+            shortest: patterns.iter().map(String::len).min().unwrap_or(0),
         }
     }
 
     /// Whether values under `key` are masked: it contains a fragment.
-    fn masks_key(&self, key: &str) -> bool {
-        self.fragments
-            .as_ref()
-            .is_some_and(|automaton| automaton.is_match(key))
+    pub(crate) fn masks_key(&self, key: &str) -> bool {
+        key.len() >= self.shortest
+            && self
+                .fragments
+                .as_ref()
+                .is_some_and(|automaton| automaton.is_match(key))
     }
 }
 

@@ -193,3 +193,17 @@ fn records_carry_the_evidence_with_secrets_masked() {
     assert_eq!(arguments["nested"][0]["Api-Key"], MASKED);
     assert!(!lines(&path)[0].contains("hunter2"));
 }
+
+#[test]
+fn keys_shorter_than_every_fragment_are_never_masked_and_the_rest_still_are() {
+    let masking = record::Masking::new(Masks {
+        pointers: Vec::new(),
+        keys: vec!["pin".into(), "api_key".into()],
+    });
+    for key in ["pin", "PIN", "my_pin_code", "x-api-key", "Api_Key"] {
+        assert!(masking.masks_key(key), "{key}");
+    }
+    for key in ["id", "pi", "kind", "pan", "api"] {
+        assert!(!masking.masks_key(key), "{key}");
+    }
+}

@@ -369,7 +369,7 @@ fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
         .map(|a| {
             let mut approval = Entries::new();
             approval.insert(k.approver.clone(), Value::from(&*a.approver));
-            approval.insert(k.at.clone(), Value::from(rfc3339(a.at)));
+            approval.insert(k.at.clone(), rfc3339(a.at));
             insert_str(&mut approval, &k.role, &a.role);
             approval.into_value()
         })
@@ -378,11 +378,11 @@ fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
     let mut o = Entries::new();
     o.insert_some(&k.action, terms.action.as_ref());
     if let Some(at) = grant.activated_at {
-        o.insert(k.activated_at.clone(), Value::from(rfc3339(at)));
+        o.insert(k.activated_at.clone(), rfc3339(at));
     }
     o.insert(k.approvals.clone(), Value::from(approvals));
     o.insert(k.created_at.clone(), spec.created_at.clone());
-    o.insert(k.expires_at.clone(), Value::from(rfc3339(grant.expires_at)));
+    o.insert(k.expires_at.clone(), rfc3339(grant.expires_at));
     o.insert(k.id.clone(), spec.id.clone());
     o.insert(k.max_uses.clone(), spec.max_uses.clone());
     o.insert(
@@ -399,20 +399,21 @@ fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
     o.into_value()
 }
 
-/// `at` as RFC 3339 in UTC, as chrono writes it with [`SecondsFormat::AutoSi`] and `Z`:
+/// `at` as an RFC 3339 string value in UTC, as chrono writes it with
+/// [`SecondsFormat::AutoSi`] and `Z`:
 /// no fraction for whole seconds, else 3, 6 or 9 digits. Written by hand for the years
 /// 0 to 9999 (chrono's formatter costs a few hundred nanoseconds, and an input has up
 /// to three of these); chrono writes any other.
-pub(super) fn rfc3339(at: DateTime<Utc>) -> String {
+pub(super) fn rfc3339(at: DateTime<Utc>) -> Value {
     use chrono::{Datelike, Timelike};
     let year = at.year();
     if !(0..=9999).contains(&year) {
-        return at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        return Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
     let nanos = at.nanosecond();
     // A leap second (nanos >= 1e9) has its own formatting rules: chrono's.
     if nanos >= 1_000_000_000 {
-        return at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        return Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
     let mut out = [0u8; 30];
     let mut put = |at: usize, value: u32, digits: usize| {
@@ -446,8 +447,11 @@ pub(super) fn rfc3339(at: DateTime<Utc>) -> String {
         len = 20 + digits;
     }
     out[len] = b'Z';
-    // Every byte written is an ASCII digit or separator.
-    String::from_utf8_lossy(&out[..=len]).into_owned()
+    // Every byte written is an ASCII digit or separator, so this is never chrono's.
+    match std::str::from_utf8(&out[..=len]) {
+        Ok(text) => Value::from(text),
+        Err(_) => Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    }
 }
 
 pub(crate) fn subject_value(subject: &Subject) -> Value {
@@ -523,7 +527,7 @@ pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Va
         insert_struct(&mut o, &k.attributes, context.attributes.as_ref());
         insert_str(&mut o, &k.source_ip, &context.source_ip);
     }
-    o.insert(k.time.clone(), Value::from(rfc3339(now)));
+    o.insert(k.time.clone(), rfc3339(now));
     o.into_value()
 }
 
@@ -709,19 +713,18 @@ mod tests {
             let at: DateTime<Utc> = case.parse().unwrap();
             assert_eq!(
                 rfc3339(at),
-                at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
                 "{case}"
             );
         }
+        let chrono =
+            |at: DateTime<Utc>| Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 7).unwrap();
-        assert_eq!(
-            rfc3339(far),
-            far.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-        );
+        assert_eq!(rfc3339(far), chrono(far));
         let mut at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
         for step in 0..2_000i64 {
             at += chrono::TimeDelta::nanoseconds(step * 7_919_003 + 13);
-            assert_eq!(rfc3339(at), at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            assert_eq!(rfc3339(at), chrono(at));
         }
     }
 

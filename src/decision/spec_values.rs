@@ -26,6 +26,9 @@ use crate::grants::GrantSpec;
 /// Slots per worker thread (a power of two).
 const SLOTS: usize = 256;
 
+/// A slot: the spec whose values it holds, and the values.
+type Slot = Option<(Weak<GrantSpec>, Rc<SpecValues>)>;
+
 /// What a grant's spec puts into an input document, as values.
 #[derive(Debug)]
 pub(super) struct SpecValues {
@@ -50,8 +53,7 @@ impl SpecValues {
     /// The values of `spec`, from this thread's table or built (and kept) now.
     pub(super) fn of(spec: &Arc<GrantSpec>) -> Rc<Self> {
         thread_local! {
-            static TABLE: RefCell<Vec<Option<(Weak<GrantSpec>, Rc<SpecValues>)>>> =
-                RefCell::new(vec![None; SLOTS]);
+            static TABLE: RefCell<Vec<Slot>> = RefCell::new(vec![None; SLOTS]);
         }
         let slot = slot_of(spec);
         TABLE.with(|table| {
@@ -80,7 +82,7 @@ impl SpecValues {
                     .collect::<Vec<_>>(),
             ),
             required_approvals: Value::from(u64::from(spec.required_approvals)),
-            created_at: Value::from(rfc3339(spec.created_at)),
+            created_at: rfc3339(spec.created_at),
             ttl_seconds: Value::from(spec.ttl.num_seconds()),
             max_uses: Value::from(spec.max_uses),
         }
