@@ -133,7 +133,7 @@ if [ "$MODE" = telemetry ]; then
   # A long-lived pipe keeps the sink's stdin open; closing it makes the sink report.
   mkfifo "$work/sink.in"
   taskset -c "$LOAD_CPU" "$sink" --listen "127.0.0.1:$OTLP_PORT" \
-    <"$work/sink.in" >"$work/sink.out" 2>/dev/null &
+    <"$work/sink.in" >"$work/sink.out" 2>"$work/sink.err" &
   sink_pid=$!
   exec 3>"$work/sink.in"
   spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
@@ -152,7 +152,13 @@ if [ "$MODE" = telemetry ]; then
   done
   exec 3>&-
   wait "$sink_pid" || true; sink_pid=""
-  echo "spans received by the OTLP sink: $(cat "$work/sink.out")"
+  spans_received=$(cat "$work/sink.out")
+  if [ -z "$spans_received" ]; then
+    echo "the OTLP sink stopped without reporting: the spans rows are not valid" >&2
+    cat "$work/sink.err" >&2
+    exit 1
+  fi
+  echo "spans received by the OTLP sink: $spans_received"
   python3 - "$work" <<'PY'
 import sys
 work = sys.argv[1]
