@@ -317,6 +317,7 @@ impl GrantStepInput<'_> {
             step: self.step,
             subject: None,
             caller: self.caller,
+            // Subject, action, resource and workflow come from the spec's values.
             action: "",
             resource: None,
             workflow: None,
