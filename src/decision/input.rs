@@ -406,17 +406,22 @@ fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
 /// 0 to 9999 (chrono's formatter costs a few hundred nanoseconds, and an input has up
 /// to three of these); chrono writes any other.
 pub(super) fn rfc3339(at: DateTime<Utc>) -> Value {
-    use chrono::{Datelike, Timelike};
-    let year = at.year();
-    if !(0..=9999).contains(&year) {
-        return Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-    }
-    let nanos = at.nanosecond();
-    // A leap second (nanos >= 1e9) has its own formatting rules: chrono's.
-    if nanos >= 1_000_000_000 {
-        return Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-    }
     let mut out = [0u8; 30];
+    match write_rfc3339(at, &mut out).and_then(|len| std::str::from_utf8(&out[..len]).ok()) {
+        Some(text) => Value::from(text),
+        None => Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    }
+}
+
+/// Writes `at` into `out` as [`rfc3339`] describes; its length, or `None` for what
+/// chrono writes (years outside 0..=9999, a leap second).
+fn write_rfc3339(at: DateTime<Utc>, out: &mut [u8; 30]) -> Option<usize> {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
+    let nanos = at.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
     let mut put = |at: usize, value: u32, digits: usize| {
         let mut v = value;
         for i in (0..digits).rev() {
@@ -424,7 +429,7 @@ pub(super) fn rfc3339(at: DateTime<Utc>) -> Value {
             v /= 10;
         }
     };
-    put(0, year as u32, 4);
+    put(0, year, 4);
     put(5, at.month(), 2);
     put(8, at.day(), 2);
     put(11, at.hour(), 2);
@@ -437,22 +442,17 @@ pub(super) fn rfc3339(at: DateTime<Utc>) -> Value {
         n => (n, 9),
     };
     put(20, fraction, digits);
-    out[4] = b'-';
-    out[7] = b'-';
-    out[10] = b'T';
-    out[13] = b':';
-    out[16] = b':';
-    let mut len = 19;
-    if digits > 0 {
+    for (i, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        out[i] = separator;
+    }
+    let len = if digits > 0 {
         out[19] = b'.';
-        len = 20 + digits;
-    }
+        20 + digits
+    } else {
+        19
+    };
     out[len] = b'Z';
-    // Every byte written is an ASCII digit or separator, so this is never chrono's.
-    match std::str::from_utf8(&out[..=len]) {
-        Ok(text) => Value::from(text),
-        Err(_) => Value::from(at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-    }
+    Some(len + 1)
 }
 
 pub(crate) fn subject_value(subject: &Subject) -> Value {
@@ -695,6 +695,101 @@ mod tests {
             Some(grant.clone()),
         );
         assert_eq!(input["grant"], grant);
+    }
+
+    /// An ACTIVE grant for `example()`'s subject, action, resource and workflow, with
+    /// one approval and three uses.
+    fn example_grant(now: DateTime<Utc>) -> Grant {
+        let req = example();
+        let mut grant = Grant::new(
+            crate::grants::GrantRequest {
+                subject: req.subject.unwrap(),
+                action: req.action,
+                resource: req.resource,
+                scope: vec!["read".into()],
+                workflow: req.workflow,
+                required_approvals: 0,
+                approval_deadline: now,
+                ttl: chrono::TimeDelta::seconds(3600),
+                max_uses: 10,
+                policy_revision: "sha256:r1".into(),
+                decision_id: uuid::Uuid::now_v7(),
+            },
+            now,
+        )
+        .unwrap();
+        grant.approvals = std::sync::Arc::new([crate::grants::Approval {
+            approver: "bob".into(),
+            role: "asset_owner".into(),
+            at: now,
+            decision_id: uuid::Uuid::now_v7(),
+            comment: "ok".into(),
+        }]);
+        grant.uses = 3;
+        grant
+    }
+
+    fn json(value: &Value) -> serde_json::Value {
+        serde_json::from_str(&value.to_json_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn input_grant_is_the_grants_current_record() {
+        let now: DateTime<Utc> = "2026-11-23T10:00:00.250Z".parse().unwrap();
+        let mut grant = example_grant(now);
+        let expected = serde_json::json!({
+            "id": grant.id().to_string(),
+            "state": "ACTIVE",
+            "subject": {"id": "spiffe://prod/ns/payments/sa/deployer", "kind": "service_account",
+                        "owner": "team-payments", "attributes": {"tier": 1, "labels": ["a", null, 2.5]}},
+            "action": "issue_credential",
+            "resource": {"type": "secret", "id": "prod/db/password"},
+            "workflow": {"id": "CHG-1234", "requester": "alice", "emergency": false},
+            "scope": ["read"],
+            "approvals": [{"approver": "bob", "role": "asset_owner", "at": "2026-11-23T10:00:00.250Z"}],
+            "required_approvals": 0,
+            "created_at": "2026-11-23T10:00:00.250Z",
+            "activated_at": "2026-11-23T10:00:00.250Z",
+            "expires_at": "2026-11-23T11:00:00.250Z",
+            "ttl_seconds": 3600,
+            "uses": 3,
+            "max_uses": 10,
+        });
+        assert_eq!(json(&grant_value(&grant)), expected);
+
+        // A later version of the same grant (its spec's values are kept per thread):
+        // what changed is read from the grant, never from what was kept.
+        grant.uses = 4;
+        grant.expires_at += chrono::TimeDelta::seconds(60);
+        let again = json(&grant_value(&grant));
+        assert_eq!(again["uses"], 4);
+        assert_eq!(again["expires_at"], "2026-11-23T11:01:00.250Z");
+    }
+
+    #[test]
+    fn a_step_on_a_grant_sees_the_grants_own_terms() {
+        let now: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
+        let grant = example_grant(now);
+        let caller = Caller::anonymous();
+        let step = GrantStepInput {
+            step: "use",
+            caller: &caller,
+            agent: None,
+            context: None,
+        };
+        let extra_key = Value::from("requested_ttl_seconds");
+        let input = json(&step.build(&grant, now, &[(&extra_key, Value::from(60))]));
+        for key in ["subject", "action", "resource", "workflow"] {
+            assert_eq!(input[key], input["grant"][key], "{key}");
+        }
+        assert_eq!(input["step"], "use");
+        assert_eq!(input["caller"]["id"], "anonymous");
+        assert_eq!(
+            input["context"],
+            serde_json::json!({"time": "2026-11-23T10:00:00Z"})
+        );
+        assert_eq!(input["requested_ttl_seconds"], 60);
+        assert_eq!(input["grant"]["uses"], 3);
     }
 
     #[test]

@@ -48,6 +48,18 @@ fn text(span: &SpanData, key: &str) -> String {
     attr(span, key).map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// Asserts `span` is in [`TRACEPARENT`]'s trace, with its span as the parent.
+fn assert_child_of_traceparent(span: &SpanData) {
+    assert_eq!(
+        span.span_context.trace_id(),
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+    );
+    assert_eq!(
+        span.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+}
+
 async fn traced_server(files: &[(&str, &str)]) -> (Server, InMemorySpanExporter) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
@@ -99,14 +111,7 @@ async fn a_check_gets_one_span_with_its_attributes_under_the_callers_span() {
     let spans = decision_spans(&exporter);
     assert_eq!(spans.len(), 1, "{spans:?}");
     let span = &spans[0];
-    assert_eq!(
-        span.span_context.trace_id(),
-        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
-    );
-    assert_eq!(
-        span.parent_span_id,
-        SpanId::from_hex("00f067aa0ba902b7").unwrap()
-    );
+    assert_child_of_traceparent(span);
     assert_eq!(text(span, "stepgate.decision.id"), decision.decision_id);
     assert_eq!(
         attr(span, "stepgate.decision.allow"),
@@ -260,10 +265,7 @@ async fn grant_steps_and_lifecycle_changes_are_spans() {
         ]
     );
     let request_span = &decision_spans(&exporter)[0];
-    assert_eq!(
-        request_span.parent_span_id,
-        SpanId::from_hex("00f067aa0ba902b7").unwrap()
-    );
+    assert_child_of_traceparent(request_span);
     assert_eq!(text(request_span, "stepgate.subject.kind"), "workload");
 
     // The sweeper's expiry is a span too.
@@ -605,15 +607,6 @@ async fn http_decisions_get_spans_under_the_callers_trace_header() {
 
     let spans = decision_spans(&exporter);
     assert_eq!(spans.len(), 2, "{spans:?}");
-    for span in &spans {
-        assert_eq!(
-            span.span_context.trace_id(),
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
-        );
-        assert_eq!(
-            span.parent_span_id,
-            SpanId::from_hex("00f067aa0ba902b7").unwrap()
-        );
-    }
+    spans.iter().for_each(assert_child_of_traceparent);
     server.stop().await;
 }
