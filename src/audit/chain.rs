@@ -22,13 +22,18 @@ impl Hash {
 
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(64);
+        self.write_hex(&mut out);
+        out
+    }
+
+    /// Appends the lowercase hex to `out`.
+    pub(crate) fn write_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for b in self.0 {
             out.push(char::from(DIGITS[usize::from(b >> 4)]));
             out.push(char::from(DIGITS[usize::from(b & 0xf)]));
         }
-        out
     }
 
     fn from_hex(text: &str) -> Option<Self> {

@@ -2,8 +2,8 @@
 //! which policy revision, approved by whom, when), secrets masked, hash-chained so an
 //! edit, a removal or a reordering is detectable (`stepgate audit verify`).
 //!
-//! Records go through a bounded buffer to a writer thread that renders, chains and
-//! writes them; the decision path only reserves a slot and moves the entry in. A full
+//! The deciding thread renders its record (masked JSON) into a slot it reserved in a
+//! bounded buffer; one writer thread chains the records in order and writes them. A full
 //! buffer never blocks a decision: the record is dropped and counted, unless the log is
 //! *required*, in which case the decision that cannot be logged is denied.
 
@@ -24,6 +24,7 @@ pub use chain::{Hash, Verified, VerifyError, verify};
 pub use record::{DEFAULT_MASK_KEYS, Entry, MASKED, Masks};
 pub use writer::LogStats;
 
+use record::Masking;
 use writer::{Message, RotatingFile, Sink};
 
 /// Where the decision log goes.
@@ -75,17 +76,11 @@ pub const LOG_FULL_DENY: &str =
 #[derive(Debug)]
 pub struct Slot(mpsc::OwnedPermit<Message>);
 
-impl Slot {
-    /// Hands the record to the writer.
-    pub fn send(self, entry: Entry) {
-        self.0.send(Message::Record(Box::new(entry)));
-    }
-}
-
 /// A running decision log.
 #[derive(Debug)]
 pub struct DecisionLog {
     tx: mpsc::Sender<Message>,
+    masking: Masking,
     required: bool,
     stats: Arc<LogStats>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -114,13 +109,13 @@ impl DecisionLog {
     fn start(sink: Sink, prev: Hash, options: &AuditOptions) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let stats = Arc::new(LogStats::default());
-        let masks = options.masks.clone();
         let thread_stats = stats.clone();
         let worker = std::thread::Builder::new()
             .name("stepgate-audit".into())
-            .spawn(move || writer::run(rx, sink, prev, masks, thread_stats))?;
+            .spawn(move || writer::run(rx, sink, prev, thread_stats))?;
         Ok(Self {
             tx,
+            masking: Masking::new(options.masks.clone()),
             required: options.required,
             stats,
             worker: Mutex::new(Some(worker)),
@@ -142,6 +137,12 @@ impl DecisionLog {
                 None
             }
         }
+    }
+
+    /// Renders `entry` (masked) and hands it to the writer through `slot`.
+    pub fn send(&self, slot: Slot, entry: &Entry<'_>) {
+        slot.0
+            .send(Message::Record(record::render(entry, &self.masking)));
     }
 
     /// Records written, dropped and failed so far.

@@ -1,8 +1,6 @@
 //! One decision-log record: the decision's evidence as one JSON line, secrets masked,
 //! hash-chained to the record before it.
 
-use std::sync::Arc;
-
 use aho_corasick::AhoCorasick;
 use chrono::SecondsFormat;
 use opentelemetry::trace::{SpanId, TraceId};
@@ -12,18 +10,17 @@ use serde::Serialize;
 use super::chain::{self, Hash};
 use crate::{decision::Decision, grants::Grant};
 
-/// What the pipeline hands the log: everything is turned into JSON on the writer thread,
-/// off the decision path.
-#[derive(Debug)]
-pub struct Entry {
+/// What a decision's record is made of, borrowed from the decision that just concluded.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
     /// The final decision (after any overruling).
-    pub decision: Decision,
+    pub decision: &'a Decision,
     /// The input document the policy saw (masked when written).
-    pub input: Value,
+    pub input: &'a Value,
     /// The decision span's trace and span ids (or the caller's, when spans are off).
     pub trace: Option<(TraceId, SpanId)>,
     /// The grant the decision was about, after the step (its id and approvers).
-    pub grant: Option<Arc<Grant>>,
+    pub grant: Option<&'a Grant>,
 }
 
 /// The value that replaces a masked one.
@@ -80,6 +77,7 @@ fn text(value: &Value) -> Option<&str> {
 
 /// The masks prepared for one writer: pointers pre-split, key fragments compiled into
 /// one case-insensitive automaton (it runs for every key of every record).
+#[derive(Debug)]
 pub(crate) struct Masking {
     pointers: Vec<Vec<String>>,
     fragments: Option<AhoCorasick>,
@@ -289,13 +287,32 @@ struct Record<'a> {
     grant: Option<GrantPart<'a>>,
     eval_us: u64,
     input: Masked<'a>,
-    prev_hash: &'a str,
 }
 
-/// Renders `entry` as one line (no newline) chained to `prev`, and returns it with its
-/// own hash.
-pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, Hash) {
-    let input = &entry.input;
+/// A record rendered on the deciding thread, waiting for its place in the chain: the JSON
+/// object up to the value of its last field, `prev_hash`, which only the writer knows.
+///
+/// Rendering where the decision was made spreads the work over the serving threads
+/// (one writer thread would cap the rate on a many-core host) and frees the decision's
+/// input where it was allocated; the writer only hashes and writes.
+#[derive(Debug)]
+pub(crate) struct Unchained(String);
+
+impl Unchained {
+    /// Chains the record to `prev`: the finished line (no newline) and its own hash.
+    pub(crate) fn chain(mut self, prev: &Hash) -> (String, Hash) {
+        prev.write_hex(&mut self.0);
+        self.0.push_str("\"}");
+        chain::seal(self.0)
+    }
+}
+
+/// Records are about 2 KiB with a grant in the input: one allocation holds most whole.
+const RECORD_CAPACITY: usize = 4096;
+
+/// Renders `entry` with `masking` applied to its input, ready to be chained.
+pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
+    let input = entry.input;
     let all = if masking.pointers.is_empty() {
         0
     } else {
@@ -307,7 +324,7 @@ pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, 
         live: all,
         depth: 0,
     };
-    let grant = entry.grant.as_deref().map(|g| GrantPart {
+    let grant = entry.grant.map(|g| GrantPart {
         id: g.id().to_string(),
         state: g.state.as_str(),
         approvers: g
@@ -337,7 +354,6 @@ pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, 
             approvers: Vec::new(),
         })
     });
-    let prev_hex = prev.to_hex();
     // Masks apply to the input's own paths; the caller sub-document is masked by key.
     let caller = Masked {
         value: &input["caller"],
@@ -371,9 +387,13 @@ pub(crate) fn render(entry: &Entry, masking: &Masking, prev: &Hash) -> (String, 
         grant,
         eval_us: u64::try_from(entry.decision.eval_duration.as_micros()).unwrap_or(u64::MAX),
         input: masked(input),
-        prev_hash: &prev_hex,
     };
-    // Serialising strings and regorus values into a String cannot fail.
-    let body = serde_json::to_string(&record).unwrap_or_default();
-    chain::seal(body)
+    let mut body = Vec::with_capacity(RECORD_CAPACITY);
+    // Serialising strings and regorus values into a Vec cannot fail, and serde_json
+    // writes UTF-8 only.
+    let _ = serde_json::to_writer(&mut body, &record);
+    let mut body = String::from_utf8(body).unwrap_or_default();
+    body.pop(); // the closing brace: `prev_hash` comes last
+    body.push_str(",\"prev_hash\":\"");
+    Unchained(body)
 }

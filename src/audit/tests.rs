@@ -9,7 +9,8 @@ use regorus::Value;
 use super::*;
 use crate::decision::Decision;
 
-fn entry(subject: &str) -> Entry {
+/// An input and a decision to log (an [`Entry`] borrows them).
+fn entry(subject: &str) -> (Value, Decision) {
     let input = Value::from_json_str(
         &serde_json::json!({
             "step": "use",
@@ -22,12 +23,8 @@ fn entry(subject: &str) -> Entry {
         .to_string(),
     )
     .unwrap();
-    Entry {
-        decision: Decision::deny("because", "sha256:rev".into(), Utc::now()),
-        input,
-        trace: None,
-        grant: None,
-    }
+    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    (input, decision)
 }
 
 fn file_options(path: &Path) -> AuditOptions {
@@ -43,7 +40,14 @@ fn write_records(options: &AuditOptions, subjects: &[&str]) {
         .unwrap();
     let log = DecisionLog::open(options).unwrap().unwrap();
     for subject in subjects {
-        log.reserve().unwrap().send(entry(subject));
+        let (input, decision) = entry(subject);
+        let entry = Entry {
+            decision: &decision,
+            input: &input,
+            trace: None,
+            grant: None,
+        };
+        log.send(log.reserve().unwrap(), &entry);
     }
     runtime.block_on(log.close());
     assert_eq!(log.stats().counts(), (subjects.len() as u64, 0, 0));

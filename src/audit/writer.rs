@@ -1,5 +1,5 @@
-//! The writer thread and its sinks: records are rendered, chained and written off the
-//! decision path; a file sink rotates at a size limit, keeping a fixed number of files,
+//! The writer thread and its sinks: records rendered where their decisions were made are
+//! chained and written here, off the decision path; a file sink rotates at a size limit, keeping a fixed number of files,
 //! and the chain continues across rotations and restarts.
 
 use std::{
@@ -17,14 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     chain::{self, Hash},
-    record::{self, Entry, Masking, Masks},
+    record::Unchained,
 };
 
 /// What the writer thread receives.
 #[derive(Debug)]
 pub(crate) enum Message {
-    /// A record to write.
-    Record(Box<Entry>),
+    /// A record to chain and write.
+    Record(Unchained),
     /// Flush, acknowledge, and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -204,26 +204,24 @@ fn rotated_last_hash(path: &Path) -> Option<Hash> {
 
 /// How long the writer lets records gather after waking: one wake-up, one write and one
 /// flush per batch rather than per record (on a shared core, per-record wake-ups cost
-/// more than rendering). Bounds how stale the file is behind the decisions.
+/// more than writing). Bounds how stale the file is behind the decisions.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
 
-/// The writer thread's loop: wait for a record, let a batch gather, then render, chain
-/// and write all of it and flush once.
+/// The writer thread's loop: wait for a record, let a batch gather, then chain and
+/// write all of it and flush once.
 pub(crate) fn run(
     mut rx: mpsc::Receiver<Message>,
     mut sink: Sink,
     mut prev: Hash,
-    masks: Masks,
     stats: Arc<LogStats>,
 ) {
-    let masks = Masking::new(masks);
     while let Some(first) = rx.blocking_recv() {
         std::thread::sleep(BATCH_WAIT);
         let mut next = Some(first);
         while let Some(message) = next.take().or_else(|| rx.try_recv().ok()) {
             match message {
-                Message::Record(entry) => {
-                    let (line, hash) = record::render(&entry, &masks, &prev);
+                Message::Record(record) => {
+                    let (line, hash) = record.chain(&prev);
                     match sink.write_line(&line) {
                         Ok(()) => {
                             prev = hash;

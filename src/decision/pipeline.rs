@@ -367,17 +367,20 @@ impl DecisionPipeline {
                     span_attributes(&decision, &input, grant.as_deref())
                 })
         });
-        if let Some(slot) = slot {
+        if let Some((slot, log)) = slot.zip(self.decision_log.as_ref()) {
             let trace = span
                 .filter(|sc| sc.is_valid())
                 .or_else(|| parent.span_context())
                 .map(|sc| (sc.trace_id(), sc.span_id()));
-            slot.send(Entry {
-                decision: decision.clone(),
-                input,
-                trace,
-                grant,
-            });
+            log.send(
+                slot,
+                &Entry {
+                    decision: &decision,
+                    input: &input,
+                    trace,
+                    grant: grant.as_deref(),
+                },
+            );
         }
         decision
     }
