@@ -75,7 +75,7 @@ fn text(value: &Value) -> Option<&str> {
     value.as_string().ok().map(|s| &**s)
 }
 
-/// The masks prepared for one writer: pointers pre-split, key fragments compiled into
+/// The masks prepared for one decision log: pointers pre-split, key fragments compiled into
 /// one case-insensitive automaton (it runs for every key of every record).
 #[derive(Debug)]
 pub(crate) struct Masking {
