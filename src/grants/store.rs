@@ -50,7 +50,8 @@ use uuid::Uuid;
 
 use super::{
     journal::{
-        Delta, Durability, Journal, JournalError, JournalOptions, encode_delta, encode_record,
+        Delta, Durability, Journal, JournalError, JournalOptions, encode_delta, encode_expired,
+        encode_record,
     },
     model::{
         Approval, Grant, GrantEvent, GrantEventKind, GrantState, Revocation, Transition,
@@ -930,6 +931,7 @@ impl MemoryGrantStore {
     /// distinct.
     fn sweep_batch(&self, keys: Vec<Uuid>, now: DateTime<Utc>, report: &mut SweepReport) {
         let mut records = Vec::new();
+        let mut expired = Vec::new();
         let mut changed = Vec::new();
         for key in keys {
             let _writer = self.writer(&key);
@@ -937,14 +939,14 @@ impl MemoryGrantStore {
                 continue;
             };
             let mut next = Grant::clone(&current);
-            let mut delta = Delta::new(key);
+            let mut overdue = None;
             let transition = match self.due_action(&current, now) {
-                DueAction::Expire => {
-                    delta.expired_at = Some(now);
-                    next.expire(now).unwrap_or(Transition::UNCHANGED)
-                }
+                DueAction::Expire => next.expire(now).unwrap_or(Transition::UNCHANGED),
                 DueAction::ReportOverdue => {
-                    delta.overdue_reported = true;
+                    overdue = Some(Delta {
+                        overdue_reported: true,
+                        ..Delta::new(key)
+                    });
                     next.report_overdue()
                 }
                 DueAction::Drop => {
@@ -961,10 +963,14 @@ impl MemoryGrantStore {
                 continue;
             }
             if self.journal.is_some() {
-                // A delta is a few dozen bytes: it cannot exceed the record limit.
-                match encode_delta(&delta) {
-                    Ok(record) => records.extend_from_slice(&record),
-                    Err(_) => report.unjournaled += 1,
+                match overdue {
+                    // A delta is a few dozen bytes: it cannot exceed the record limit.
+                    Some(delta) => match encode_delta(&delta) {
+                        Ok(record) => records.extend_from_slice(&record),
+                        Err(_) => report.unjournaled += 1,
+                    },
+                    // Every other change that gets here is an expiry.
+                    None => expired.push(key),
                 }
             }
             let next = Arc::new(next);
@@ -977,6 +983,13 @@ impl MemoryGrantStore {
                 _ => {}
             }
             changed.push((transition.events, next));
+        }
+        if !expired.is_empty() {
+            // 16 bytes per grant of a batch: far below the record limit.
+            match encode_expired(now, &expired) {
+                Ok(record) => records.extend_from_slice(&record),
+                Err(_) => report.unjournaled += expired.len(),
+            }
         }
         if !records.is_empty()
             && let Some(journal) = &self.journal

@@ -354,9 +354,23 @@ fn journal_image(dir: &Path) -> (Vec<u8>, States) {
     store
         .revoke(&b.id().to_string(), &revocation("ops"))
         .unwrap();
+    // A sweep: `a` (active since its approval) and `c` end in one expiry record.
+    let c = store.create(grant(t0(), 0, "s2", "w", 0)).unwrap();
+    clock.advance(TimeDelta::hours(2));
+    assert_eq!(store.sweep().expired, 2);
     drop(store);
     let bytes = fs::read(dir.join(JOURNAL_FILE)).unwrap();
     let scan = journal::scan(&bytes[..], Path::new("j")).unwrap();
+    assert!(
+        scan.records.iter().any(|(_, r)| matches!(r,
+            journal::Record::Expired { ids, .. } if *ids == [a.id(), c.id()] || *ids == [c.id(), a.id()])),
+        "the image holds the sweep's expiry record"
+    );
+    assert!(
+        scan.records.iter().any(|(_, r)| matches!(r,
+            journal::Record::Delta(d) if d.overdue_reported && d.id == b.id())),
+        "the image holds b's overdue report"
+    );
     let mut states = vec![(journal::MAGIC.len() as u64, BTreeMap::new())];
     let mut state = BTreeMap::new();
     let ends: Vec<u64> = scan
@@ -371,9 +385,11 @@ fn journal_image(dir: &Path) -> (Vec<u8>, States) {
             journal::Record::Put(g) => {
                 state.insert(g.id().to_string(), g);
             }
-            journal::Record::Delta(delta) => {
-                let g = state.get_mut(&delta.id.to_string()).unwrap();
-                delta.apply(g);
+            deltas => {
+                for delta in deltas.deltas() {
+                    let g = state.get_mut(&delta.id.to_string()).unwrap();
+                    delta.apply(g);
+                }
             }
         }
         states.push((end, state.clone()));
@@ -390,7 +406,11 @@ fn stored(store: &MemoryGrantStore) -> BTreeMap<String, Grant> {
 fn a_store_opens_every_truncated_journal_with_the_records_before_the_cut() {
     let dir = tempfile::tempdir().unwrap();
     let (bytes, states) = journal_image(dir.path());
-    assert_eq!(states.len(), 6);
+    assert_eq!(
+        states.len(),
+        9,
+        "magic, 5 mutations, a put, b's overdue report and the sweep's expiries"
+    );
     let clock = ManualClock::at(t0());
     let work = tempfile::tempdir().unwrap();
     for len in 0..=bytes.len() {
