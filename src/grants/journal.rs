@@ -1141,7 +1141,7 @@ mod tests {
         let at = Utc::now();
         let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let record = encode_expired(at, &ids).unwrap();
-        // 16 bytes per grant and a small fixed part, not a delta's ~43 bytes per grant.
+        // 16 bytes per grant and a small fixed part, not a delta's ~46 bytes per grant.
         assert!(record.len() < 3 * 16 + 32, "{} bytes", record.len());
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&record);
