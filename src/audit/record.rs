@@ -1,11 +1,14 @@
 //! One decision-log record: the decision's evidence as one JSON line, secrets masked,
 //! hash-chained to the record before it.
 
+use std::{borrow::Cow, fmt};
+
 use aho_corasick::AhoCorasick;
 use chrono::SecondsFormat;
 use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
 use serde::Serialize;
+use uuid::Uuid;
 
 use super::chain::{self, Hash};
 use crate::{decision::Decision, grants::Grant};
@@ -75,8 +78,8 @@ fn text(value: &Value) -> Option<&str> {
     value.as_string().ok().map(|s| &**s)
 }
 
-/// The masks prepared for one decision log: pointers pre-split, key fragments compiled into
-/// one case-insensitive automaton (it runs for every key of every record).
+/// The masks prepared for one decision log: pointers pre-split, key fragments compiled
+/// into one case-insensitive automaton (it runs for every key of every record).
 #[derive(Debug)]
 pub(crate) struct Masking {
     pointers: Vec<Vec<String>>,
@@ -228,7 +231,7 @@ struct Approver<'a> {
 
 #[derive(Serialize)]
 struct GrantPart<'a> {
-    id: String,
+    id: Cow<'a, str>,
     state: &'static str,
     approvers: Vec<Approver<'a>>,
 }
@@ -266,14 +269,24 @@ impl<'a> Named<'a> {
     }
 }
 
+/// A value serialised as the string its `Display` writes, straight into the record (no
+/// `String` in between: records are rendered on the decision path).
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct Record<'a> {
-    decision_id: String,
+    decision_id: Shown<Uuid>,
     time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<String>,
+    trace_id: Option<Shown<TraceId>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    span_id: Option<String>,
+    span_id: Option<Shown<SpanId>>,
     policy_revision: &'a str,
     step: Option<&'a str>,
     caller: Masked<'a>,
@@ -325,7 +338,7 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
         depth: 0,
     };
     let grant = entry.grant.map(|g| GrantPart {
-        id: g.id().to_string(),
+        id: Cow::Owned(g.id().to_string()),
         state: g.state.as_str(),
         approvers: g
             .approvals
@@ -339,7 +352,7 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     });
     // A check naming a grant carries it in its input only.
     let grant = grant.or_else(|| {
-        let id = text(&input["grant"]["id"])?.to_string();
+        let id = Cow::Borrowed(text(&input["grant"]["id"])?);
         let state = match text(&input["grant"]["state"]) {
             Some("PENDING") => "PENDING",
             Some("ACTIVE") => "ACTIVE",
@@ -368,13 +381,13 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
         depth: 0,
     };
     let record = Record {
-        decision_id: entry.decision.id.to_string(),
+        decision_id: Shown(entry.decision.id),
         time: entry
             .decision
             .decided_at
             .to_rfc3339_opts(SecondsFormat::Micros, true),
-        trace_id: entry.trace.map(|(t, _)| t.to_string()),
-        span_id: entry.trace.map(|(_, s)| s.to_string()),
+        trace_id: entry.trace.map(|(t, _)| Shown(t)),
+        span_id: entry.trace.map(|(_, s)| Shown(s)),
         policy_revision: &entry.decision.policy_revision,
         step: text(&input["step"]),
         caller,

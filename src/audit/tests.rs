@@ -211,3 +211,41 @@ fn keys_shorter_than_every_fragment_are_never_masked_and_the_rest_still_are() {
         assert!(!masking.masks_key(key), "{key}");
     }
 }
+
+#[test]
+fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
+    use opentelemetry::trace::{SpanId, TraceId};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let log = DecisionLog::open(&file_options(&path)).unwrap().unwrap();
+    // A Check naming a grant: the grant is in its input only.
+    let input = Value::from_json_str(
+        r#"{"step": "issue", "grant": {"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE"}}"#,
+    )
+    .unwrap();
+    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    let trace = (
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+    );
+    let entry = Entry {
+        decision: &decision,
+        input: &input,
+        trace: Some(trace),
+        grant: None,
+    };
+    log.send(log.reserve().unwrap(), &entry);
+    runtime.block_on(log.close());
+    let record: serde_json::Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+    assert_eq!(record["decision_id"], decision.id.to_string());
+    assert_eq!(record["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(record["span_id"], "00f067aa0ba902b7");
+    assert_eq!(
+        record["grant"],
+        serde_json::json!({"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE", "approvers": []})
+    );
+    assert_eq!(verify(&[&path]).unwrap().records, 1);
+}

@@ -1,6 +1,7 @@
 //! The writer thread and its sinks: records rendered where their decisions were made are
-//! chained and written here, off the decision path; a file sink rotates at a size limit, keeping a fixed number of files,
-//! and the chain continues across rotations and restarts.
+//! chained and written here, off the decision path; a file sink rotates at a size limit,
+//! keeping a fixed number of files, and the chain continues across rotations and
+//! restarts.
 
 use std::{
     fs::{File, OpenOptions},

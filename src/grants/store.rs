@@ -939,16 +939,10 @@ impl MemoryGrantStore {
                 continue;
             };
             let mut next = Grant::clone(&current);
-            let mut overdue = None;
-            let transition = match self.due_action(&current, now) {
+            let action = self.due_action(&current, now);
+            let transition = match action {
                 DueAction::Expire => next.expire(now).unwrap_or(Transition::UNCHANGED),
-                DueAction::ReportOverdue => {
-                    overdue = Some(Delta {
-                        overdue_reported: true,
-                        ..Delta::new(key)
-                    });
-                    next.report_overdue()
-                }
+                DueAction::ReportOverdue => next.report_overdue(),
                 DueAction::Drop => {
                     self.grants.remove(&key);
                     self.unindex(key, &current);
@@ -963,14 +957,18 @@ impl MemoryGrantStore {
                 continue;
             }
             if self.journal.is_some() {
-                match overdue {
+                if action == DueAction::Expire {
+                    expired.push(key);
+                } else {
+                    let delta = Delta {
+                        overdue_reported: true,
+                        ..Delta::new(key)
+                    };
                     // A delta is a few dozen bytes: it cannot exceed the record limit.
-                    Some(delta) => match encode_delta(&delta) {
+                    match encode_delta(&delta) {
                         Ok(record) => records.extend_from_slice(&record),
                         Err(_) => report.unjournaled += 1,
-                    },
-                    // Every other change that gets here is an expiry.
-                    None => expired.push(key),
+                    }
                 }
             }
             let next = Arc::new(next);
