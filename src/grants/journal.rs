@@ -20,7 +20,7 @@
 //!   google.protobuf.Timestamp ended_at = 2;      // with grant: when stepgate recorded its end
 //!   bool overdue_reported = 3;                   // with grant: revocation_overdue emitted
 //!   Delta delta = 4;                             // or: a small change to the last put
-//!   Expired expired = 5;                         // or: grants the sweep expired at once
+//!   Expired expired = 5;                         // or: a sweep's mark
 //! }
 //! message Delta {                                // the hot and the bulk paths
 //!   bytes id = 1;                                // 16-byte grant id
@@ -29,19 +29,26 @@
 //!   google.protobuf.Timestamp expired_at = 4;    // the sweep recorded the expiry then
 //!   bool overdue_reported = 5;                   // the sweep emitted revocation_overdue
 //! }
-//! message Expired {                              // the sweep's bulk path
-//!   google.protobuf.Timestamp at = 1;            // the sweep recorded the expiries then
-//!   bytes ids = 2;                               // 16-byte grant ids, one after another
-//! }
+//! message Expired {                              // a sweep's mark
+//!   google.protobuf.Timestamp at = 1;            // every live grant due by then had expired
+//!   bytes ids = 2;                               // older journals: the grants it expired,
+//! }                                              //   16-byte ids one after another
 //! ```
 //!
 //! Every state change a caller is acknowledged for (request, approval, rejection,
 //! renewal, revocation, confirmation) is a whole-grant put. A use, an evidence-trail
 //! entry, and the sweep's overdue reports are deltas (tens of bytes instead of the
-//! whole grant); the expiries of one sweep batch are one record of 16 bytes per grant
-//! (a sweep of 100k grants writes 1.7 MB instead of 4.6 MB into the file that uses
-//! append to). Both are applied at replay to the grant's last put with the same
-//! rules as the live transition, and never moving a terminal grant anywhere.
+//! whole grant), applied at replay to the grant's last put with the same rules as the
+//! live transition, and never moving a terminal grant anywhere.
+//!
+//! An expiry is not a mutation and is not journaled: a grant ends at its `expires_at`,
+//! which its last put holds, so replay derives it exactly as the sweep did (a sweep of
+//! 100k due grants writes nothing per grant into the file that uses append to). A
+//! sweep that expired grants appends a mark with its time: replay expires every live
+//! grant due by the latest mark without an event (the sweep announced it), and the
+//! store announces the rest as expired while it was down. An overdue report implies
+//! an expiry before it, so replay derives that expiry first. Older journals listed a
+//! sweep's expiries (as deltas, later as the ids of a mark); they replay as before.
 //!
 //! Replay keeps the last state of each grant id. Grants dropped after their retention
 //! window need no tombstone: replay drops them again (they are past retention), and
@@ -213,7 +220,7 @@ pub struct JournalRecord {
     /// Or a small change to the grant's last state.
     #[prost(message, optional, tag = "4")]
     pub delta: Option<DeltaRecord>,
-    /// Or grants the sweep expired at one moment.
+    /// Or a sweep's mark.
     #[prost(message, optional, tag = "5")]
     pub expired: Option<ExpiredRecord>,
 }
@@ -221,10 +228,10 @@ pub struct JournalRecord {
 /// The wire form of [`Record::Expired`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExpiredRecord {
-    /// When the sweep recorded the expiries.
+    /// Every live grant due at or before this time had expired.
     #[prost(message, optional, tag = "1")]
     pub at: Option<prost_types::Timestamp>,
-    /// The grants' ids, 16 bytes each, concatenated.
+    /// Older journals: the grants the sweep expired, 16 bytes each, concatenated.
     #[prost(bytes = "vec", tag = "2")]
     pub ids: Vec<u8>,
 }
@@ -258,7 +265,7 @@ pub struct Delta {
     pub uses: Option<u64>,
     /// A decision appended to the evidence trail.
     pub decision_id: Option<Uuid>,
-    /// The sweep recorded the expiry at this time.
+    /// Older journals: the sweep recorded the expiry at this time.
     pub expired_at: Option<DateTime<Utc>>,
     /// The sweep emitted `revocation_overdue`.
     pub overdue_reported: bool,
@@ -297,6 +304,9 @@ impl Delta {
             let _ = grant.expire(at);
         }
         if self.overdue_reported {
+            // Only an ended grant is reported overdue: one still live here expired
+            // (unjournaled) before the report.
+            let _ = grant.expire(grant.expires_at);
             let _ = grant.report_overdue();
         }
     }
@@ -378,12 +388,12 @@ pub fn encode_delta(delta: &Delta) -> Result<Vec<u8>, JournalError> {
     })
 }
 
-/// The record of the grants `ids` expired by a sweep at `at` (one per sweep batch).
-pub fn encode_expired(at: DateTime<Utc>, ids: &[Uuid]) -> Result<Vec<u8>, JournalError> {
+/// A sweep's mark: every live grant due at or before `at` has expired.
+pub fn encode_sweep_mark(at: DateTime<Utc>) -> Result<Vec<u8>, JournalError> {
     frame(&JournalRecord {
         expired: Some(ExpiredRecord {
             at: Some(timestamp(at)),
-            ids: ids.iter().flat_map(|id| *id.as_bytes()).collect(),
+            ids: Vec::new(),
         }),
         ..JournalRecord::default()
     })
@@ -396,11 +406,11 @@ pub enum Record {
     Put(Grant),
     /// A change to a grant's last state.
     Delta(Delta),
-    /// Grants a sweep expired at one moment.
+    /// A sweep's mark: every live grant due by `at` had expired.
     Expired {
         /// When.
         at: DateTime<Utc>,
-        /// Which (at least one).
+        /// Older journals: the grants the sweep expired (a mark now lists none).
         ids: Vec<Uuid>,
     },
 }
@@ -459,8 +469,8 @@ fn decode_payload(payload: &[u8]) -> Result<Record, String> {
                 .as_ref()
                 .and_then(from_timestamp)
                 .ok_or_else(|| "expired record without a time in range".to_owned())?;
-            if expired.ids.is_empty() || expired.ids.len() % 16 != 0 {
-                return Err("expired record ids are not one or more 16-byte ids".to_owned());
+            if expired.ids.len() % 16 != 0 {
+                return Err("expired record ids are not 16-byte ids".to_owned());
             }
             let ids = expired
                 .ids
@@ -701,7 +711,8 @@ struct Group {
 /// What [`Journal::open`] replayed.
 #[derive(Debug)]
 pub struct Replay {
-    /// The last state of each grant id (deltas applied), in order of first appearance.
+    /// The last state of each grant id (deltas applied, and the expiries the sweep's
+    /// latest mark covers), in order of first appearance.
     pub grants: Vec<Grant>,
     /// How many records were read.
     pub records: usize,
@@ -756,6 +767,7 @@ impl Journal {
         let mut index: HashMap<Uuid, usize> = HashMap::new();
         let mut grants: Vec<Grant> = Vec::new();
         let mut orphan_deltas = 0usize;
+        let mut swept_through = None;
         let scan = scan_records(&mut file, &path, &mut |_, record| match record {
             Record::Put(grant) => match index.get(&grant.id()) {
                 Some(&i) => grants[i] = grant,
@@ -765,6 +777,9 @@ impl Journal {
                 }
             },
             deltas => {
+                if let Record::Expired { at, .. } = &deltas {
+                    swept_through = swept_through.max(Some(*at));
+                }
                 for delta in deltas.deltas() {
                     match index.get(&delta.id) {
                         Some(&i) => delta.apply(&mut grants[i]),
@@ -773,6 +788,13 @@ impl Journal {
                 }
             }
         })?;
+        // Applied once, after the last record: a live grant is only ever put with an
+        // expiry after the put's time, so no put after a mark is due by it.
+        if let Some(mark) = swept_through {
+            for grant in &mut grants {
+                let _ = grant.expire(mark);
+            }
+        }
         if orphan_deltas > 0 {
             tracing::debug!(
                 orphan_deltas,
@@ -1092,6 +1114,8 @@ impl Drop for Compaction<'_> {
 mod tests {
     use std::{io::Cursor, thread};
 
+    use chrono::TimeDelta;
+
     use super::*;
     use crate::grants::{
         model::{GrantState, Revocation},
@@ -1137,28 +1161,95 @@ mod tests {
     }
 
     #[test]
-    fn a_sweeps_expiries_are_one_record_that_reads_back_as_one_delta_per_grant() {
+    fn a_sweeps_mark_is_a_few_bytes_and_an_older_mark_lists_its_expiries() {
         let at = Utc::now();
+        let mark = encode_sweep_mark(at).unwrap();
+        // A fixed few bytes per sweep, nothing per grant.
+        assert!(mark.len() < 32, "{} bytes", mark.len());
         let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
-        let record = encode_expired(at, &ids).unwrap();
-        // 16 bytes per grant and a small fixed part, not a delta's ~46 bytes per grant.
-        assert!(record.len() < 3 * 16 + 32, "{} bytes", record.len());
+        let older = frame(&JournalRecord {
+            expired: Some(ExpiredRecord {
+                at: Some(timestamp(at)),
+                ids: ids.iter().flat_map(|id| *id.as_bytes()).collect(),
+            }),
+            ..JournalRecord::default()
+        })
+        .unwrap();
         let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&record);
-        let scan = scan_bytes(&bytes).unwrap();
-        let read = records(&scan);
+        bytes.extend_from_slice(&mark);
+        bytes.extend_from_slice(&older);
+        let read = records(&scan_bytes(&bytes).unwrap());
         assert_eq!(
             read,
-            vec![Record::Expired {
-                at,
-                ids: ids.to_vec()
-            }]
+            vec![
+                Record::Expired {
+                    at,
+                    ids: Vec::new()
+                },
+                Record::Expired {
+                    at,
+                    ids: ids.to_vec()
+                }
+            ]
         );
+        assert!(read[0].deltas().is_empty());
         assert_eq!(
-            read[0].deltas(),
+            read[1].deltas(),
             ids.iter()
                 .map(|id| Delta::expired(*id, at))
                 .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn replay_derives_the_expiries_a_mark_covers_and_those_an_overdue_report_implies() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = TimeDelta::hours(1);
+        let early = grant(t0(), 0, "early", "w", 0);
+        let late = grant(t0() + ttl, 0, "late", "w", 0);
+        let reported = grant(t0(), 0, "reported", "w", 0);
+        let mut overdue = Delta::new(reported.id());
+        overdue.overdue_reported = true;
+        {
+            let (journal, _) = Journal::open(dir.path(), fast()).unwrap();
+            for g in [&early, &late, &reported] {
+                journal
+                    .append(&encode_record(g).unwrap(), Durability::Buffered)
+                    .unwrap();
+            }
+            // The sweep at t0 + 1 h 30 min expired `early` and `reported` (due at t0 + 1 h),
+            // not `late` (due at t0 + 2 h); `reported` was later reported overdue.
+            for record in [
+                encode_sweep_mark(t0() + TimeDelta::minutes(90)).unwrap(),
+                encode_delta(&overdue).unwrap(),
+            ] {
+                journal.append(&record, Durability::Buffered).unwrap();
+            }
+        }
+        let (_, replay) = Journal::open(dir.path(), fast()).unwrap();
+        let by_subject = |subject: &str| {
+            replay
+                .grants
+                .iter()
+                .find(|g| g.subject_id() == subject)
+                .unwrap()
+                .clone()
+        };
+        let got = by_subject("early");
+        assert_eq!(got.state, GrantState::Expired);
+        assert_eq!(
+            got.ended_at(),
+            Some(early.expires_at),
+            "ended at its expiry"
+        );
+        assert!(!got.overdue_reported());
+        assert_eq!(by_subject("late").state, late.state, "not due by the mark");
+        let got = by_subject("reported");
+        assert_eq!(got.state, GrantState::Expired);
+        assert_eq!(got.ended_at(), Some(reported.expires_at));
+        assert!(
+            got.overdue_reported(),
+            "the report is kept, after the expiry"
         );
     }
 
@@ -1172,13 +1263,6 @@ mod tests {
                     ids: vec![7; 17],
                 },
                 "17-byte ids",
-            ),
-            (
-                ExpiredRecord {
-                    at,
-                    ids: Vec::new(),
-                },
-                "no ids",
             ),
             (
                 ExpiredRecord {

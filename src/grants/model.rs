@@ -195,8 +195,10 @@ pub struct Ending {
     pub by: String,
     /// Why it ended.
     pub reason: String,
-    /// When stepgate recorded its end (rejection, revocation, or observed expiry). Not
-    /// in the public proto; starts the revocation-confirmation and retention clocks.
+    /// When it ended: the rejection or revocation as stepgate recorded it, or for an
+    /// expiry the grant's `expires_at`, whenever the expiry is observed (so a sweep, a
+    /// read and a replay agree). Not in the public proto; starts the
+    /// revocation-confirmation and retention clocks.
     pub at: DateTime<Utc>,
     /// The downstream system confirmed the real credential is invalidated.
     pub revocation_confirmed: bool,
@@ -485,13 +487,14 @@ impl Grant {
     }
 
     /// The grant as it must be shown at `now`: a copy with the lazy expiry applied
-    /// (state EXPIRED, ended at `now`) when it is due, else `None` (show it as is).
+    /// (state EXPIRED, ended at `expires_at`) when it is due, else `None` (show it as
+    /// is).
     pub fn expired_view(&self, now: DateTime<Utc>) -> Option<Grant> {
         if self.effective_state(now) == self.state {
             return None;
         }
         let mut view = self.clone();
-        view.end(GrantState::Expired, "", "", now);
+        view.end_expired();
         Some(view)
     }
 
@@ -642,8 +645,9 @@ impl Grant {
         Ok(Transition::event(GrantEventKind::Revoked))
     }
 
-    /// Records the expiry of a non-terminal grant at or past `expires_at`. A terminal
-    /// grant is left alone ([`Transition::UNCHANGED`]); a live one is refused.
+    /// Records the expiry of a non-terminal grant that is due at `now` (at or past
+    /// `expires_at`); it ended at `expires_at`. A terminal grant is left alone
+    /// ([`Transition::UNCHANGED`]); one not yet due is refused.
     pub fn expire(&mut self, now: DateTime<Utc>) -> Result<Transition, TransitionError> {
         if self.state.is_terminal() {
             return Ok(Transition::UNCHANGED);
@@ -651,7 +655,7 @@ impl Grant {
         if now < self.expires_at {
             return Err(TransitionError::NotDue(self.expires_at));
         }
-        self.end(GrantState::Expired, "", "", now);
+        self.end_expired();
         Ok(Transition::event(GrantEventKind::Expired))
     }
 
@@ -673,7 +677,7 @@ impl Grant {
         }
         let expiring = effective != self.state;
         if expiring {
-            self.end(GrantState::Expired, "", "", now);
+            self.end_expired();
         }
         let ending = self.ending.get_or_insert_with(|| {
             Box::new(Ending {
@@ -724,6 +728,12 @@ impl Grant {
             GrantState::Expired => Err(TransitionError::Expired(self.expires_at)),
             other => Err(TransitionError::NotPending(other)),
         }
+    }
+
+    /// An expiry ends a grant at its `expires_at`: derived from the grant alone, it
+    /// needs no journal record (replay derives it the same way).
+    fn end_expired(&mut self) {
+        self.end(GrantState::Expired, "", "", self.expires_at);
     }
 
     fn end(&mut self, state: GrantState, by: &str, reason: &str, now: DateTime<Utc>) {
@@ -1242,11 +1252,15 @@ mod tests {
         let mut g = g;
         let end = g.expires_at;
         assert_eq!(
-            g.expire(end).unwrap(),
+            g.expire(end + secs(30)).unwrap(),
             Transition::event(GrantEventKind::Expired)
         );
         assert_eq!(g.state, GrantState::Expired);
-        assert_eq!(g.ended_at(), Some(end));
+        assert_eq!(
+            g.ended_at(),
+            Some(end),
+            "it ended at its expiry, not when seen"
+        );
         assert_eq!(g.expire(end + secs(1)).unwrap(), Transition::UNCHANGED);
     }
 
@@ -1319,7 +1333,11 @@ mod tests {
         assert_eq!(g.effective_state(end), GrantState::Expired);
         let view = g.expired_view(end + secs(1)).unwrap();
         assert_eq!(view.state, GrantState::Expired);
-        assert_eq!(view.ended_at(), Some(end + secs(1)));
+        assert_eq!(
+            view.ended_at(),
+            Some(end),
+            "it ended at its expiry, not when seen"
+        );
         assert_eq!(g.state, GrantState::Active);
         let p = pending(1);
         assert_eq!(p.effective_state(p.expires_at), GrantState::Expired);

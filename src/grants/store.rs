@@ -50,8 +50,8 @@ use uuid::Uuid;
 
 use super::{
     journal::{
-        Delta, Durability, Journal, JournalError, JournalOptions, encode_delta, encode_expired,
-        encode_record,
+        Delta, Durability, Journal, JournalError, JournalOptions, encode_delta, encode_record,
+        encode_sweep_mark,
     },
     model::{
         Approval, Grant, GrantEvent, GrantEventKind, GrantState, Revocation, Transition,
@@ -195,9 +195,11 @@ pub struct SweepReport {
     pub dropped: usize,
     /// `revocation_overdue` events emitted.
     pub overdue: usize,
-    /// Of those changes, how many could not be journaled. They are applied anyway (an
-    /// expiry is restrictive, and replay at start expires the grant again), and the
-    /// error is logged; the journal refuses every later acknowledged change.
+    /// Of those changes, how many could not be journaled: overdue reports, and the
+    /// expiries of a sweep whose mark could not be written. They are applied anyway (an
+    /// expiry is restrictive, and replay derives it again, announcing it as one that
+    /// happened while down), and the error is logged; the journal refuses every later
+    /// acknowledged change.
     pub unjournaled: usize,
     /// The journal was compacted.
     pub compacted: bool,
@@ -603,18 +605,20 @@ impl MemoryGrantStore {
         let store = Self::empty(&options, clock, Some(journal));
         let now = store.clock.now();
         let mut events = Vec::new();
-        let mut expired = Vec::new();
+        let mut expired_while_down = 0usize;
         let mut skipped = 0usize;
         for mut grant in replay.grants {
+            // Expired while the process was down: it ended at its expiry, which can put
+            // it past retention at once.
+            let transition = grant.expire(now).unwrap_or(Transition::UNCHANGED);
             if store.due_action(&grant, now) == DueAction::Drop {
                 skipped += 1;
                 continue;
             }
             let key = grant.id();
-            let transition = grant.expire(now).unwrap_or(Transition::UNCHANGED);
             let grant = Arc::new(grant);
             if transition.changed {
-                expired.push(grant.clone());
+                expired_while_down += 1;
                 events.extend(transition.events.iter().map(|&kind| GrantEvent {
                     kind,
                     grant: grant.clone(),
@@ -625,18 +629,17 @@ impl MemoryGrantStore {
             store.index(key, &grant);
             store.counts.add(&grant, 1);
         }
-        if let Some(journal) = &store.journal {
-            for grant in &expired {
-                let mut delta = Delta::new(grant.id());
-                delta.expired_at = Some(now);
-                journal.append(&encode_delta(&delta)?, Durability::Buffered)?;
-            }
+        if expired_while_down > 0
+            && let Some(journal) = &store.journal
+        {
+            // A mark, so that the next start does not announce these expiries again.
+            journal.append(&encode_sweep_mark(now)?, Durability::Buffered)?;
             journal.sync()?;
         }
         tracing::info!(
             records = replay.records,
             grants = store.grants.len(),
-            expired_while_down = expired.len(),
+            expired_while_down,
             dropped_after_retention = skipped,
             truncated_bytes = replay.truncated_bytes,
             "grant journal replayed"
@@ -931,7 +934,7 @@ impl MemoryGrantStore {
     /// distinct.
     fn sweep_batch(&self, keys: Vec<Uuid>, now: DateTime<Utc>, report: &mut SweepReport) {
         let mut records = Vec::new();
-        let mut expired = Vec::new();
+        let mut reports = 0;
         let mut changed = Vec::new();
         for key in keys {
             let _writer = self.writer(&key);
@@ -956,19 +959,20 @@ impl MemoryGrantStore {
                 lock(&self.due).insert((self.next_due(&current), key));
                 continue;
             }
-            if self.journal.is_some() {
-                if action == DueAction::Expire {
-                    expired.push(key);
-                } else {
-                    let delta = Delta {
-                        overdue_reported: true,
-                        ..Delta::new(key)
-                    };
-                    // A delta is a few dozen bytes: it cannot exceed the record limit.
-                    match encode_delta(&delta) {
-                        Ok(record) => records.extend_from_slice(&record),
-                        Err(_) => report.unjournaled += 1,
+            // An expiry is derived from the grant (the sweep's mark covers it); an
+            // overdue report is journaled.
+            if self.journal.is_some() && action == DueAction::ReportOverdue {
+                let delta = Delta {
+                    overdue_reported: true,
+                    ..Delta::new(key)
+                };
+                // A delta is a few dozen bytes: it cannot exceed the record limit.
+                match encode_delta(&delta) {
+                    Ok(record) => {
+                        records.extend_from_slice(&record);
+                        reports += 1;
                     }
+                    Err(_) => report.unjournaled += 1,
                 }
             }
             let next = Arc::new(next);
@@ -982,19 +986,12 @@ impl MemoryGrantStore {
             }
             changed.push((transition.events, next));
         }
-        if !expired.is_empty() {
-            // 16 bytes per grant of a batch: far below the record limit.
-            match encode_expired(now, &expired) {
-                Ok(record) => records.extend_from_slice(&record),
-                Err(_) => report.unjournaled += expired.len(),
-            }
-        }
         if !records.is_empty()
             && let Some(journal) = &self.journal
             && let Err(e) = journal.append(&records, Durability::Buffered)
         {
-            tracing::error!(error = %e, grants = changed.len(), "cannot journal swept grants; applied anyway (replay expires them again)");
-            report.unjournaled += changed.len();
+            tracing::error!(error = %e, grants = reports, "cannot journal the sweep's overdue reports; emitted anyway");
+            report.unjournaled += reports;
         }
         // One look at the subscribers per batch (it takes the channel's lock).
         if self.events.receiver_count() > 0 {
@@ -1213,7 +1210,16 @@ impl GrantStore for MemoryGrantStore {
         lock(&self.due).extend(again);
         super::intern::released(report.dropped);
         if let Some(journal) = &self.journal {
-            if report.expired + report.overdue > 0
+            // The mark only keeps a restart from announcing these expiries again: it
+            // is written, not synced (a power loss at worst repeats their events).
+            if report.expired > 0
+                && let Err(e) = encode_sweep_mark(now)
+                    .and_then(|mark| journal.append(&mark, Durability::Buffered))
+            {
+                tracing::error!(error = %e, grants = report.expired, "cannot journal the sweep's mark; a restart announces its expiries again");
+                report.unjournaled += report.expired;
+            }
+            if report.overdue > 0
                 && let Err(e) = journal.sync()
             {
                 tracing::error!(error = %e, "cannot sync the grant journal after a sweep");

@@ -187,12 +187,12 @@ fn grants_that_expired_while_down_are_expired_at_start_with_events() {
     for id in &ids[..2] {
         let g = store.get(id).unwrap();
         assert_eq!(g.state, GrantState::Expired);
-        assert_eq!(g.ended_at(), Some(clock.now()));
+        assert_eq!(g.ended_at(), Some(g.expires_at), "it ended at its expiry");
     }
     assert_eq!(store.get(&ids[5]).unwrap().state, GrantState::Active);
     assert_eq!(store.stats().expired, 2);
     drop(store);
-    // The expiry was journaled: a second start has nothing more to expire.
+    // The start marked those expiries: a second start does not announce them again.
     let (store, events) = open(dir.path(), &clock);
     assert!(events.is_empty());
     assert_eq!(store.get(&ids[0]).unwrap().state, GrantState::Expired);
@@ -268,6 +268,9 @@ fn retention_drops_stay_dropped_after_a_restart() {
     let report = store.sweep();
     assert_eq!(report.expired, 3);
     assert_eq!(report.dropped, 3, "the three that ended at t0");
+    // The three it expired ended at their expiries, over a retention window ago: the
+    // next sweep drops them (a sweep handles a grant once).
+    assert_eq!(store.sweep().dropped, 3);
     let before = snapshot(&store);
     drop(store);
     let (store, events) = open(dir.path(), &clock);
@@ -354,8 +357,8 @@ fn journal_image(dir: &Path) -> (Vec<u8>, States) {
     store
         .revoke(&b.id().to_string(), &revocation("ops"))
         .unwrap();
-    // A sweep: `a` (active since its approval) and `c` end in one expiry record.
-    let c = store.create(grant(t0(), 0, "s2", "w", 0)).unwrap();
+    // A sweep: `a` (active since its approval) and `c` expire, journaled as one mark.
+    store.create(grant(t0(), 0, "s2", "w", 0)).unwrap();
     clock.advance(TimeDelta::hours(2));
     assert_eq!(store.sweep().expired, 2);
     drop(store);
@@ -363,8 +366,8 @@ fn journal_image(dir: &Path) -> (Vec<u8>, States) {
     let scan = journal::scan(&bytes[..], Path::new("j")).unwrap();
     assert!(
         scan.records.iter().any(|(_, r)| matches!(r,
-            journal::Record::Expired { ids, .. } if *ids == [a.id(), c.id()] || *ids == [c.id(), a.id()])),
-        "the image holds the sweep's expiry record"
+            journal::Record::Expired { ids, at } if ids.is_empty() && *at == clock.now())),
+        "the image holds the sweep's mark"
     );
     assert!(
         scan.records.iter().any(|(_, r)| matches!(r,
@@ -384,6 +387,11 @@ fn journal_image(dir: &Path) -> (Vec<u8>, States) {
         match record {
             journal::Record::Put(g) => {
                 state.insert(g.id().to_string(), g);
+            }
+            journal::Record::Expired { at, ids } if ids.is_empty() => {
+                for g in state.values_mut() {
+                    let _ = g.expire(at);
+                }
             }
             deltas => {
                 for delta in deltas.deltas() {
@@ -409,7 +417,7 @@ fn a_store_opens_every_truncated_journal_with_the_records_before_the_cut() {
     assert_eq!(
         states.len(),
         9,
-        "magic, 5 mutations, a put, b's overdue report and the sweep's expiries"
+        "magic, 5 mutations, a put, b's overdue report and the sweep's mark"
     );
     let clock = ManualClock::at(t0());
     let work = tempfile::tempdir().unwrap();
@@ -754,7 +762,7 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     {
                         prop_assert!(result.is_ok());
                         if m.state_at(now) != m.state {
-                            m.end(GrantState::Expired, now);
+                            m.end(GrantState::Expired, m.expires_at);
                         }
                         m.confirmed = true;
                     }
@@ -764,22 +772,24 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Advance { secs } => clock.advance(TimeDelta::seconds(secs)),
             Op::Sweep => {
                 store.sweep();
-                for m in model.values_mut() {
-                    if m.state_at(now) != m.state {
-                        m.end(GrantState::Expired, now);
-                    }
-                }
+                // A sweep handles a grant once: one it expires (ended at its expiry,
+                // maybe over a retention window ago) is dropped by the next.
                 model.retain(|_, m| {
                     m.ended_at
                         .is_none_or(|ended| now < ended + TimeDelta::seconds(RETENTION_SECS))
                 });
+                for m in model.values_mut() {
+                    if m.state_at(now) != m.state {
+                        m.end(GrantState::Expired, m.expires_at);
+                    }
+                }
             }
             Op::Restart => {
                 drop(store);
                 store = open();
                 for m in model.values_mut() {
                     if m.state_at(now) != m.state {
-                        m.end(GrantState::Expired, now);
+                        m.end(GrantState::Expired, m.expires_at);
                     }
                 }
                 model.retain(|_, m| {
