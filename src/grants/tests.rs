@@ -259,6 +259,45 @@ fn compaction_preserves_state_and_bounds_the_journal() {
 }
 
 #[test]
+fn a_sweeps_expiries_are_not_journaled_and_a_restart_derives_them_without_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(t0());
+    let (store, _) = open(dir.path(), &clock);
+    let ids = populate(&store, &clock);
+    let journaled = store.journal().unwrap().len();
+    clock.advance(TimeDelta::hours(2));
+    let report = store.sweep();
+    assert_eq!(report.expired, 2);
+    let before = snapshot(&store);
+    drop(store);
+    // What the sweep wrote: its overdue reports and one mark, nothing per expiry.
+    let bytes = fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+    let scan = journal::scan(&bytes[..], Path::new("j")).unwrap();
+    let written: Vec<_> = scan
+        .records
+        .iter()
+        .filter(|(offset, _)| *offset >= journaled)
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(written.len(), report.overdue + 1);
+    assert!(
+        matches!(written.last(), Some(journal::Record::Expired { at, ids })
+        if ids.is_empty() && *at == clock.now())
+    );
+    assert!(
+        written[..report.overdue]
+            .iter()
+            .all(|r| matches!(r, journal::Record::Delta(d) if d.overdue_reported))
+    );
+    let (store, events) = open(dir.path(), &clock);
+    assert!(events.is_empty(), "the sweep announced these expiries");
+    assert_eq!(snapshot(&store), before);
+    let g = store.get(&ids[0]).unwrap();
+    assert_eq!(g.state, GrantState::Expired);
+    assert_eq!(g.ended_at(), Some(g.expires_at));
+}
+
+#[test]
 fn retention_drops_stay_dropped_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(t0());
