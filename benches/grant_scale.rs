@@ -436,7 +436,7 @@ impl Mode {
 /// A store holding `sets` sets of `due` grants (set `k` expires at t0 + 1 + 2k s, so
 /// each [`sweep_due`] expires exactly one set), and `active` grants requested and
 /// approved through policy (ACTIVE for an hour). Journaled: filled with fsync off, then
-/// reopened with fsync on.
+/// reopened with the journal options `stepgate serve` uses (fsync and group commit on).
 struct Setup {
     fx: Fixture,
     active: Vec<String>,
@@ -473,7 +473,9 @@ fn setup(policies: &Arc<PolicyStore>, mode: Mode, due: usize, sets: usize, activ
         None => fx,
         Some(dir) => {
             drop(fx);
-            let synced = support::store_options(Some(dir.path()), JournalOptions::default());
+            // What `stepgate serve` runs with: fsync, group commit.
+            let served = stepgate::config::GrantsConfig::default().store.journal;
+            let synced = support::store_options(Some(dir.path()), served);
             Fixture::open(policies, synced, clock)
         }
     };

@@ -67,9 +67,9 @@
 //! # Durability
 //!
 //! Each acknowledged mutation is written and `fdatasync`ed before it becomes visible
-//! ([`Durability::Sync`]); with group commit, concurrent appenders share one write and
-//! one sync (the first becomes the leader and writes the batch, the others wait for
-//! it). A failed write or sync poisons the journal: every later append fails, so the
+//! ([`Durability::Sync`]); with group commit, concurrent synced appenders share one
+//! write and one sync (the first becomes the leader and writes the batch, the others
+//! wait for it), while an append that needs no sync is written at once. A failed write or sync poisons the journal: every later append fails, so the
 //! store refuses mutations rather than acknowledge what it cannot keep.
 //!
 //! # Compaction
@@ -880,7 +880,11 @@ impl Journal {
     /// and synced when `durability` is [`Durability::Sync`] and fsync is on.
     pub fn append(&self, record: &[u8], durability: Durability) -> Result<(), JournalError> {
         let sync = durability == Durability::Sync && self.options.fsync;
-        if !self.options.group_commit {
+        // Group commit shares syncs. An append that needs none is written at once: a
+        // hand-off to a leader would only add a wake-up to its latency. Only one grant's
+        // records must keep their order, and the store journals a grant's next change
+        // only after this append returns.
+        if !self.options.group_commit || !sync {
             return lock(&self.writer).write(&self.path, record, sync);
         }
         let mut group = lock(&self.group);
