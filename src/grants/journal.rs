@@ -650,6 +650,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Locks `m`, trying for a few microseconds before it sleeps: an unsynced append holds
+/// the writer for a write of a few dozen bytes (a microsecond or two), and a waiter that
+/// sleeps instead is woken tens of microseconds later. Those wake-ups were the p99 of
+/// two threads revalidating (1.14-1.78× a `Check`'s; 0.78-1.05× spinning).
+fn lock_spinning<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    for _ in 0..SPINS {
+        match m.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+        }
+    }
+    lock(m)
+}
+
+/// How often [`lock_spinning`] tries before it sleeps.
+const SPINS: u32 = 100;
+
 /// The open journal file.
 struct Writer {
     file: File,
@@ -885,7 +903,7 @@ impl Journal {
         // records must keep their order, and the store journals a grant's next change
         // only after this append returns.
         if !self.options.group_commit || !sync {
-            return lock(&self.writer).write(&self.path, record, sync);
+            return lock_spinning(&self.writer).write(&self.path, record, sync);
         }
         let mut group = lock(&self.group);
         if let Some(why) = &group.failed {
@@ -1515,6 +1533,26 @@ mod tests {
         assert_eq!(replay.records, 3);
         assert_eq!(replay.grants, vec![a.clone(), b]);
         assert_eq!(replay.grants[0].state, GrantState::Revoked);
+    }
+
+    #[test]
+    fn lock_spinning_takes_a_held_or_poisoned_lock_once_it_is_free() {
+        let m = Mutex::new(0);
+        thread::scope(|s| {
+            let held = m.lock().unwrap();
+            let waiter = s.spawn(|| *lock_spinning(&m) += 1);
+            // Long past its spinning: the waiter sleeps until the lock is free.
+            thread::sleep(std::time::Duration::from_millis(20));
+            drop(held);
+            waiter.join().unwrap();
+        });
+        assert_eq!(*m.lock().unwrap(), 1);
+        let poisoner = std::panic::catch_unwind(|| {
+            let _held = m.lock().unwrap();
+            panic!("poisons the lock");
+        });
+        assert!(poisoner.is_err() && m.is_poisoned());
+        assert_eq!(*lock_spinning(&m), 1);
     }
 
     #[test]
