@@ -26,7 +26,7 @@
 //!   bytes id = 1;                                // 16-byte grant id
 //!   optional uint64 uses = 2;                    // a use: the new count
 //!   bytes decision_id = 3;                       // 16 bytes appended to the evidence trail
-//!   google.protobuf.Timestamp expired_at = 4;    // the sweep recorded the expiry then
+//!   google.protobuf.Timestamp expired_at = 4;    // older journals: the sweep's expiry
 //!   bool overdue_reported = 5;                   // the sweep emitted revocation_overdue
 //! }
 //! message Expired {                              // a sweep's mark
@@ -69,8 +69,9 @@
 //! Each acknowledged mutation is written and `fdatasync`ed before it becomes visible
 //! ([`Durability::Sync`]); with group commit, concurrent synced appenders share one
 //! write and one sync (the first becomes the leader and writes the batch, the others
-//! wait for it), while an append that needs no sync is written at once. A failed write or sync poisons the journal: every later append fails, so the
-//! store refuses mutations rather than acknowledge what it cannot keep.
+//! wait for it), while an append that needs no sync is written at once. A failed write
+//! or sync poisons the journal: every later append fails, so the store refuses
+//! mutations rather than acknowledge what it cannot keep.
 //!
 //! # Compaction
 //!

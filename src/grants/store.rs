@@ -591,9 +591,9 @@ impl MemoryGrantStore {
 
     /// Opens the store: with a state directory, replays its journal (a torn tail is
     /// truncated with a warning; other damage is an error naming the byte offset).
-    /// Grants that expired while the process was down are recorded EXPIRED now; their
-    /// `expired` events are returned (and published, to nobody yet). Terminal grants
-    /// past retention are not loaded.
+    /// Grants that expired while the process was down (after the journal's last sweep
+    /// mark) are EXPIRED, ended at their expiry; their `expired` events are returned
+    /// (and published, to nobody yet). Terminal grants past retention are not loaded.
     pub fn open(
         options: StoreOptions,
         clock: Arc<dyn Clock>,
