@@ -44,9 +44,9 @@
 //! An expiry is not a mutation and is not journaled: a grant ends at its `expires_at`,
 //! which its last put holds, so replay derives it exactly as the sweep did (a sweep of
 //! 100k due grants writes nothing per grant into the file that uses append to). A
-//! sweep that expired grants appends a mark with its time: replay expires every live
-//! grant due by the latest mark without an event (the sweep announced it), and the
-//! store announces the rest as expired while it was down. An overdue report implies
+//! sweep that expired grants appends a mark with its time: replay expires, without an
+//! event (the sweep announced it), every live grant due by a mark written after the
+//! grant's last put, and the store announces the rest as expired while it was down. An overdue report implies
 //! an expiry before it, so replay derives that expiry first. Older journals listed a
 //! sweep's expiries (as deltas, later as the ids of a mark); they replay as before.
 //!
@@ -669,6 +669,23 @@ fn lock_spinning<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How often [`lock_spinning`] tries before it sleeps.
 const SPINS: u32 = 100;
 
+/// Expires each grant that the latest mark after its last put covers: the sweep that
+/// wrote the mark expired every live grant due by then. A grant put after a mark is not
+/// covered by it, even when the clock stepped back and its expiry is earlier.
+fn expire_marked(grants: &mut [Grant], put_at: &[u64], marks: &[(u64, DateTime<Utc>)]) {
+    // latest[k]: the latest time among marks[k..].
+    let mut latest = vec![None; marks.len() + 1];
+    for (k, (_, at)) in marks.iter().enumerate().rev() {
+        latest[k] = latest[k + 1].max(Some(*at));
+    }
+    for (grant, put) in grants.iter_mut().zip(put_at) {
+        let after = marks.partition_point(|(offset, _)| offset < put);
+        if let Some(mark) = latest[after] {
+            let _ = grant.expire(mark);
+        }
+    }
+}
+
 /// The open journal file.
 struct Writer {
     file: File,
@@ -731,7 +748,7 @@ struct Group {
 #[derive(Debug)]
 pub struct Replay {
     /// The last state of each grant id (deltas applied, and the expiries the sweep's
-    /// latest mark covers), in order of first appearance.
+    /// marks after its last put cover), in order of first appearance.
     pub grants: Vec<Grant>,
     /// How many records were read.
     pub records: usize,
@@ -786,18 +803,25 @@ impl Journal {
         let mut index: HashMap<Uuid, usize> = HashMap::new();
         let mut grants: Vec<Grant> = Vec::new();
         let mut orphan_deltas = 0usize;
-        let mut swept_through = None;
-        let scan = scan_records(&mut file, &path, &mut |_, record| match record {
+        // Where each grant was last put, and each sweep's mark: a mark covers the grants
+        // put before it.
+        let mut put_at: Vec<u64> = Vec::new();
+        let mut marks: Vec<(u64, DateTime<Utc>)> = Vec::new();
+        let scan = scan_records(&mut file, &path, &mut |offset, record| match record {
             Record::Put(grant) => match index.get(&grant.id()) {
-                Some(&i) => grants[i] = grant,
+                Some(&i) => {
+                    grants[i] = grant;
+                    put_at[i] = offset;
+                }
                 None => {
                     index.insert(grant.id(), grants.len());
                     grants.push(grant);
+                    put_at.push(offset);
                 }
             },
             deltas => {
                 if let Record::Expired { at, .. } = &deltas {
-                    swept_through = swept_through.max(Some(*at));
+                    marks.push((offset, *at));
                 }
                 for delta in deltas.deltas() {
                     match index.get(&delta.id) {
@@ -807,13 +831,7 @@ impl Journal {
                 }
             }
         })?;
-        // Applied once, after the last record: a live grant is only ever put with an
-        // expiry after the put's time, so no put after a mark is due by it.
-        if let Some(mark) = swept_through {
-            for grant in &mut grants {
-                let _ = grant.expire(mark);
-            }
-        }
+        expire_marked(&mut grants, &put_at, &marks);
         if orphan_deltas > 0 {
             tracing::debug!(
                 orphan_deltas,
@@ -1231,6 +1249,9 @@ mod tests {
         let early = grant(t0(), 0, "early", "w", 0);
         let late = grant(t0() + ttl, 0, "late", "w", 0);
         let reported = grant(t0(), 0, "reported", "w", 0);
+        // Put after the mark with an earlier expiry (the clock stepped back): the sweep
+        // that wrote the mark never saw it.
+        let stepped = grant(t0(), 0, "stepped", "w", 0);
         let mut overdue = Delta::new(reported.id());
         overdue.overdue_reported = true;
         {
@@ -1245,6 +1266,7 @@ mod tests {
             for record in [
                 encode_sweep_mark(t0() + TimeDelta::minutes(90)).unwrap(),
                 encode_delta(&overdue).unwrap(),
+                encode_record(&stepped).unwrap(),
             ] {
                 journal.append(&record, Durability::Buffered).unwrap();
             }
@@ -1267,6 +1289,11 @@ mod tests {
         );
         assert!(!got.overdue_reported());
         assert_eq!(by_subject("late").state, late.state, "not due by the mark");
+        assert_eq!(
+            by_subject("stepped").state,
+            stepped.state,
+            "put after the mark"
+        );
         let got = by_subject("reported");
         assert_eq!(got.state, GrantState::Expired);
         assert_eq!(got.ended_at(), Some(reported.expires_at));
