@@ -1,7 +1,7 @@
 //! One decision-log record: the decision's evidence as one JSON line, secrets masked,
 //! hash-chained to the record before it.
 
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use aho_corasick::AhoCorasick;
 use chrono::SecondsFormat;
@@ -11,7 +11,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::chain::{self, Hash};
-use crate::{decision::Decision, grants::Grant};
+use crate::{
+    decision::Decision,
+    grants::{Grant, GrantState},
+};
 
 /// What a decision's record is made of, borrowed from the decision that just concluded.
 #[derive(Debug, Clone, Copy)]
@@ -229,9 +232,24 @@ struct Approver<'a> {
     at: String,
 }
 
+/// A grant's id: its own (a step on the grant) or the text a `Check`'s input carries.
+enum GrantId<'a> {
+    Own(Uuid),
+    Given(&'a str),
+}
+
+impl fmt::Display for GrantId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Own(id) => id.fmt(f),
+            Self::Given(id) => f.write_str(id),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct GrantPart<'a> {
-    id: Cow<'a, str>,
+    id: Shown<GrantId<'a>>,
     state: &'static str,
     approvers: Vec<Approver<'a>>,
 }
@@ -338,7 +356,7 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
         depth: 0,
     };
     let grant = entry.grant.map(|g| GrantPart {
-        id: Cow::Owned(g.id().to_string()),
+        id: Shown(GrantId::Own(g.id())),
         state: g.state.as_str(),
         approvers: g
             .approvals
@@ -352,15 +370,13 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     });
     // A check naming a grant carries it in its input only.
     let grant = grant.or_else(|| {
-        let id = Cow::Borrowed(text(&input["grant"]["id"])?);
-        let state = match text(&input["grant"]["state"]) {
-            Some("PENDING") => "PENDING",
-            Some("ACTIVE") => "ACTIVE",
-            Some("REJECTED") => "REJECTED",
-            Some("EXPIRED") => "EXPIRED",
-            Some("REVOKED") => "REVOKED",
-            _ => "",
-        };
+        let id = Shown(GrantId::Given(text(&input["grant"]["id"])?));
+        let given = text(&input["grant"]["state"]);
+        let state = GrantState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .find(|s| Some(*s) == given)
+            .unwrap_or("");
         Some(GrantPart {
             id,
             state,

@@ -46,9 +46,10 @@
 //! 100k due grants writes nothing per grant into the file that uses append to). A
 //! sweep that expired grants appends a mark with its time: replay expires, without an
 //! event (the sweep announced it), every live grant due by a mark written after the
-//! grant's last put, and the store announces the rest as expired while it was down. An overdue report implies
-//! an expiry before it, so replay derives that expiry first. Older journals listed a
-//! sweep's expiries (as deltas, later as the ids of a mark); they replay as before.
+//! grant's last put, and the store announces the rest as expired while it was down.
+//! An overdue report implies an expiry before it, so replay derives that expiry first.
+//! Older journals listed a sweep's expiries (as deltas, later as the ids of a mark);
+//! they replay as before.
 //!
 //! Replay keeps the last state of each grant id. Grants dropped after their retention
 //! window need no tombstone: replay drops them again (they are past retention), and
@@ -417,13 +418,18 @@ pub enum Record {
 }
 
 impl Record {
-    /// The record as deltas, in order: none for a put.
-    pub fn deltas(&self) -> Vec<Delta> {
-        match self {
-            Self::Put(_) => Vec::new(),
-            Self::Delta(delta) => vec![*delta],
-            Self::Expired { at, ids } => ids.iter().map(|id| Delta::expired(*id, *at)).collect(),
-        }
+    /// The record as deltas, in order: none for a put or a mark, one per id for an
+    /// older mark.
+    pub fn deltas(&self) -> impl Iterator<Item = Delta> + '_ {
+        let (delta, listed) = match self {
+            Self::Put(_) => (None, None),
+            Self::Delta(delta) => (Some(*delta), None),
+            Self::Expired { at, ids } => (None, Some((*at, ids))),
+        };
+        let listed = listed
+            .into_iter()
+            .flat_map(|(at, ids)| ids.iter().map(move |id| Delta::expired(*id, at)));
+        delta.into_iter().chain(listed)
     }
 }
 
@@ -1233,9 +1239,9 @@ mod tests {
                 }
             ]
         );
-        assert!(read[0].deltas().is_empty());
+        assert_eq!(read[0].deltas().count(), 0);
         assert_eq!(
-            read[1].deltas(),
+            read[1].deltas().collect::<Vec<_>>(),
             ids.iter()
                 .map(|id| Delta::expired(*id, at))
                 .collect::<Vec<_>>()

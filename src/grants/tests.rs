@@ -122,12 +122,23 @@ fn populate(store: &MemoryGrantStore, clock: &ManualClock) -> Vec<String> {
     ]
 }
 
-#[test]
-fn a_restart_replays_everything() {
+/// A journaled store at t0 in a fresh directory, holding [`populate`]'s grants.
+fn populated() -> (
+    tempfile::TempDir,
+    ManualClock,
+    MemoryGrantStore,
+    Vec<String>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(t0());
     let (store, _) = open(dir.path(), &clock);
-    populate(&store, &clock);
+    let ids = populate(&store, &clock);
+    (dir, clock, store, ids)
+}
+
+#[test]
+fn a_restart_replays_everything() {
+    let (dir, clock, store, _) = populated();
     let before = snapshot(&store);
     let stats = store.stats();
     drop(store);
@@ -166,10 +177,7 @@ fn a_restart_replays_everything() {
 
 #[test]
 fn grants_that_expired_while_down_are_expired_at_start_with_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at(t0());
-    let (store, _) = open(dir.path(), &clock);
-    let ids = populate(&store, &clock);
+    let (dir, clock, store, ids) = populated();
     drop(store);
     // The renewed grant lives 5 h, the others 1 h (pending: 10 min deadline).
     clock.advance(TimeDelta::hours(2));
@@ -260,10 +268,7 @@ fn compaction_preserves_state_and_bounds_the_journal() {
 
 #[test]
 fn a_sweeps_expiries_are_not_journaled_and_a_restart_derives_them_without_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at(t0());
-    let (store, _) = open(dir.path(), &clock);
-    let ids = populate(&store, &clock);
+    let (dir, clock, store, ids) = populated();
     let journaled = store.journal().unwrap().len();
     clock.advance(TimeDelta::hours(2));
     let report = store.sweep();
@@ -299,10 +304,7 @@ fn a_sweeps_expiries_are_not_journaled_and_a_restart_derives_them_without_events
 
 #[test]
 fn retention_drops_stay_dropped_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at(t0());
-    let (store, _) = open(dir.path(), &clock);
-    let ids = populate(&store, &clock);
+    let (dir, clock, store, ids) = populated();
     clock.advance(TimeDelta::hours(30));
     let report = store.sweep();
     assert_eq!(report.expired, 3);
