@@ -9,6 +9,7 @@
 #   N=50000 N1=5000 benches/load.sh # shorter runs
 #   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
 #                                   # decision log / both, and the cost of each vs off
+#                                   # (ROUNDS=3 rounds of the four, medians compared)
 #   benches/load.sh envoy           # Envoy ext_authz Check beside stepgate.v1 Check,
 #                                   # over h2c and over TLS (the cost of TLS)
 #
@@ -29,6 +30,7 @@ case "$MODE" in grpc|telemetry|envoy) ;; *) echo "usage: $0 [telemetry|envoy]" >
 SCHEME=http
 N=${N:-200000}
 N1=${N1:-20000}
+ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-19191}
 OTLP_PORT=${OTLP_PORT:-14317}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -50,7 +52,7 @@ cargo build --release --quiet --bin stepgate
 sink=""
 if [ "$MODE" = telemetry ]; then
   sink=$(cargo bench --quiet --no-run --bench otlp_sink --message-format=json |
-    python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+    python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "otlp_sink"))')
 fi
 printf '\0\0\0\0\0' > "$work/health.bin"
 
@@ -138,17 +140,20 @@ if [ "$MODE" = telemetry ]; then
   exec 3>"$work/sink.in"
   spans="--otlp-endpoint http://127.0.0.1:$OTLP_PORT --otlp-protocol grpc --otel-traces-sampler always_on"
   log="$work/state/decisions.jsonl"
-  # `off` runs first and last: the machine's drift over the run shows as their spread.
-  for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans" "off-again|off|"; do
-    IFS='|' read -r name decision_log flags <<<"$config"
-    # shellcheck disable=SC2086 # the flags are meant to split
-    start_server "$name" "$decision_log" $flags
-    run "check-$name"        /stepgate.v1.DecisionService/Check "$work/check.bin" "$N"  16 8 150 600
-    run "check-$name-single" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
-    stop_server
-    if [ -f "$work/state/decisions.jsonl" ]; then
-      echo "[$name] $(target/release/stepgate audit verify "$work/state/decisions.jsonl")"
-    fi
+  # The machine drifts by tens of percent over minutes, so the four configurations run
+  # in turn, ROUNDS times, and each is compared with `off` by the median of its rounds.
+  for round in $(seq "$ROUNDS"); do
+    for config in "off|off|" "spans|off|$spans" "log|$log|" "spans+log|$log|$spans"; do
+      IFS='|' read -r name decision_log flags <<<"$config"
+      # shellcheck disable=SC2086 # the flags are meant to split
+      start_server "$name" "$decision_log" $flags
+      run "check-$name-r$round"        /stepgate.v1.DecisionService/Check "$work/check.bin" "$N"  16 8 150 600
+      run "check-$name-single-r$round" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
+      stop_server
+      if [ -f "$work/state/decisions.jsonl" ]; then
+        echo "[$name] $(target/release/stepgate audit verify "$work/state/decisions.jsonl")"
+      fi
+    done
   done
   exec 3>&-
   wait "$sink_pid" || true; sink_pid=""
@@ -159,16 +164,18 @@ if [ "$MODE" = telemetry ]; then
     exit 1
   fi
   echo "spans received by the OTLP sink: $spans_received"
-  python3 - "$work" <<'PY'
-import sys
-work = sys.argv[1]
-rps = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[0])
-cpu = lambda name: float(open(f"{work}/check-{name}.out.rps").read().split()[1])
-off, off_cpu = (rps("off") + rps("off-again")) / 2, (cpu("off") + cpu("off-again")) / 2
-print(f"off: {rps('off'):.0f} then {rps('off-again'):.0f} rps (mean {off:.0f}), {off_cpu:.1f} us/call")
+  python3 - "$work" "$ROUNDS" <<'PY'
+import statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def median(name, column):
+    return statistics.median(
+        float(open(f"{work}/check-{name}-r{r}.out.rps").read().split()[column]) for r in range(1, rounds + 1))
+off, off_cpu = median("off", 0), median("off", 1)
+print(f"medians of {rounds} rounds; off: {off:.0f} rps, server CPU {off_cpu:.1f} us/call")
 for name in ["spans", "log", "spans+log"]:
-    print(f"{name:<10} {rps(name):>8.0f} rps: throughput cost {100 * (1 - rps(name) / off):5.1f}%, "
-          f"server CPU {cpu(name):5.1f} us/call (+{cpu(name) - off_cpu:.1f})")
+    rps, cpu = median(name, 0), median(name, 1)
+    print(f"{name:<10} {rps:>8.0f} rps: throughput cost {100 * (1 - rps / off):5.1f}%, "
+          f"server CPU {cpu:5.1f} us/call (+{cpu - off_cpu:.1f})")
 PY
   exit 0
 fi

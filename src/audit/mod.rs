@@ -8,6 +8,8 @@
 //! *required*, in which case the decision that cannot be logged is denied.
 
 mod chain;
+mod json;
+mod mask;
 mod record;
 mod writer;
 
@@ -21,10 +23,11 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 pub use chain::{Hash, Verified, VerifyError, verify};
-pub use record::{DEFAULT_MASK_KEYS, Entry, MASKED, Masks};
+pub use mask::{DEFAULT_MASK_KEYS, MASKED, Masks};
+pub use record::Entry;
 pub use writer::LogStats;
 
-use record::Masking;
+use mask::Masking;
 use writer::{Message, RotatingFile, Sink};
 
 /// Where the decision log goes.

@@ -200,7 +200,7 @@ fn records_carry_the_evidence_with_secrets_masked() {
 
 #[test]
 fn keys_shorter_than_every_fragment_are_never_masked_and_the_rest_still_are() {
-    let masking = record::Masking::new(Masks {
+    let masking = mask::Masking::new(Masks {
         pointers: Vec::new(),
         keys: vec!["pin".into(), "api_key".into()],
     });
@@ -247,5 +247,59 @@ fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
         record["grant"],
         serde_json::json!({"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE", "approvers": []})
     );
+    assert_eq!(verify(&[&path]).unwrap().records, 1);
+}
+
+#[test]
+fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let options = AuditOptions {
+        masks: Masks {
+            pointers: vec!["/agent/arguments/list/1".into(), "/a~1b/c~0d".into()],
+            ..Masks::default()
+        },
+        ..file_options(&path)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let log = DecisionLog::open(&options).unwrap().unwrap();
+    let input = serde_json::json!({
+        "step": "use",
+        "subject": "not an object",
+        "resource": {"type": 7},
+        "agent": {"arguments": {"list": ["keep", "hide", "keep"], "ratio": 0.25, "big": 1e300,
+                                "neg": -12, "max": u64::MAX, "none": null, "flag": false}},
+        "a/b": {"c~d": "hide", "c": "keep"},
+        "quote\"key\n": {"Authorization": "Bearer x", "\u{2028}": "\u{1b}[0m"},
+    });
+    let mut value = Value::from_json_str(&input.to_string()).unwrap();
+    // Keys that are not strings, and a set, are possible in a policy's own values.
+    let set = Value::from(std::collections::BTreeSet::from([Value::Bool(true)]));
+    value
+        .as_object_mut()
+        .unwrap()
+        .insert(Value::from(3u64), set);
+    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    let entry = Entry {
+        decision: &decision,
+        input: &value,
+        trace: None,
+        grant: None,
+    };
+    log.send(log.reserve().unwrap(), &entry);
+    runtime.block_on(log.close());
+    let line = &lines(&path)[0];
+    let record: serde_json::Value = serde_json::from_str(line).unwrap();
+    let mut expected = input.clone();
+    expected["agent"]["arguments"]["list"][1] = MASKED.into();
+    expected["a/b"]["c~d"] = MASKED.into();
+    expected["quote\"key\n"]["Authorization"] = MASKED.into();
+    expected["3"] = serde_json::json!([true]);
+    assert_eq!(record["input"], expected);
+    assert_eq!(record["subject"], serde_json::Value::Null);
+    assert_eq!(record["resource"], serde_json::json!({}));
+    assert!(!line.contains(['\n', '\u{2028}', '\u{1b}']));
     assert_eq!(verify(&[&path]).unwrap().records, 1);
 }

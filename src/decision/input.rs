@@ -158,6 +158,16 @@ keys! {
     verdict = "verdict", requested_ttl_seconds = "requested_ttl_seconds",
 }
 
+/// A string value's text; `None` for any other value. (regorus's `as_string` builds an
+/// error, with a backtrace when `RUST_BACKTRACE` is set, for every value that is not
+/// one: too dear for the decision path, which asks of optional fields.)
+pub(crate) fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// The entries of one object of the input, collected before the object is made.
 ///
 /// regorus builds an object from sorted entries in one pass, where inserting key by key

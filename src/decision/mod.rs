@@ -20,5 +20,6 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_transport_caller,
 };
+pub(crate) use input::{KEYS, text};
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

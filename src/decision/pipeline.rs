@@ -21,7 +21,7 @@ use super::{
     Caller, Decision, InvalidField, check_input,
     envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
     grant_value,
-    input::KEYS,
+    input::{KEYS, text},
     record::fail_closed,
     validate_check,
 };
@@ -356,7 +356,7 @@ impl DecisionPipeline {
             slot,
         } = pending;
         let elapsed = started.elapsed();
-        let step = input[&KEYS.step].as_string().map_or("", |s| &**s);
+        let step = text(&input[&KEYS.step]).unwrap_or("");
         self.telemetry
             .metrics()
             .record_decision(step_index(step), decision.allow, elapsed);
@@ -502,8 +502,10 @@ impl Begun {
 
 /// The `stepgate.*` attributes of a decision span; built only for sampled spans.
 fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) -> Vec<KeyValue> {
-    let text = |value: &Value| -> Option<StringValue> {
-        value.as_string().ok().map(|s| StringValue::from(s.clone()))
+    // Shares the string with the input (no copy).
+    let string_value = |value: &Value| match value {
+        Value::String(s) => Some(StringValue::from(s.clone())),
+        _ => None,
     };
     let k = &*KEYS;
     let mut attributes = Vec::with_capacity(9);
@@ -515,14 +517,14 @@ fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) ->
         (attr::SUBJECT_KIND, &input[&k.subject][&k.kind]),
         (attr::RESOURCE_TYPE, &input[&k.resource][&k.type_]),
     ] {
-        if let Some(value) = text(value) {
+        if let Some(value) = string_value(value) {
             attributes.push(KeyValue::new(key, value));
         }
     }
     match grant {
         Some(grant) => attributes.push(KeyValue::new(attr::GRANT_ID, grant.id().to_string())),
         None => {
-            if let Some(id) = text(&input[&k.grant][&k.id]) {
+            if let Some(id) = string_value(&input[&k.grant][&k.id]) {
                 attributes.push(KeyValue::new(attr::GRANT_ID, id));
             }
         }
