@@ -7,6 +7,7 @@
 #
 #   benches/load.sh                 # release build, full runs
 #   N=50000 N1=5000 benches/load.sh # shorter runs
+#   STEPGATE=/path/to/stepgate benches/load.sh  # another build of the server
 #   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
 #                                   # decision log / both, and the cost of each vs off
 #                                   # (ROUNDS=3 rounds of the four, medians compared)
@@ -48,11 +49,16 @@ trap cleanup EXIT
 command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp2-client" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
 
-cargo build --release --quiet --bin stepgate
+# STEPGATE=PATH runs another build of the server (to compare two versions); by default
+# the release build of this tree.
+if [ -z "${STEPGATE:-}" ]; then
+  cargo build --release --quiet --bin stepgate
+  STEPGATE=target/release/stepgate
+fi
 sink=""
 if [ "$MODE" = telemetry ]; then
   sink=$(cargo bench --quiet --no-run --bench otlp_sink --message-format=json |
-    python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "otlp_sink"))')
+    python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin.readlines()) if m.get("executable") and m["target"]["name"] == "otlp_sink"][-1])')
 fi
 printf '\0\0\0\0\0' > "$work/health.bin"
 
@@ -67,7 +73,7 @@ start_server() {
   local name=$1 log=$2; shift 2
   rm -rf "$work/state"
   taskset -c "$SERVER_CPU" env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-    target/release/stepgate serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
+    "$STEPGATE" serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
     --http-addr '' --decision-log "$log" --watch-policies false --log-format json \
     --state-dir "$work/state" "$@" >"$work/server-$name.log" 2>&1 &
   server_pid=$!
@@ -151,7 +157,7 @@ if [ "$MODE" = telemetry ]; then
       run "check-$name-single-r$round" /stepgate.v1.DecisionService/Check "$work/check.bin" "$N1" 1  1 150 600
       stop_server
       if [ -f "$work/state/decisions.jsonl" ]; then
-        echo "[$name] $(target/release/stepgate audit verify "$work/state/decisions.jsonl")"
+        echo "[$name] $("$STEPGATE" audit verify "$work/state/decisions.jsonl")"
       fi
     done
   done
