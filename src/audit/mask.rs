@@ -179,10 +179,11 @@ impl Masking {
                     json::push_str(out, key);
                     out.push(':');
                     let (live, ends) = self.step(live, depth, |segment| segment == key);
-                    if ends || self.masks_key(key) {
-                        json::push_str(out, MASKED);
-                    } else {
-                        self.push_value(out, value, live, depth + 1);
+                    match value {
+                        _ if ends || self.masks_key(key) => json::push_str(out, MASKED),
+                        // Most members are strings: no call to get there.
+                        Value::String(s) => json::push_str(out, s),
+                        _ => self.push_value(out, value, live, depth + 1),
                     }
                 }
                 out.push('}');
