@@ -1,13 +1,14 @@
 //! Micro-benchmarks of the decision path on the example policy set (`policies/`):
 //! policy evaluation per step on the RVM and the interpreter, input building, and a
 //! whole `Check` through the service layer without the network (telemetry off, with
-//! spans, with the decision log).
+//! spans, with the decision log), and one decision-log record.
 //!
 //! Run: `cargo bench --bench decision` (add `-- --quick` for a fast pass).
 
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{SdkTracerProvider, SpanData, SpanExporter},
@@ -15,9 +16,9 @@ use opentelemetry_sdk::{
 use regorus::Value;
 use stepgate::{
     api::DecisionApi,
-    audit::{AuditOptions, DecisionLog},
+    audit::{AuditOptions, DecisionLog, Entry},
     clock::SystemClock,
-    decision::{Caller, DecisionPipeline, Transport, check_input},
+    decision::{Caller, Decision, DecisionPipeline, Transport, check_input},
     grants::MemoryGrantStore,
     policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource, PolicyStore},
     proto::v1::{
@@ -179,5 +180,42 @@ fn check_through_service(c: &mut Criterion) {
     let _ = provider.shutdown();
 }
 
-criterion_group!(benches, evaluation, input_building, check_through_service);
+/// One decision-log record as the deciding thread pays for it: rendering the masked
+/// record (`benches/inputs/issue.json`, a grant in it, as the input) and handing it to
+/// the writer, which chains and discards it on its own thread.
+fn decision_log_record(c: &mut Criterion) {
+    let options = AuditOptions {
+        buffer: 1 << 16,
+        ..AuditOptions::default()
+    };
+    let log = DecisionLog::to_writer(Box::new(std::io::sink()), &options).expect("decision log");
+    let input = input("issue");
+    let decision = Decision::deny("because", "sha256:bench".into(), chrono::Utc::now());
+    let trace = (
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+        SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+    );
+    let entry = Entry {
+        decision: &decision,
+        input: &input,
+        trace: Some(trace),
+        grant: None,
+    };
+    c.bench_function("audit/record", |b| {
+        b.iter(|| {
+            log.send(
+                log.reserve().expect("the writer keeps up"),
+                black_box(&entry),
+            )
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    evaluation,
+    input_building,
+    check_through_service,
+    decision_log_record
+);
 criterion_main!(benches);
