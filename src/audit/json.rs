@@ -122,10 +122,11 @@ pub(crate) fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
-/// Appends a value as `serde_json` writes regorus's own serialisation of it (`undefined`
-/// as the string `"<undefined>"`). Meant for leaves: objects, arrays and sets are
-/// written whole, with no masks (the record's writer walks them itself).
-pub(crate) fn push_leaf(out: &mut String, value: &Value) {
+/// Appends a scalar (null, boolean, string, number, undefined) as `serde_json` writes
+/// regorus's own serialisation of it (`undefined` as the string `"<undefined>"`).
+/// Objects, arrays and sets are the masked walk's to write (`mask.rs`): given one, this
+/// writes `null` rather than anything unmasked.
+pub(crate) fn push_scalar(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
@@ -139,11 +140,14 @@ pub(crate) fn push_leaf(out: &mut String, value: &Value) {
             (None, None) => push_serialized(out, value),
         },
         Value::Undefined => push_str(out, "<undefined>"),
-        Value::Object(_) | Value::Array(_) | Value::Set(_) => push_serialized(out, value),
+        Value::Object(_) | Value::Array(_) | Value::Set(_) => {
+            debug_assert!(false, "push_scalar given a compound value");
+            out.push_str("null");
+        }
     }
 }
 
-/// Appends `value` as serde_json writes it.
+/// Appends `value` (a number) as serde_json writes it.
 fn push_serialized(out: &mut String, value: &Value) {
     match serde_json::to_string(value) {
         Ok(text) => out.push_str(&text),
@@ -191,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn leaves_are_written_as_serde_json_writes_regorus_values() {
+    fn scalars_are_written_as_serde_json_writes_regorus_values() {
         for json in [
             "null",
             "true",
@@ -208,11 +212,11 @@ mod tests {
         ] {
             let value = Value::from_json_str(json).unwrap();
             let mut out = String::new();
-            push_leaf(&mut out, &value);
+            push_scalar(&mut out, &value);
             assert_eq!(out, serde_json::to_string(&value).unwrap(), "{json}");
         }
         let mut out = String::new();
-        push_leaf(&mut out, &Value::Undefined);
+        push_scalar(&mut out, &Value::Undefined);
         assert_eq!(out, r#""<undefined>""#);
     }
 

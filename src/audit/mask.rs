@@ -14,7 +14,7 @@ pub const MASKED: &str = "[masked]";
 pub struct Masks {
     /// JSON pointers into the input document, e.g. `/agent/arguments/query`.
     pub pointers: Vec<String>,
-    /// Key fragments, lowercase, e.g. `password`.
+    /// Key fragments, e.g. `password` (matched in any case).
     pub keys: Vec<String>,
 }
 
@@ -71,6 +71,102 @@ impl Masking {
     /// Whether values under `key` are masked: it contains a fragment.
     pub(crate) fn masks_key(&self, key: &str) -> bool {
         self.fragments.matches(key)
+    }
+
+    /// Appends the input document as JSON, masked by key and by pointer.
+    pub(crate) fn push_input(&self, out: &mut String, input: &Value) {
+        let all = if self.pointers.is_empty() {
+            0
+        } else {
+            u64::MAX
+        };
+        self.push_value(out, input, all, 0);
+    }
+
+    /// Appends `value` as JSON, masked by key only: the pointers address the input, and
+    /// this is another part of the record (the caller, the obligations).
+    pub(crate) fn push_by_key(&self, out: &mut String, value: &Value) {
+        self.push_value(out, value, 0, 0);
+    }
+
+    /// Appends `value` as JSON with the masks applied on the way (no intermediate JSON
+    /// tree). `live` holds the pointers whose segments matched the path so far (a bit per
+    /// pointer, up to 64); `depth` is the path length.
+    fn push_value(&self, out: &mut String, value: &Value, live: u64, depth: usize) {
+        match value {
+            Value::Object(fields) => {
+                out.push('{');
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let owned;
+                    let key: &str = match key {
+                        Value::String(s) => s,
+                        other => {
+                            owned = other.to_json_str().unwrap_or_default();
+                            &owned
+                        }
+                    };
+                    json::push_str(out, key);
+                    out.push(':');
+                    let (live, ends) = self.step(live, depth, |segment| segment == key);
+                    match value {
+                        _ if ends || self.masks_key(key) => json::push_str(out, MASKED),
+                        // Most members are strings: no call to get there.
+                        Value::String(s) => json::push_str(out, s),
+                        _ => self.push_value(out, value, live, depth + 1),
+                    }
+                }
+                out.push('}');
+            }
+            Value::Array(items) => self.push_sequence(out, items.iter(), live, depth),
+            Value::Set(items) => self.push_sequence(out, items.iter(), live, depth),
+            scalar => json::push_scalar(out, scalar),
+        }
+    }
+
+    fn push_sequence<'v>(
+        &self,
+        out: &mut String,
+        items: impl Iterator<Item = &'v Value>,
+        live: u64,
+        depth: usize,
+    ) {
+        out.push('[');
+        for (index, item) in items.enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let (live, ends) =
+                self.step(live, depth, |segment| segment.parse::<usize>() == Ok(index));
+            if ends {
+                json::push_str(out, MASKED);
+            } else {
+                self.push_value(out, item, live, depth + 1);
+            }
+        }
+        out.push(']');
+    }
+
+    /// The pointers of `live` still matching after one more segment at `depth`, and
+    /// whether one of them ends there.
+    fn step(&self, live: u64, depth: usize, segment: impl Fn(&str) -> bool) -> (u64, bool) {
+        let mut still = 0;
+        let mut ends = false;
+        if live == 0 {
+            return (still, ends);
+        }
+        for (i, pointer) in self.pointers.iter().enumerate().take(64) {
+            if live & (1 << i) != 0 && pointer.get(depth).is_some_and(|s| segment(s)) {
+                if pointer.len() == depth + 1 {
+                    ends = true;
+                } else {
+                    still |= 1 << i;
+                }
+            }
+        }
+        (still, ends)
     }
 }
 
@@ -143,98 +239,6 @@ impl Fragments {
                     })
                 })
         })
-    }
-}
-
-impl Masking {
-    /// Appends the input document as JSON, masked by key and by pointer.
-    pub(crate) fn push_input(&self, out: &mut String, input: &Value) {
-        let all = if self.pointers.is_empty() {
-            0
-        } else {
-            u64::MAX
-        };
-        self.push_value(out, input, all, 0);
-    }
-
-    /// Appends `value` as JSON with the masks applied on the way (no intermediate JSON
-    /// tree). `live` holds the pointers whose segments matched the path so far (a bit per
-    /// pointer, up to 64); `depth` is the path length.
-    pub(crate) fn push_value(&self, out: &mut String, value: &Value, live: u64, depth: usize) {
-        match value {
-            Value::Object(fields) => {
-                out.push('{');
-                for (i, (key, value)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let owned;
-                    let key: &str = match key {
-                        Value::String(s) => s,
-                        other => {
-                            owned = other.to_json_str().unwrap_or_default();
-                            &owned
-                        }
-                    };
-                    json::push_str(out, key);
-                    out.push(':');
-                    let (live, ends) = self.step(live, depth, |segment| segment == key);
-                    match value {
-                        _ if ends || self.masks_key(key) => json::push_str(out, MASKED),
-                        // Most members are strings: no call to get there.
-                        Value::String(s) => json::push_str(out, s),
-                        _ => self.push_value(out, value, live, depth + 1),
-                    }
-                }
-                out.push('}');
-            }
-            Value::Array(items) => self.push_sequence(out, items.iter(), live, depth),
-            Value::Set(items) => self.push_sequence(out, items.iter(), live, depth),
-            leaf => json::push_leaf(out, leaf),
-        }
-    }
-
-    fn push_sequence<'v>(
-        &self,
-        out: &mut String,
-        items: impl Iterator<Item = &'v Value>,
-        live: u64,
-        depth: usize,
-    ) {
-        out.push('[');
-        for (index, item) in items.enumerate() {
-            if index > 0 {
-                out.push(',');
-            }
-            let (live, ends) =
-                self.step(live, depth, |segment| segment.parse::<usize>() == Ok(index));
-            if ends {
-                json::push_str(out, MASKED);
-            } else {
-                self.push_value(out, item, live, depth + 1);
-            }
-        }
-        out.push(']');
-    }
-
-    /// The pointers of `live` still matching after one more segment at `depth`, and
-    /// whether one of them ends there.
-    fn step(&self, live: u64, depth: usize, segment: impl Fn(&str) -> bool) -> (u64, bool) {
-        let mut still = 0;
-        let mut ends = false;
-        if live == 0 {
-            return (still, ends);
-        }
-        for (i, pointer) in self.pointers.iter().enumerate().take(64) {
-            if live & (1 << i) != 0 && pointer.get(depth).is_some_and(|s| segment(s)) {
-                if pointer.len() == depth + 1 {
-                    ends = true;
-                } else {
-                    still |= 1 << i;
-                }
-            }
-        }
-        (still, ends)
     }
 }
 

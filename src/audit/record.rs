@@ -162,9 +162,8 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     json::push_str(&mut out, &decision.policy_revision);
     out.push_str(",\"step\":");
     push_text_or_null(&mut out, &input[&KEYS.step]);
-    // Masks apply to the input's own paths; the caller sub-document is masked by key.
     out.push_str(",\"caller\":");
-    masking.push_value(&mut out, &input[&KEYS.caller], 0, 1);
+    masking.push_by_key(&mut out, &input[&KEYS.caller]);
     out.push_str(",\"subject\":");
     push_named(&mut out, &input[&KEYS.subject], &KEYS.kind);
     out.push_str(",\"action\":");
@@ -183,7 +182,7 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
         json::push_str(&mut out, reason);
     }
     out.push_str("],\"obligations\":");
-    masking.push_value(&mut out, &decision.obligations, 0, 0);
+    masking.push_by_key(&mut out, &decision.obligations);
     push_grant(&mut out, entry);
     out.push_str(",\"eval_us\":");
     json::push_u64(

@@ -212,15 +212,28 @@ fn keys_shorter_than_every_fragment_are_never_masked_and_the_rest_still_are() {
     }
 }
 
-#[test]
-fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
-    use opentelemetry::trace::{SpanId, TraceId};
+/// Logs `entry` alone in a fresh file log with `options`'s masks; its line, after the
+/// chain is verified.
+fn log_one(masks: Masks, entry: &Entry<'_>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
+    let options = AuditOptions {
+        masks,
+        ..file_options(&path)
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let log = DecisionLog::open(&file_options(&path)).unwrap().unwrap();
+    let log = DecisionLog::open(&options).unwrap().unwrap();
+    log.send(log.reserve().unwrap(), entry);
+    runtime.block_on(log.close());
+    assert_eq!(verify(&[&path]).unwrap().records, 1);
+    lines(&path).remove(0)
+}
+
+#[test]
+fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
+    use opentelemetry::trace::{SpanId, TraceId};
     // A Check naming a grant: the grant is in its input only.
     let input = Value::from_json_str(
         r#"{"step": "issue", "grant": {"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE"}}"#,
@@ -237,9 +250,8 @@ fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
         trace: Some(trace),
         grant: None,
     };
-    log.send(log.reserve().unwrap(), &entry);
-    runtime.block_on(log.close());
-    let record: serde_json::Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&log_one(Masks::default(), &entry)).unwrap();
     assert_eq!(record["decision_id"], decision.id.to_string());
     assert_eq!(record["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(record["span_id"], "00f067aa0ba902b7");
@@ -247,24 +259,10 @@ fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
         record["grant"],
         serde_json::json!({"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE", "approvers": []})
     );
-    assert_eq!(verify(&[&path]).unwrap().records, 1);
 }
 
 #[test]
 fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("decisions.jsonl");
-    let options = AuditOptions {
-        masks: Masks {
-            pointers: vec!["/agent/arguments/list/1".into(), "/a~1b/c~0d".into()],
-            ..Masks::default()
-        },
-        ..file_options(&path)
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let log = DecisionLog::open(&options).unwrap().unwrap();
     let input = serde_json::json!({
         "step": "use",
         "subject": "not an object",
@@ -281,16 +279,26 @@ fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
         .as_object_mut()
         .unwrap()
         .insert(Value::from(3u64), set);
-    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    let mut decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    // Obligations are masked by key too (the pointers address the input).
+    decision.obligations =
+        Value::from_json_str(r#"{"max_ttl_seconds": 60, "session_token": "t", "list": [1, 2]}"#)
+            .unwrap();
     let entry = Entry {
         decision: &decision,
         input: &value,
         trace: None,
         grant: None,
     };
-    log.send(log.reserve().unwrap(), &entry);
-    runtime.block_on(log.close());
-    let line = &lines(&path)[0];
+    let masks = Masks {
+        pointers: vec![
+            "/agent/arguments/list/1".into(),
+            "/a~1b/c~0d".into(),
+            "/list/1".into(),
+        ],
+        ..Masks::default()
+    };
+    let line = &log_one(masks, &entry);
     let record: serde_json::Value = serde_json::from_str(line).unwrap();
     let mut expected = input.clone();
     expected["agent"]["arguments"]["list"][1] = MASKED.into();
@@ -300,6 +308,9 @@ fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
     assert_eq!(record["input"], expected);
     assert_eq!(record["subject"], serde_json::Value::Null);
     assert_eq!(record["resource"], serde_json::json!({}));
+    assert_eq!(
+        record["obligations"],
+        serde_json::json!({"max_ttl_seconds": 60, "session_token": MASKED, "list": [1, 2]})
+    );
     assert!(!line.contains(['\n', '\u{2028}', '\u{1b}']));
-    assert_eq!(verify(&[&path]).unwrap().records, 1);
 }

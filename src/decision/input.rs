@@ -136,7 +136,7 @@ fn validate_struct(value: Option<&Struct>, field: &str) -> Result<(), InvalidFie
 
 macro_rules! keys {
     ($($field:ident = $name:literal),* $(,)?) => {
-        /// Interned object keys of the input document.
+        /// Interned object keys of the input document (and of a policy's decision).
         pub(crate) struct Keys { $(pub(crate) $field: Value),* }
         /// The keys, built once.
         pub(crate) static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys { $($field: Value::from($name)),* });
@@ -156,6 +156,8 @@ keys! {
     activated_at = "activated_at", expires_at = "expires_at", ttl_seconds = "ttl_seconds",
     uses = "uses", max_uses = "max_uses", approval = "approval", comment = "comment",
     verdict = "verdict", requested_ttl_seconds = "requested_ttl_seconds",
+    // The decision object a policy returns.
+    allow = "allow", reasons = "reasons", obligations = "obligations",
 }
 
 /// A string value's text; `None` for any other value. (regorus's `as_string` builds an

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 use uuid::Uuid;
 
+use super::input::{KEYS, text};
 use crate::policy::EvalError;
 
 /// One decision: the answer and its evidence.
@@ -113,36 +114,26 @@ fn map_result(result: &Value) -> (bool, Vec<String>, Value) {
         return (false, vec![reason.into()], Value::new_object());
     };
     let mut problems = Vec::new();
-    let allow = match object.get(&Value::from("allow")) {
+    let allow = match object.get(&KEYS.allow) {
         Some(Value::Bool(allow)) => *allow,
         _ => {
             problems.push(fail_closed::NO_ALLOW);
             false
         }
     };
-    let mut reasons = Vec::new();
-    match object.get(&Value::from("reasons")) {
-        None => {}
-        Some(Value::Array(items)) if items.iter().all(|r| matches!(r, Value::String(_))) => {
-            reasons.extend(
-                items
-                    .iter()
-                    .filter_map(|r| r.as_string().ok())
-                    .map(|r| r.to_string()),
-            );
-        }
-        // Rego sets (`deny contains msg`) are a natural way to collect reasons.
-        Some(Value::Set(items)) if items.iter().all(|r| matches!(r, Value::String(_))) => {
-            reasons.extend(
-                items
-                    .iter()
-                    .filter_map(|r| r.as_string().ok())
-                    .map(|r| r.to_string()),
-            );
-        }
-        Some(_) => problems.push(fail_closed::BAD_REASONS),
-    }
-    let obligations = match object.get(&Value::from("obligations")) {
+    // An array of strings, or a set of them (`deny contains msg` is a natural way to
+    // collect reasons in Rego).
+    let reasons = match object.get(&KEYS.reasons) {
+        None => Some(Vec::new()),
+        Some(Value::Array(items)) => strings(items.iter()),
+        Some(Value::Set(items)) => strings(items.iter()),
+        Some(_) => None,
+    };
+    let mut reasons = reasons.unwrap_or_else(|| {
+        problems.push(fail_closed::BAD_REASONS);
+        Vec::new()
+    });
+    let obligations = match object.get(&KEYS.obligations) {
         None => Value::new_object(),
         Some(o @ Value::Object(_)) => o.clone(),
         Some(_) => {
@@ -156,6 +147,11 @@ fn map_result(result: &Value) -> (bool, Vec<String>, Value) {
         reasons.extend(problems.into_iter().map(String::from));
         (false, reasons, obligations)
     }
+}
+
+/// The texts of `items` when every one is a string.
+fn strings<'a>(items: impl Iterator<Item = &'a Value>) -> Option<Vec<String>> {
+    items.map(|item| text(item).map(str::to_owned)).collect()
 }
 
 #[cfg(test)]
