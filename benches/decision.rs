@@ -180,9 +180,11 @@ fn check_through_service(c: &mut Criterion) {
     let _ = provider.shutdown();
 }
 
-/// One decision-log record as the deciding thread pays for it: rendering the masked
-/// record (`benches/inputs/issue.json`, a grant in it, as the input) and handing it to
-/// the writer, which chains and discards it on its own thread.
+/// One decision-log record: rendering the masked record (`benches/inputs/issue.json`,
+/// a grant in it, as the input) and handing it to the writer, which chains it and writes
+/// it to a sink on its own thread. Pinned to one core (`taskset -c 0`) this is the
+/// record's whole cost; unpinned, the deciding thread's share (bimodal: the two threads
+/// sometimes contend).
 fn decision_log_record(c: &mut Criterion) {
     let options = AuditOptions {
         buffer: 1 << 16,
