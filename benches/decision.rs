@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the decision path on the example policy set (`policies/`):
-//! policy evaluation per step on the RVM and the interpreter, input building, and a
+//! policy evaluation per step on the RVM and the interpreter (and, for scale, the
+//! prototype-size set in `benches/policies/minimal`), input building, and a
 //! whole `Check` through the service layer without the network (telemetry off, with
 //! spans, with the decision log), and one decision-log record.
 //!
@@ -28,11 +29,10 @@ use stepgate::{
     telemetry::{Telemetry, Tracer},
 };
 
-fn load_set() -> PolicySet {
+fn load_set(dir: &str) -> PolicySet {
     let options = PolicyOptions::default();
-    let source =
-        PolicySource::read_dir("policies".as_ref(), &options.source_limits).expect("policies/");
-    PolicySet::load(source, &options, false).expect("example policies compile")
+    let source = PolicySource::read_dir(dir.as_ref(), &options.source_limits).expect(dir);
+    PolicySet::load(source, &options, false).expect("bench policies compile")
 }
 
 fn input(name: &str) -> Value {
@@ -89,7 +89,7 @@ pub fn issue_request() -> CheckRequest {
 }
 
 fn evaluation(c: &mut Criterion) {
-    let set = load_set();
+    let set = load_set("policies");
     let mut group = c.benchmark_group("eval");
     for name in ["issue", "agent_use"] {
         let doc = input(name);
@@ -110,6 +110,19 @@ fn evaluation(c: &mut Criterion) {
             })
         });
     }
+    // The same `issue` against a policy the size of the prototype's: what evaluation
+    // costs when the policy checks a fraction of what the example set checks.
+    let minimal = load_set("benches/policies/minimal");
+    let doc = input("issue");
+    group.bench_function("issue/rvm_minimal_policy", |b| {
+        b.iter(|| {
+            black_box(
+                minimal
+                    .evaluate(Entrypoint::Decision, doc.clone())
+                    .expect("evaluates"),
+            )
+        })
+    });
     group.finish();
 }
 

@@ -8,6 +8,8 @@
 #   benches/load.sh                 # release build, full runs
 #   N=50000 N1=5000 benches/load.sh # shorter runs
 #   STEPGATE=/path/to/stepgate benches/load.sh  # another build of the server
+#   POLICIES=DIR benches/load.sh    # another policy set (its data.stepgate.decision must
+#                                   # allow step `request` and this `issue`)
 #   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
 #                                   # decision log / both, and the cost of each vs off
 #                                   # (ROUNDS=3 rounds of the four, medians compared)
@@ -36,6 +38,7 @@ PORT=${PORT:-19191}
 OTLP_PORT=${OTLP_PORT:-14317}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+POLICIES=${POLICIES:-policies}
 work=$(mktemp -d)
 server_pid=""
 sink_pid=""
@@ -73,7 +76,7 @@ start_server() {
   local name=$1 log=$2; shift 2
   rm -rf "$work/state"
   taskset -c "$SERVER_CPU" env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-    "$STEPGATE" serve --policies policies --grpc-addr "127.0.0.1:$PORT" \
+    "$STEPGATE" serve --policies "$POLICIES" --grpc-addr "127.0.0.1:$PORT" \
     --http-addr '' --decision-log "$log" --watch-policies false --log-format json \
     --state-dir "$work/state" "$@" >"$work/server-$name.log" 2>&1 &
   server_pid=$!

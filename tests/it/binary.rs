@@ -290,3 +290,39 @@ fn eval_subcommand_prints_the_decision_as_json() {
     // The server's clock fills context.time when the input has none.
     assert!(decision["reasons"][2].as_str().unwrap().ends_with('Z'));
 }
+
+/// `benches/load.sh` can run `benches/policies/minimal` in place of the example set (to
+/// tell evaluation's cost from the rest of the path): it must decide the harness's
+/// requests as the example set does, allowing a live grant and refusing a lapsed one.
+#[test]
+fn the_minimal_bench_policy_decides_the_bench_input() {
+    let eval = |input: &std::path::Path| {
+        let out = stepgate(&[
+            "eval",
+            "--policies",
+            "benches/policies/minimal",
+            "--input",
+            input.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let live = eval("benches/inputs/issue.json".as_ref());
+    assert_eq!(live["allow"], true, "{live}");
+    // 55 minutes left on the grant, under the one-hour cap.
+    assert_eq!(live["obligations"]["max_ttl_seconds"], 3300);
+
+    let mut lapsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("benches/inputs/issue.json").unwrap())
+            .unwrap();
+    lapsed["context"]["time"] = "2026-11-23T11:00:00Z".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lapsed.json");
+    std::fs::write(&path, lapsed.to_string()).unwrap();
+    let refused = eval(&path);
+    assert_eq!(refused["allow"], false, "{refused}");
+}
