@@ -8,8 +8,9 @@
 #   benches/load.sh                 # release build, full runs
 #   N=50000 N1=5000 benches/load.sh # shorter runs
 #   STEPGATE=/path/to/stepgate benches/load.sh  # another build of the server
-#   POLICIES=DIR benches/load.sh    # another policy set (its data.stepgate.decision must
-#                                   # allow step `request` and this `issue`)
+#   POLICIES=DIR benches/load.sh    # another policy set, e.g. benches/policies/minimal
+#                                   # (its data.stepgate.decision must allow the
+#                                   # harness's `request`, `issue` and `use`)
 #   benches/load.sh telemetry       # Check with telemetry off / spans over OTLP /
 #                                   # decision log / both, and the cost of each vs off
 #                                   # (ROUNDS=3 rounds of the four, medians compared)

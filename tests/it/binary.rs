@@ -291,16 +291,17 @@ fn eval_subcommand_prints_the_decision_as_json() {
     assert!(decision["reasons"][2].as_str().unwrap().ends_with('Z'));
 }
 
-/// `benches/load.sh` can run `benches/policies/minimal` in place of the example set (to
-/// tell evaluation's cost from the rest of the path): it must decide the harness's
-/// requests as the example set does, allowing a live grant and refusing a lapsed one.
+/// `benches/load.sh` can run `benches/policies/minimal` or `benches/policies/constant` in
+/// place of the example set (to tell evaluation's cost from the rest of the path): the
+/// minimal set must decide the harness's requests as the example set does, allowing a
+/// live grant and refusing a lapsed one; the constant one allows with the same shape.
 #[test]
-fn the_minimal_bench_policy_decides_the_bench_input() {
-    let eval = |input: &std::path::Path| {
+fn the_bench_policies_decide_the_bench_input() {
+    let eval_in = |policies: &str, input: &std::path::Path| {
         let out = stepgate(&[
             "eval",
             "--policies",
-            "benches/policies/minimal",
+            policies,
             "--input",
             input.to_str().unwrap(),
         ]);
@@ -311,6 +312,14 @@ fn the_minimal_bench_policy_decides_the_bench_input() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    let eval = |input: &std::path::Path| eval_in("benches/policies/minimal", input);
+    let constant = eval_in(
+        "benches/policies/constant",
+        "benches/inputs/issue.json".as_ref(),
+    );
+    assert_eq!(constant["allow"], true, "{constant}");
+    assert_eq!(constant["obligations"]["max_ttl_seconds"], 3600);
+
     let live = eval("benches/inputs/issue.json".as_ref());
     assert_eq!(live["allow"], true, "{live}");
     // 55 minutes left on the grant, under the one-hour cap.
