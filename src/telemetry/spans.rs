@@ -5,9 +5,11 @@
 //! With no exporter configured there is no provider and no tracer: recording a decision
 //! is one branch on `None`. With one, attributes are built only for spans the sampler
 //! keeps, and export runs on the batch processor's own thread, which drops spans rather
-//! than block when its queue is full.
+//! than block when its queue is full. Over gRPC, the exporter's connection (HTTP/2, and
+//! the encoding of each batch as it is sent) runs on a runtime of its own, never on a
+//! serving worker.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -16,7 +18,8 @@ use opentelemetry::{
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
-    trace::{Sampler, SdkTracer, SdkTracerProvider},
+    error::OTelSdkResult,
+    trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData},
 };
 use tokio::{sync::broadcast, task::JoinHandle};
 
@@ -163,7 +166,6 @@ impl Default for TracingOptions {
 pub struct ExporterError(String);
 
 /// Builds the tracer provider `options` ask for: `None` when no exporter is configured.
-/// Must run inside a Tokio runtime (the gRPC exporter's channel lives there).
 pub fn tracer_provider(
     options: &TracingOptions,
 ) -> Result<Option<SdkTracerProvider>, ExporterError> {
@@ -171,13 +173,7 @@ pub fn tracer_provider(
         return Ok(None);
     };
     let exporter = match otlp.protocol {
-        OtlpProtocol::Grpc => {
-            let mut builder = SpanExporter::builder().with_tonic();
-            if let Some(endpoint) = &otlp.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
-            }
-            builder.build()
-        }
+        OtlpProtocol::Grpc => OtlpSpanExporter::grpc(otlp.endpoint.as_deref())?,
         OtlpProtocol::HttpProtobuf => {
             let mut builder = SpanExporter::builder().with_http();
             if let Some(endpoint) = &otlp.endpoint {
@@ -185,10 +181,12 @@ pub fn tracer_provider(
                 let base = endpoint.trim_end_matches('/');
                 builder = builder.with_endpoint(format!("{base}/v1/traces"));
             }
-            builder.build()
+            OtlpSpanExporter {
+                exporter: builder.build().map_err(|e| ExporterError(e.to_string()))?,
+                _runtime: None,
+            }
         }
-    }
-    .map_err(|e| ExporterError(e.to_string()))?;
+    };
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
@@ -200,6 +198,67 @@ pub fn tracer_provider(
             )
             .build(),
     ))
+}
+
+/// The OTLP span exporter, and for gRPC the runtime its channel lives on.
+///
+/// A tonic channel runs its connection as tasks of the runtime it was built in. Built
+/// in the serving runtime, those tasks would encode and send each batch (512 spans, a
+/// few hundred microseconds of work in one poll) on a serving worker, stalling the
+/// requests queued behind it there. On a runtime of its own the work has its own
+/// thread, which the OS schedules around the workers. The batch processor's thread owns
+/// the exporter and drops it, runtime and all, when the provider shuts down.
+#[derive(Debug)]
+struct OtlpSpanExporter {
+    // Dropped first: the channel closes before its runtime stops.
+    exporter: SpanExporter,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl OtlpSpanExporter {
+    /// An OTLP/gRPC exporter to `endpoint` (else the OTEL_* variables' or the default).
+    fn grpc(endpoint: Option<&str>) -> Result<Self, ExporterError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stepgate-otlp")
+            .enable_all()
+            .build()
+            .map_err(|e| ExporterError(format!("export runtime: {e}")))?;
+        let mut builder = SpanExporter::builder().with_tonic();
+        if let Some(endpoint) = endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let exporter = {
+            let _in_runtime = runtime.enter();
+            builder.build()
+        }
+        .map_err(|e| ExporterError(e.to_string()))?;
+        Ok(Self {
+            exporter,
+            _runtime: Some(runtime),
+        })
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OtlpSpanExporter {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        self.exporter.export(batch)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.exporter.set_resource(resource);
+    }
 }
 
 /// Records stepgate's spans; a disabled tracer records nothing and costs a branch.

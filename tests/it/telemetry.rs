@@ -23,7 +23,7 @@ use stepgate::{
         RevalidateRequest, RevokeRequest, Subject, grant_service_client::GrantServiceClient,
         revoke_request::Target,
     },
-    telemetry::{OtlpExporter, OtlpProtocol, ParentContext, TracingOptions},
+    telemetry::{OtlpExporter, OtlpProtocol, ParentContext, TracingOptions, tracer_provider},
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -427,6 +427,60 @@ async fn spans_are_exported_over_otlp_http() {
     )
     .await;
     collector.abort();
+}
+
+/// The OTLP/gRPC exporter's connection runs on a runtime of its own, not on the serving
+/// runtime it was built in: export goes on while that runtime's workers are busy. Here
+/// the runtime that builds the provider is not driven at all while a flush waits; an
+/// exporter whose channel lived there could not send until the flush timed out.
+#[test]
+fn grpc_export_goes_on_while_the_serving_runtime_is_busy() {
+    let receiver = Receiver::default();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let kept = receiver.clone();
+    std::thread::spawn(move || {
+        let collector = tokio::runtime::Runtime::new().unwrap();
+        collector.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(kept))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let options = TracingOptions {
+        exporter: Some(OtlpExporter {
+            endpoint: Some(format!("http://{addr}")),
+            protocol: OtlpProtocol::Grpc,
+        }),
+        service_name: "stepgate-test".into(),
+        ..TracingOptions::default()
+    };
+    let serving = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let provider = serving
+        .block_on(async { tracer_provider(&options) })
+        .unwrap()
+        .expect("an exporter is configured");
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    provider.tracer("test").start("stepgate.decision").end();
+    let flushed = provider.force_flush();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .any(|(service, name, _)| service == "stepgate-test" && name == "stepgate.decision"),
+        "{:?}",
+        receiver.spans()
+    );
+    provider.shutdown().unwrap();
 }
 
 /// The value of the series `name` (with its labels, as rendered) in a scrape.
