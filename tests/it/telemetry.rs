@@ -20,8 +20,8 @@ use stepgate::{
     app::Overrides,
     proto::v1::{
         BatchCheckRequest, CheckRequest, ConfirmRevocationRequest, RequestGrantRequest, Resource,
-        RevalidateRequest, RevokeRequest, Subject, grant_service_client::GrantServiceClient,
-        revoke_request::Target,
+        RevalidateRequest, RevokeRequest, Subject, decision_service_client::DecisionServiceClient,
+        grant_service_client::GrantServiceClient, revoke_request::Target,
     },
     telemetry::{OtlpExporter, OtlpProtocol, ParentContext, TracingOptions, tracer_provider},
 };
@@ -481,6 +481,97 @@ fn grpc_export_goes_on_while_the_serving_runtime_is_busy() {
         receiver.spans()
     );
     provider.shutdown().unwrap();
+}
+
+/// A collector that takes every export request and answers none until released.
+#[derive(Clone)]
+struct StalledCollector(tokio::sync::watch::Receiver<bool>);
+
+#[tonic::async_trait]
+impl TraceService for StalledCollector {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut released = self.0.clone();
+        let _ = released.wait_for(|released| *released).await;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Decisions never wait on the collector: with one that takes exports and never
+/// answers, and with none listening at all, three times as many spans as the batch
+/// processor queues (2,048) are decided and answered. Were export on the decision path,
+/// or a full queue to block, they would wait on a collector that never answers. The
+/// client runs on a thread and runtime of its own, so a server whose workers block
+/// fails this test at the deadline instead of hanging it.
+#[test]
+fn decisions_never_wait_for_a_stalled_or_absent_collector() {
+    let serving = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (stalled, collector) = serving.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stalled = format!("http://{}", listener.local_addr().unwrap());
+        let collector = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(StalledCollector(released)))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (stalled, collector)
+    });
+    let absent = {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", closed.local_addr().unwrap())
+    };
+    for endpoint in [stalled, absent] {
+        let server = serving.block_on(Server::start_with(&[("p.rego", ECHO_POLICY)], |c| {
+            c.max_batch = 256;
+            c.tracing = TracingOptions {
+                exporter: Some(OtlpExporter {
+                    endpoint: Some(endpoint.clone()),
+                    protocol: OtlpProtocol::Grpc,
+                }),
+                ..TracingOptions::default()
+            };
+        }));
+        let addr = server.addr;
+        let (answered_tx, answered_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let client = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            client.block_on(async move {
+                let mut client = DecisionServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                let batch = BatchCheckRequest {
+                    checks: vec![request("read"); 256],
+                };
+                let mut answered = 0;
+                for _ in 0..24 {
+                    let response = client.batch_check(batch.clone()).await.unwrap();
+                    answered += response.into_inner().decisions.len();
+                }
+                let _ = answered_tx.send(answered);
+            });
+        });
+        let Ok(answered) = answered_rx.recv_timeout(Duration::from_secs(60)) else {
+            // The server's workers wait on the collector: leave them rather than join them.
+            std::mem::forget(server);
+            serving.shutdown_background();
+            panic!("decisions waited on the collector at {endpoint}");
+        };
+        assert_eq!(answered, 24 * 256);
+        // Let the stalled exports finish so the shutdown flush does not wait them out.
+        release.send_replace(true);
+        serving.block_on(server.stop());
+    }
+    collector.abort();
 }
 
 /// The value of the series `name` (with its labels, as rendered) in a scrape.
