@@ -228,15 +228,22 @@ impl OtlpSpanExporter {
         if let Some(endpoint) = endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let exporter = {
+        let built = {
             let _in_runtime = runtime.enter();
             builder.build()
+        };
+        match built {
+            Ok(exporter) => Ok(Self {
+                exporter,
+                _runtime: Some(runtime),
+            }),
+            Err(e) => {
+                // The caller may be async, where dropping a runtime (which waits for its
+                // thread) is refused with a panic.
+                runtime.shutdown_background();
+                Err(ExporterError(e.to_string()))
+            }
         }
-        .map_err(|e| ExporterError(e.to_string()))?;
-        Ok(Self {
-            exporter,
-            _runtime: Some(runtime),
-        })
     }
 }
 
@@ -393,6 +400,20 @@ mod tests {
         assert!(SamplerChoice::parse("sometimes", None).is_err());
         assert_eq!(OtlpProtocol::parse("grpc"), Some(OtlpProtocol::Grpc));
         assert_eq!(OtlpProtocol::parse("http/json"), None);
+    }
+
+    /// A bad endpoint is an error, also where the provider is built: in the server's
+    /// runtime (the export runtime made for it must not be dropped there).
+    #[tokio::test]
+    async fn a_bad_grpc_endpoint_is_an_error_not_a_panic() {
+        let options = TracingOptions {
+            exporter: Some(OtlpExporter {
+                endpoint: Some("not a url".into()),
+                protocol: OtlpProtocol::Grpc,
+            }),
+            ..TracingOptions::default()
+        };
+        assert!(tracer_provider(&options).is_err());
     }
 
     #[test]
