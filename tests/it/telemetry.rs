@@ -9,7 +9,7 @@ use std::{
 
 use opentelemetry::{
     Value as OtelValue,
-    trace::{SpanId, TraceId},
+    trace::{Span as _, SpanId, TraceId, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -468,7 +468,6 @@ fn grpc_export_goes_on_while_the_serving_runtime_is_busy() {
         .unwrap()
         .expect("an exporter is configured");
 
-    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
     provider.tracer("test").start("stepgate.decision").end();
     let flushed = provider.force_flush();
     assert!(flushed.is_ok(), "{flushed:?}");
