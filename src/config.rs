@@ -697,16 +697,6 @@ impl ServeConfig {
             .decision_log_mask
             .or(file.decision_log_mask)
             .unwrap_or_default();
-        if pointers.len() > 64 {
-            problems.push("decision_log_mask: at most 64 pointers".into());
-        }
-        for pointer in &pointers {
-            if !pointer.starts_with('/') {
-                problems.push(format!(
-                    "decision_log_mask: {pointer:?} is not a JSON pointer (it starts with '/')"
-                ));
-            }
-        }
         let masks = Masks {
             pointers,
             keys: args
@@ -720,6 +710,12 @@ impl ServeConfig {
                 })
                 .unwrap_or_else(|| Masks::default().keys),
         };
+        problems.extend(
+            masks
+                .problems()
+                .into_iter()
+                .map(|problem| format!("decision_log_mask: {problem}")),
+        );
 
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -1110,6 +1106,19 @@ mod tests {
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0.contains(
+                &"decision_log_mask: \"agent\" is not a JSON pointer (it starts with '/')".into()
+            ),
+            "{err}"
+        );
+
+        let args = ServeArgs {
+            decision_log_mask: Some((0..65).map(|i| format!("/p{i}")).collect()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0, ["decision_log_mask: at most 64 pointers"]);
     }
 
     #[test]

@@ -38,6 +38,28 @@ impl Default for Masks {
 }
 
 impl Masks {
+    /// Most pointers a log masks by: the masked walk follows the pointers still matching
+    /// its path in a 64-bit set.
+    pub const MAX_POINTERS: usize = 64;
+
+    /// What is wrong with these masks, one line each; none when a log can apply them. A
+    /// pointer must start with `/` (one that does not would mask nothing), and there may
+    /// be at most [`Masks::MAX_POINTERS`].
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.pointers.len() > Self::MAX_POINTERS {
+            problems.push(format!("at most {} pointers", Self::MAX_POINTERS));
+        }
+        for pointer in &self.pointers {
+            if !pointer.starts_with('/') {
+                problems.push(format!(
+                    "{pointer:?} is not a JSON pointer (it starts with '/')"
+                ));
+            }
+        }
+        problems
+    }
+
     /// The pointers split into unescaped segments (`~1` is `/`, `~0` is `~`).
     fn segments(&self) -> Vec<Vec<String>> {
         self.pointers
@@ -61,11 +83,17 @@ pub(crate) struct Masking {
 }
 
 impl Masking {
-    pub(crate) fn new(masks: Masks) -> Self {
-        Self {
+    /// The masks prepared; an error naming what is wrong with them ([`Masks::problems`])
+    /// rather than a log that would silently leave a value unmasked.
+    pub(crate) fn new(masks: Masks) -> Result<Self, String> {
+        let problems = masks.problems();
+        if !problems.is_empty() {
+            return Err(format!("decision log masks: {}", problems.join("; ")));
+        }
+        Ok(Self {
             pointers: masks.segments(),
             fragments: Fragments::new(&masks.keys),
-        }
+        })
     }
 
     /// Whether values under `key` are masked: it contains a fragment.
@@ -157,7 +185,7 @@ impl Masking {
         if live == 0 {
             return (still, ends);
         }
-        for (i, pointer) in self.pointers.iter().enumerate().take(64) {
+        for (i, pointer) in self.pointers.iter().enumerate() {
             if live & (1 << i) != 0 && pointer.get(depth).is_some_and(|s| segment(s)) {
                 if pointer.len() == depth + 1 {
                     ends = true;
@@ -253,6 +281,28 @@ mod tests {
             pointers: Vec::new(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
         })
+        .unwrap()
+    }
+
+    /// Masks a log could not apply are refused, not applied in part: a pointer past the
+    /// 64th, or one without its leading `/`, would leave its value in the record.
+    #[test]
+    fn masks_a_log_cannot_apply_are_refused() {
+        let pointers = |pointers: Vec<String>| Masks {
+            pointers,
+            ..Masks::default()
+        };
+        let most: Vec<String> = (0..Masks::MAX_POINTERS).map(|i| format!("/p{i}")).collect();
+        assert!(Masking::new(pointers(most.clone())).is_ok());
+        let mut too_many = most;
+        too_many.push("/p64".into());
+        let err = Masking::new(pointers(too_many)).unwrap_err();
+        assert!(err.contains("at most 64 pointers"), "{err}");
+        let err = Masking::new(pointers(vec!["agent/arguments".into()])).unwrap_err();
+        assert!(
+            err.contains("\"agent/arguments\" is not a JSON pointer"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -287,7 +337,7 @@ mod tests {
                 let fragment = folded(fragment);
                 folded(&key).windows(fragment.len()).any(|w| w == fragment.as_slice())
             });
-            let masking = Masking::new(Masks { pointers: Vec::new(), keys });
+            let masking = Masking::new(Masks { pointers: Vec::new(), keys }).unwrap();
             prop_assert_eq!(masking.masks_key(&key), expected);
         }
     }

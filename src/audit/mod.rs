@@ -110,6 +110,8 @@ impl DecisionLog {
     }
 
     fn start(sink: Sink, prev: Hash, options: &AuditOptions) -> io::Result<Self> {
+        let masking = Masking::new(options.masks.clone())
+            .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let stats = Arc::new(LogStats::default());
         let thread_stats = stats.clone();
@@ -118,7 +120,7 @@ impl DecisionLog {
             .spawn(move || writer::run(rx, sink, prev, thread_stats))?;
         Ok(Self {
             tx,
-            masking: Masking::new(options.masks.clone()),
+            masking,
             required: options.required,
             stats,
             worker: Mutex::new(Some(worker)),

@@ -203,7 +203,8 @@ fn keys_shorter_than_every_fragment_are_never_masked_and_the_rest_still_are() {
     let masking = mask::Masking::new(Masks {
         pointers: Vec::new(),
         keys: vec!["pin".into(), "api_key".into()],
-    });
+    })
+    .unwrap();
     for key in ["pin", "PIN", "my_pin_code", "x-api-key", "Api_Key"] {
         assert!(masking.masks_key(key), "{key}");
     }
@@ -313,4 +314,18 @@ fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
         serde_json::json!({"max_ttl_seconds": 60, "session_token": MASKED, "list": [1, 2]})
     );
     assert!(!line.contains(['\n', '\u{2028}', '\u{1b}']));
+}
+
+#[test]
+fn a_log_refuses_masks_it_cannot_apply() {
+    let options = AuditOptions {
+        masks: Masks {
+            pointers: vec!["agent/arguments/query".into()],
+            ..Masks::default()
+        },
+        ..AuditOptions::default()
+    };
+    let err = DecisionLog::to_writer(Box::new(std::io::sink()), &options).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("is not a JSON pointer"), "{err}");
 }
