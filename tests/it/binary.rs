@@ -22,6 +22,23 @@ fn stepgate(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `stepgate eval --policies POLICIES --input INPUT`, which must succeed: its decision.
+fn eval(policies: &Path, input: &Path) -> serde_json::Value {
+    let out = stepgate(&[
+        "eval",
+        "--policies",
+        policies.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn startup_with_a_bad_policy_set_exits_non_zero_naming_file_and_line() {
     let dir = policy_dir(&[
@@ -265,19 +282,7 @@ fn eval_subcommand_prints_the_decision_as_json() {
     let dir = policy_dir(&[("p.rego", ECHO_POLICY)]);
     let input = dir.path().join("input.json.txt");
     std::fs::write(&input, r#"{"action": "read", "step": "use", "caller": {"id": "cli", "via": "tcp"}, "subject": {"id": "s"}}"#).unwrap();
-    let out = stepgate(&[
-        "eval",
-        "--policies",
-        dir.path().to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decision = eval(dir.path(), &input);
     assert_eq!(decision["allow"], true);
     assert_eq!(decision["reasons"][0], "cli");
     assert_eq!(decision["obligations"]["max_ttl_seconds"], 900);
@@ -297,41 +302,23 @@ fn eval_subcommand_prints_the_decision_as_json() {
 /// live grant and refusing a lapsed one; the constant one allows with the same shape.
 #[test]
 fn the_bench_policies_decide_the_bench_input() {
-    let eval_in = |policies: &str, input: &std::path::Path| {
-        let out = stepgate(&[
-            "eval",
-            "--policies",
-            policies,
-            "--input",
-            input.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
-    let eval = |input: &std::path::Path| eval_in("benches/policies/minimal", input);
-    let constant = eval_in(
-        "benches/policies/constant",
-        "benches/inputs/issue.json".as_ref(),
-    );
+    let minimal = Path::new("benches/policies/minimal");
+    let issue = Path::new("benches/inputs/issue.json");
+    let constant = eval("benches/policies/constant".as_ref(), issue);
     assert_eq!(constant["allow"], true, "{constant}");
     assert_eq!(constant["obligations"]["max_ttl_seconds"], 3600);
 
-    let live = eval("benches/inputs/issue.json".as_ref());
+    let live = eval(minimal, issue);
     assert_eq!(live["allow"], true, "{live}");
     // 55 minutes left on the grant, under the one-hour cap.
     assert_eq!(live["obligations"]["max_ttl_seconds"], 3300);
 
     let mut lapsed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("benches/inputs/issue.json").unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(issue).unwrap()).unwrap();
     lapsed["context"]["time"] = "2026-11-23T11:00:00Z".into();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lapsed.json");
     std::fs::write(&path, lapsed.to_string()).unwrap();
-    let refused = eval(&path);
+    let refused = eval(minimal, &path);
     assert_eq!(refused["allow"], false, "{refused}");
 }
