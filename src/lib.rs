@@ -12,7 +12,9 @@
 //! - [`telemetry`]: spans (OpenTelemetry, OTLP export) and Prometheus metrics;
 //! - [`audit`]: the hash-chained decision log;
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
-//! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract.
+//! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract;
+//! - [`identity`]: which identity strings are accepted, their canonical form and the
+//!   confusable-safe key that counts people.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod grants;
+pub mod identity;
 pub mod policy;
 pub mod proto;
 pub mod telemetry;
