@@ -105,10 +105,19 @@ pub fn accept(s: &str) -> Result<Cow<'_, str>, IdentityProblem> {
     Ok(canonical)
 }
 
+/// Replaces `s` by its canonical form (no allocation when it already is one).
+pub fn canonicalize(s: &mut String) {
+    if let Cow::Owned(changed) = canonical(s) {
+        *s = changed;
+    }
+}
+
 /// The confusable-safe key of `s`: the TR #39 skeleton of its case-folded NFKC form.
-/// Two identities with one key are one person.
+/// Two identities with one key are one person. Whitespace at the ends is ignored (and
+/// the skeleton drops invisible characters), so a name recorded before names were
+/// checked (a journal written by an older version) still counts as its person.
 pub fn key(s: &str) -> String {
-    let folded = caseless::default_case_fold_str(&canonical(s));
+    let folded = caseless::default_case_fold_str(&canonical(s.trim()));
     unicode_security::skeleton(&folded).collect()
 }
 
@@ -218,6 +227,10 @@ mod tests {
             ("carol", "erin"),
             ("田中", "山中"),
         ];
+        // Names recorded before names were checked count as the person they look like.
+        for old in ["bob ", " bob", "bob\u{200B}", "bo\u{200D}b", "bob\u{00A0}"] {
+            assert_eq!(key(old), key("bob"), "{old:?}");
+        }
         for (a, b) in different {
             assert!(!same_person(a, b), "{a:?} {b:?}");
         }

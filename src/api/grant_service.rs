@@ -14,8 +14,9 @@ use super::{
     convert::{decision_message, invalid_argument},
 };
 use crate::{
-    decision::{GrantStepError, GrantSteps, StepOutcome},
+    decision::{GrantStepError, GrantSteps, StepOutcome, validate_identity},
     grants::{GrantState, ListFilter},
+    identity,
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
         ListGrantsRequest, ListGrantsResponse, RejectRequest, RenewRequest, RequestGrantRequest,
@@ -51,6 +52,14 @@ fn grant_response(outcome: StepOutcome) -> Response<GrantResponse> {
         grant: outcome.grant.as_deref().map(v1::Grant::from),
         decision: Some(decision_message(outcome.decision)),
     })
+}
+
+/// A subject filter as the grants hold subject ids: canonical (a malformed one is
+/// `INVALID_ARGUMENT`); empty means no filter.
+fn subject_filter(mut subject_id: String) -> Result<Option<String>, Status> {
+    validate_identity(&subject_id, "subject_id").map_err(invalid_argument)?;
+    identity::canonicalize(&mut subject_id);
+    Ok(Some(subject_id).filter(|s| !s.is_empty()))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<GrantEvent, Status>> + Send>>;
@@ -173,7 +182,7 @@ impl GrantService for GrantApi {
             }
         };
         let filter = ListFilter {
-            subject_id: Some(req.subject_id).filter(|s| !s.is_empty()),
+            subject_id: subject_filter(req.subject_id)?,
             workflow_id: Some(req.workflow_id).filter(|s| !s.is_empty()),
             state,
         };
@@ -197,7 +206,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
         let req = request.into_inner();
         let filter = ListFilter {
-            subject_id: Some(req.subject_id).filter(|s| !s.is_empty()),
+            subject_id: subject_filter(req.subject_id)?,
             workflow_id: Some(req.workflow_id).filter(|s| !s.is_empty()),
             state: None,
         };

@@ -22,7 +22,7 @@ use regorus::Value;
 
 use super::{caller::http_caller, http::HttpState};
 use crate::{
-    decision::{Caller, Decision, RawTarget, with_transport_caller},
+    decision::{Caller, Decision, RawTarget, canonical_identities, with_transport_caller},
     policy::Entrypoint,
     telemetry::ParentContext,
 };
@@ -179,6 +179,10 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         Ok(input) => input.map(|i| with_transport_caller(i, &call.caller)),
         Err(err) => return err.into_response(),
     };
+    let input = match input.map(canonical_identities).transpose() {
+        Ok(input) => input,
+        Err(field) => return OpaError::invalid(field.within("input").to_string()).into_response(),
+    };
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     let target = RawTarget::Data {
         path: &segments,
@@ -285,10 +289,10 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     if call.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    Ok(Some(with_transport_caller(
-        parse_json(&call.body, "body")?,
-        &call.caller,
-    )))
+    let input = with_transport_caller(parse_json(&call.body, "body")?, &call.caller);
+    canonical_identities(input)
+        .map(Some)
+        .map_err(|field| OpaError::invalid(field.to_string()))
 }
 
 /// `data.a.b` for the path `["a", "b"]`.

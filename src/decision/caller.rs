@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::identity;
+
 /// How the caller reached stepgate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -65,10 +67,20 @@ impl Caller {
         }
     }
 
-    /// A caller on TLS: the identity of its verified client certificate, or anonymous
-    /// when it presented none.
+    /// A caller on TLS: the identity of its verified client certificate (in canonical
+    /// form), or anonymous when it presented none. A certificate whose identity
+    /// [`identity::accept`] refuses (whitespace at an end, a control, format or
+    /// invisible character) is never trusted as it stands: the caller is anonymous on
+    /// TLS, unauthenticated, and the refusal is logged.
     pub fn tls_peer(identity: Option<String>) -> Self {
-        match identity {
+        let accepted = identity.and_then(|id| match identity::accept(&id) {
+            Ok(canonical) => Some(canonical.into_owned()),
+            Err(problem) => {
+                tracing::warn!(identity = ?id, %problem, "client certificate identity refused: caller treated as anonymous");
+                None
+            }
+        });
+        match accepted {
             Some(id) => Self {
                 id: id.into(),
                 authenticated: true,
@@ -79,6 +91,35 @@ impl Caller {
                 authenticated: false,
                 via: Transport::Tls,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_identity_is_trusted_only_when_accepted_and_then_canonical() {
+        let caller = Caller::tls_peer(Some("spiffe://prod/ns/itsm/sa/jira".into()));
+        assert_eq!(
+            (&*caller.id, caller.authenticated, caller.via),
+            ("spiffe://prod/ns/itsm/sa/jira", true, Transport::Mtls)
+        );
+        assert_eq!(&*Caller::tls_peer(Some("ｊira".into())).id, "jira");
+        for bad in [
+            "jira ",
+            "ji\u{200B}ra",
+            "\u{202E}arij",
+            "jira\n",
+            "ji\u{7F}ra",
+        ] {
+            let caller = Caller::tls_peer(Some(bad.into()));
+            assert_eq!(
+                (&*caller.id, caller.authenticated, caller.via),
+                ("anonymous", false, Transport::Tls),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -7,17 +7,18 @@
 //! still ends in a deny) → record the decision in the grant's evidence trail. A denied
 //! step changes no state; only the trail grows.
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
     Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending, StepInput,
-    input::{Entries, KEYS, validate_step},
+    input::{Entries, KEYS, validate_agent, validate_step},
 };
 use crate::{
     grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
+    identity,
     proto::v1::{
         ApproveRequest, ConfirmRevocationRequest, Context, RejectRequest, RenewRequest,
         RequestGrantRequest, RevalidateRequest, RevokeRequest, revoke_request::Target,
@@ -166,12 +167,20 @@ impl GrantSteps {
             Err(reason) => return Ok(Step::without_grant(pending.overruled(reason))),
         };
         let decision = pending.decision();
+        // The grant keeps the identities in the canonical form the policy judged.
+        let mut subject = probe.subject.clone().unwrap_or_default();
+        identity::canonicalize(&mut subject.id);
+        identity::canonicalize(&mut subject.owner);
+        let mut workflow = req.workflow.clone();
+        if let Some(workflow) = &mut workflow {
+            identity::canonicalize(&mut workflow.requester);
+        }
         let request = GrantRequest {
-            subject: probe.subject.clone().unwrap_or_default(),
+            subject,
             action: req.action.clone(),
             resource: req.resource.clone(),
             scope: req.scope.clone(),
-            workflow: req.workflow.clone(),
+            workflow,
             required_approvals: terms.required_approvals,
             approval_deadline: now + terms.approval_timeout,
             ttl: terms.ttl,
@@ -201,8 +210,9 @@ impl GrantSteps {
         let step = (|| {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
+            let approver = accept_identity(&req.approver, "approver")?;
             let approval = ApprovalInput {
-                approver: &req.approver,
+                approver: &approver,
                 role: &req.role,
                 comment: &req.comment,
                 verdict: "approve",
@@ -213,11 +223,11 @@ impl GrantSteps {
                 caller,
                 parent,
                 req.context.as_ref(),
-                &approval.extra(),
+                &|grant| approval.extra(grant),
                 |grant, decision, now| {
                     grant.approve(
                         Approval {
-                            approver: req.approver.as_str().into(),
+                            approver: approver.as_ref().into(),
                             role: req.role.as_str().into(),
                             at: now,
                             decision_id: decision.id,
@@ -241,8 +251,9 @@ impl GrantSteps {
         let step = (|| {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
+            let approver = accept_identity(&req.approver, "approver")?;
             let approval = ApprovalInput {
-                approver: &req.approver,
+                approver: &approver,
                 role: "",
                 comment: &req.reason,
                 verdict: "reject",
@@ -253,10 +264,8 @@ impl GrantSteps {
                 caller,
                 parent,
                 None,
-                &approval.extra(),
-                |grant, decision, now| {
-                    grant.reject(&req.approver, &req.reason, Some(decision.id), now)
-                },
+                &|grant| approval.extra(grant),
+                |grant, decision, now| grant.reject(&approver, &req.reason, Some(decision.id), now),
             )
         })();
         self.conclude(step)
@@ -280,6 +289,9 @@ impl GrantSteps {
         parent: &ParentContext,
     ) -> Result<Step, GrantStepError> {
         require(&req.grant_id, "grant_id")?;
+        if let Some(agent) = &req.agent {
+            validate_agent(agent)?;
+        }
         let Some(grant) = self.store.get(&req.grant_id) else {
             let now = self.store.now();
             let revision = self.pipeline.serving_revision();
@@ -350,10 +362,12 @@ impl GrantSteps {
                 None => return Err(InvalidField::new("ttl", "required").into()),
             };
             let k = &*KEYS;
-            let extra = [(
-                &k.requested_ttl_seconds,
-                Value::from(requested.num_seconds()),
-            )];
+            let extra = |_: &Grant| {
+                vec![(
+                    &k.requested_ttl_seconds,
+                    Value::from(requested.num_seconds()),
+                )]
+            };
             self.decide_on_grant(
                 &req.grant_id,
                 "renew",
@@ -406,11 +420,21 @@ impl GrantSteps {
                 "one of grant_id, workflow_id, subject_id is required",
             )
         })?;
+        let revoked_by = accept_identity(&req.revoked_by, "revoked_by")?;
         let now = self.store.now();
-        let by = if req.revoked_by.is_empty() {
+        let by = if revoked_by.is_empty() {
             caller.id.to_string()
         } else {
-            req.revoked_by.clone()
+            revoked_by.into_owned()
+        };
+        // A subject is named as the grants hold it: in canonical form.
+        let subject_id;
+        let target = match target {
+            Target::SubjectId(id) => {
+                subject_id = Target::SubjectId(accept_identity(id, "subject_id")?.into_owned());
+                &subject_id
+            }
+            other => other,
         };
         let (input, grant) = match target {
             Target::GrantId(id) => {
@@ -583,7 +607,7 @@ impl GrantSteps {
         caller: &Caller,
         parent: &ParentContext,
         context: Option<&Context>,
-        extra: &[(&Value, Value)],
+        extra: &dyn Fn(&Grant) -> Vec<(&'static Value, Value)>,
         mut transition: impl FnMut(
             &mut Grant,
             &Decision,
@@ -603,7 +627,7 @@ impl GrantSteps {
             agent: None,
             context,
         }
-        .build(&grant, now, extra);
+        .build(&grant, now, &extra(&grant));
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
             return self.record_denial(id, pending);
@@ -657,15 +681,59 @@ struct ApprovalInput<'a> {
 }
 
 impl ApprovalInput<'_> {
-    fn extra(&self) -> Vec<(&'static Value, Value)> {
+    /// `input.approval` for a step on `grant`. A lookalike of someone the grant names
+    /// (see [`judged_as`]) is shown to the policy as that person, so every rule that
+    /// compares the approver with the requester, the subject, its owner or an earlier
+    /// approver treats the lookalike as the person it looks like; the name as sent is
+    /// kept beside it in `sent_as`.
+    fn extra(&self, grant: &Grant) -> Vec<(&'static Value, Value)> {
         let k = &*KEYS;
+        let judged = judged_as(self.approver, grant);
         let mut approval = Entries::new();
-        approval.insert(k.approver.clone(), Value::from(self.approver));
-        approval.insert(k.role.clone(), Value::from(self.role));
+        approval.insert(
+            k.approver.clone(),
+            Value::from(judged.as_deref().unwrap_or(self.approver)),
+        );
         approval.insert(k.comment.clone(), Value::from(self.comment));
+        approval.insert(k.role.clone(), Value::from(self.role));
+        if judged.is_some() {
+            approval.insert(k.sent_as.clone(), Value::from(self.approver));
+        }
         approval.insert(k.verdict.clone(), Value::from(self.verdict));
         vec![(&k.approval, approval.into_value())]
     }
+}
+
+/// The person a grant names (its requester, subject, subject owner or an earlier
+/// approver, in that order) that `approver` is a lookalike of: a different string with
+/// the same [`identity::key`]. `None` when `approver` is one of them exactly or looks
+/// like none of them.
+fn judged_as(approver: &str, grant: &Grant) -> Option<String> {
+    let terms = grant.spec.terms.decode();
+    let requester = terms.workflow.as_ref().map(|w| w.requester.as_str());
+    let named: Vec<&str> = [
+        requester,
+        Some(&terms.subject.id),
+        Some(&terms.subject.owner),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(grant.approvals.iter().map(|a| &*a.approver))
+    .filter(|name| !name.is_empty())
+    .collect();
+    if named.contains(&approver) {
+        return None;
+    }
+    let key = identity::key(approver);
+    named
+        .into_iter()
+        .find(|name| identity::key(name) == key)
+        .map(str::to_string)
+}
+
+/// An identity field in its canonical form, or `field: <problem>`; empty passes.
+fn accept_identity<'a>(value: &'a str, field: &str) -> Result<Cow<'a, str>, InvalidField> {
+    identity::accept(value).map_err(|problem| InvalidField::new(field, problem.to_string()))
 }
 
 /// What an allowed `request` grants, from its obligations.

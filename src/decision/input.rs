@@ -13,6 +13,7 @@ use regorus::{Value, value::Object};
 use super::{Caller, spec_values::SpecValues};
 use crate::{
     grants::{Grant, Terms},
+    identity,
     proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
 };
 
@@ -67,6 +68,8 @@ pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
     if subject.id.is_empty() {
         return Err(InvalidField::new("subject.id", "required"));
     }
+    validate_identity(&subject.id, "subject.id")?;
+    validate_identity(&subject.owner, "subject.owner")?;
     if req.action.is_empty() {
         return Err(InvalidField::new("action", "required"));
     }
@@ -75,15 +78,35 @@ pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
         validate_struct(resource.attributes.as_ref(), "resource.attributes")?;
     }
     if let Some(workflow) = &req.workflow {
+        validate_identity(&workflow.requester, "workflow.requester")?;
         validate_struct(workflow.attributes.as_ref(), "workflow.attributes")?;
     }
     if let Some(agent) = &req.agent {
-        validate_struct(agent.arguments.as_ref(), "agent.arguments")?;
+        validate_agent(agent)?;
     }
     if let Some(context) = &req.context {
         validate_struct(context.attributes.as_ref(), "context.attributes")?;
     }
     Ok(())
+}
+
+/// An identity field: refused as `field: <problem>` when [`identity::check`] refuses it
+/// (whitespace at an end, a control, format, bidi or invisible character). Policies
+/// see its [`identity::canonical`] form.
+pub fn validate_identity(value: &str, field: &str) -> Result<(), InvalidField> {
+    identity::accept(value)
+        .map(drop)
+        .map_err(|problem| InvalidField::new(field, problem.to_string()))
+}
+
+/// The identities of an agent call (`on_behalf_of`, each delegation chain entry) and
+/// its arguments.
+pub(crate) fn validate_agent(agent: &AgentCall) -> Result<(), InvalidField> {
+    validate_identity(&agent.on_behalf_of, "agent.on_behalf_of")?;
+    for (i, entry) in agent.delegation_chain.iter().enumerate() {
+        validate_identity(entry, &format!("agent.delegation_chain[{i}]"))?;
+    }
+    validate_struct(agent.arguments.as_ref(), "agent.arguments")
 }
 
 /// A step is a lowercase identifier: one of the known steps or a custom one.
@@ -155,7 +178,7 @@ keys! {
     required_approvals = "required_approvals", created_at = "created_at",
     activated_at = "activated_at", expires_at = "expires_at", ttl_seconds = "ttl_seconds",
     uses = "uses", max_uses = "max_uses", approval = "approval", comment = "comment",
-    verdict = "verdict", requested_ttl_seconds = "requested_ttl_seconds",
+    verdict = "verdict", sent_as = "sent_as", requested_ttl_seconds = "requested_ttl_seconds",
     // The decision object a policy returns.
     allow = "allow", reasons = "reasons", obligations = "obligations",
 }
@@ -471,10 +494,76 @@ pub(crate) fn subject_value(subject: &Subject) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
     insert_struct(&mut o, &k.attributes, subject.attributes.as_ref());
-    insert_str(&mut o, &k.id, &subject.id);
+    insert_identity(&mut o, &k.id, &subject.id);
     insert_str(&mut o, &k.kind, &subject.kind);
-    insert_str(&mut o, &k.owner, &subject.owner);
+    insert_identity(&mut o, &k.owner, &subject.owner);
     o.into_value()
+}
+
+/// The identities of a raw input document (OPA REST) as `object.key` paths.
+const RAW_IDENTITIES: [(&str, &str); 5] = [
+    ("subject", "id"),
+    ("subject", "owner"),
+    ("workflow", "requester"),
+    ("approval", "approver"),
+    ("agent", "on_behalf_of"),
+];
+
+/// A raw input document (OPA REST) with the identities where a `Check` would carry
+/// them (`subject.id` and `owner`, `workflow.requester`, `approval.approver`,
+/// `agent.on_behalf_of` and each `agent.delegation_chain` entry) checked and put in
+/// canonical form, as every other adapter does. A value that is not a string is left
+/// for the policy to judge; nothing is copied unless a name changes.
+pub fn canonical_identities(mut input: Value) -> Result<Value, InvalidField> {
+    let mut paths: Vec<(Vec<Value>, String)> = RAW_IDENTITIES
+        .iter()
+        .map(|(object, key)| {
+            (
+                vec![Value::from(*object), Value::from(*key)],
+                format!("{object}.{key}"),
+            )
+        })
+        .collect();
+    if let Value::Array(chain) = &input[&KEYS.agent][&KEYS.delegation_chain] {
+        paths.extend((0..chain.len()).map(|i| {
+            (
+                vec![
+                    KEYS.agent.clone(),
+                    KEYS.delegation_chain.clone(),
+                    Value::from(i),
+                ],
+                format!("agent.delegation_chain[{i}]"),
+            )
+        }));
+    }
+    for (path, field) in paths {
+        let Value::String(name) = path.iter().fold(&input, |v, key| &v[key]) else {
+            continue;
+        };
+        let canonical = identity::accept(name)
+            .map_err(|problem| InvalidField::new(field, problem.to_string()))?;
+        if let std::borrow::Cow::Owned(changed) = canonical {
+            let slot = path
+                .iter()
+                .try_fold(&mut input, |v, key| member_mut(v, key));
+            if let Some(slot) = slot {
+                *slot = Value::from(changed);
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// The member `key` of an object (or index of an array), unshared for writing.
+fn member_mut<'a>(value: &'a mut Value, key: &Value) -> Option<&'a mut Value> {
+    match value {
+        Value::Object(object) => std::sync::Arc::make_mut(object).get_mut(key),
+        Value::Array(array) => {
+            let index = usize::try_from(key.as_u64().ok()?).ok()?;
+            std::sync::Arc::make_mut(array).get_mut(index)
+        }
+        _ => None,
+    }
 }
 
 /// `input` with `input.caller` set to the transport's `caller`, replacing whatever the
@@ -514,7 +603,7 @@ pub(crate) fn workflow_value(workflow: &Workflow) -> Value {
     o.insert(k.emergency.clone(), Value::from(workflow.emergency));
     insert_str(&mut o, &k.id, &workflow.id);
     insert_str(&mut o, &k.justification, &workflow.justification);
-    insert_str(&mut o, &k.requester, &workflow.requester);
+    insert_identity(&mut o, &k.requester, &workflow.requester);
     o.into_value()
 }
 
@@ -525,10 +614,10 @@ pub(crate) fn agent_value(agent: &AgentCall) -> Value {
     let chain: Vec<Value> = agent
         .delegation_chain
         .iter()
-        .map(|s| Value::from(s.as_str()))
+        .map(|s| Value::from(identity::canonical(s).as_ref()))
         .collect();
     o.insert(k.delegation_chain.clone(), Value::from(chain));
-    insert_str(&mut o, &k.on_behalf_of, &agent.on_behalf_of);
+    insert_identity(&mut o, &k.on_behalf_of, &agent.on_behalf_of);
     insert_str(&mut o, &k.tool, &agent.tool);
     o.into_value()
 }
@@ -547,6 +636,16 @@ pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Va
 fn insert_str(o: &mut Entries, key: &Value, value: &str) {
     if !value.is_empty() {
         o.insert(key.clone(), Value::from(value));
+    }
+}
+
+/// An identity as policies see it: its NFKC form (see [`identity::canonical`]).
+fn insert_identity(o: &mut Entries, key: &Value, value: &str) {
+    if !value.is_empty() {
+        o.insert(
+            key.clone(),
+            Value::from(identity::canonical(value).as_ref()),
+        );
     }
 }
 
@@ -863,6 +962,111 @@ mod tests {
             assert!(err.to_string().starts_with(expected), "{err} vs {expected}");
         }
         validate_check(&example()).unwrap();
+    }
+
+    #[test]
+    fn identity_fields_are_refused_by_name_and_seen_in_nfkc() {
+        type Mutation = fn(&mut CheckRequest);
+        let cases: [(Mutation, &str); 7] = [
+            (
+                |r| r.subject.as_mut().unwrap().id.push(' '),
+                "subject.id: leading or trailing whitespace",
+            ),
+            (
+                |r| r.subject.as_mut().unwrap().owner.push('\u{200B}'),
+                "subject.owner: invisible or format character U+200B",
+            ),
+            (
+                |r| r.workflow.as_mut().unwrap().requester.insert(0, '\u{202E}'),
+                "workflow.requester: invisible or format character U+202E",
+            ),
+            (
+                |r| r.workflow.as_mut().unwrap().requester.insert(1, '\u{7F}'),
+                "workflow.requester: control character U+007F",
+            ),
+            (
+                |r| {
+                    r.agent = Some(AgentCall {
+                        on_behalf_of: "alice\u{00A0}".into(),
+                        ..Default::default()
+                    })
+                },
+                "agent.on_behalf_of: leading or trailing whitespace",
+            ),
+            (
+                |r| {
+                    r.agent = Some(AgentCall {
+                        delegation_chain: vec!["alice".into(), "plan\u{2066}ner".into()],
+                        ..Default::default()
+                    })
+                },
+                "agent.delegation_chain[1]: invisible or format character U+2066",
+            ),
+            (
+                |r| r.subject.as_mut().unwrap().owner.insert(2, '\u{0085}'),
+                "subject.owner: control character U+0085",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut req = example();
+            mutate(&mut req);
+            assert_eq!(validate_check(&req).unwrap_err().to_string(), expected);
+        }
+
+        let mut req = example();
+        req.workflow.as_mut().unwrap().requester = "ａlice".into();
+        req.subject.as_mut().unwrap().owner = "ｔeam-payments".into();
+        req.agent = Some(AgentCall {
+            on_behalf_of: "ｂob".into(),
+            delegation_chain: vec!["ｂob".into(), "planner".into()],
+            ..Default::default()
+        });
+        validate_check(&req).unwrap();
+        let input = json(&check_input(&req, &Caller::anonymous(), Utc::now(), None));
+        assert_eq!(input["workflow"]["requester"], "alice");
+        assert_eq!(input["subject"]["owner"], "team-payments");
+        assert_eq!(input["agent"]["on_behalf_of"], "bob");
+        assert_eq!(input["agent"]["delegation_chain"][0], "bob");
+    }
+
+    #[test]
+    fn a_raw_input_has_its_identities_checked_and_made_canonical() {
+        let raw = |text: &str| Value::from_json_str(text).unwrap();
+        let input = canonical_identities(raw(
+            r#"{"subject": {"id": "ｓvc", "owner": 3}, "workflow": {"requester": "ａlice"},
+                "approval": {"approver": "bob"}, "agent": {"delegation_chain": ["ａ", 1, "b"]},
+                "other": "ａ"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            json(&input),
+            serde_json::json!({"subject": {"id": "svc", "owner": 3},
+                "workflow": {"requester": "alice"}, "approval": {"approver": "bob"},
+                "agent": {"delegation_chain": ["a", 1, "b"]}, "other": "ａ"})
+        );
+        for (text, expected) in [
+            (
+                r#"{"approval": {"approver": "bob "}}"#,
+                "approval.approver: leading or trailing whitespace",
+            ),
+            (
+                r#"{"agent": {"delegation_chain": ["a", "b\u200b"]}}"#,
+                "agent.delegation_chain[1]: invisible or format character U+200B",
+            ),
+            (
+                r#"{"subject": {"id": "\u202eabc"}}"#,
+                "subject.id: invisible or format character U+202E",
+            ),
+        ] {
+            assert_eq!(
+                canonical_identities(raw(text)).unwrap_err().to_string(),
+                expected
+            );
+        }
+        assert_eq!(
+            canonical_identities(Value::from(3)).unwrap(),
+            Value::from(3)
+        );
     }
 
     #[test]

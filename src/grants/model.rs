@@ -26,7 +26,7 @@ use super::{
     intern::NAMES,
     terms::{CompactTerms, Terms},
 };
-use crate::proto::v1;
+use crate::{identity, proto::v1};
 
 /// How many decision ids a grant keeps in its evidence trail. The first
 /// [`TRAIL_KEPT_HEAD`] (request, approvals) are always kept; beyond the cap the oldest of
@@ -523,7 +523,8 @@ impl Grant {
     }
 
     /// Records an allowed approval. Needs a PENDING grant before its approval deadline
-    /// and an approver who has not approved it yet. The Nth distinct approval (N =
+    /// and an approver who has not approved it yet (by [`identity::key`]: a lookalike of
+    /// an earlier approver is that approver). The Nth distinct approval (N =
     /// `required_approvals`) activates it: `activated_at = now`, `expires_at = now +
     /// ttl`; the events are then `approved` and `activated`.
     pub fn approve(
@@ -535,16 +536,24 @@ impl Grant {
         if approval.approver.is_empty() {
             return Err(TransitionError::MissingApprover);
         }
-        if self
+        // People are counted by their confusable-safe key: `bob`, `BOB` and `bоb`
+        // (Cyrillic о) are one approver. Counting the keys of the approvals so far,
+        // not the approvals, keeps a record from an older version that let two
+        // lookalikes in from counting twice.
+        let key = identity::key(&approval.approver);
+        let mut keys: Vec<String> = self
             .approvals
             .iter()
-            .any(|a| a.approver == approval.approver)
-        {
+            .map(|a| identity::key(&a.approver))
+            .collect();
+        if keys.contains(&key) {
             return Err(TransitionError::AlreadyApproved(
                 approval.approver.to_string(),
             ));
         }
-        let activates = self.approvals.len() + 1 >= self.spec.required_approvals as usize;
+        keys.sort_unstable();
+        keys.dedup();
+        let activates = keys.len() + 1 >= self.spec.required_approvals as usize;
         let end = if activates {
             Some(
                 now.checked_add_signed(self.spec.ttl)
@@ -1124,6 +1133,50 @@ mod tests {
             g.approve(approval("dave", 13, t0()), t0() + secs(10))
         });
         assert_eq!(err, TransitionError::NotPending(GrantState::Active));
+    }
+
+    #[test]
+    fn lookalike_approvers_are_one_person() {
+        for (first, second) in [
+            ("bob", "BOB"),
+            ("bob", "b\u{043E}b"),
+            ("bob", "ｂob"),
+            ("bob", "bob "),
+            ("bob", "bob\u{200B}"),
+        ] {
+            let mut g = pending(2);
+            g.approve(approval(first, 10, t0()), t0() + secs(5))
+                .unwrap();
+            let err = refused(&g, |g| {
+                g.approve(approval(second, 11, t0()), t0() + secs(6))
+            });
+            assert_eq!(
+                err,
+                TransitionError::AlreadyApproved(second.into()),
+                "{second:?}"
+            );
+            assert_eq!(g.state, GrantState::Pending);
+        }
+    }
+
+    #[test]
+    fn lookalikes_recorded_by_an_older_version_count_once() {
+        // A journal written before names were checked may hold two lookalikes: they
+        // count as one approver, so a third person is still needed for three.
+        let mut g = pending(3);
+        g.approvals = Arc::new([approval("bob", 10, t0()), approval("BOB ", 11, t0())]);
+        let t = g
+            .approve(approval("carol", 12, t0()), t0() + secs(5))
+            .unwrap();
+        assert_eq!(t, Transition::event(GrantEventKind::Approved));
+        assert_eq!(g.state, GrantState::Pending);
+        let t = g
+            .approve(approval("dave", 13, t0()), t0() + secs(6))
+            .unwrap();
+        assert_eq!(
+            t.events,
+            &[GrantEventKind::Approved, GrantEventKind::Activated]
+        );
     }
 
     #[test]
