@@ -127,3 +127,64 @@ test_deny_unauthenticated_tcp_caller if {
 test_unix_socket_caller_is_trusted if {
 	allowed(object.union(base, {"caller": {"authenticated": false, "via": "uds"}}))
 }
+
+# --- reject (input.approval.verdict == "reject") ----------------------------------------
+
+rejection(rejector) := object.union(base, {"approval": {"approver": rejector, "role": "", "comment": "no", "verdict": "reject"}})
+
+test_reject_needs_no_role if {
+	allowed(json.remove(rejection("bob"), ["approval/role"]))
+}
+
+test_reject_by_an_ineligible_role_is_allowed if {
+	allowed(object.union(rejection("bob"), {"approval": {"role": "developer"}}))
+}
+
+test_requester_may_withdraw_their_request if {
+	allowed(rejection("alice"))
+}
+
+test_owner_may_reject if {
+	allowed(rejection("team-payments"))
+}
+
+test_earlier_approver_may_reject if {
+	inp := object.union(rejection("bob"), {"grant": {"approvals": [{"approver": "bob", "role": "asset_owner", "at": "2026-11-23T09:58:00Z"}]}})
+	allowed(inp)
+}
+
+test_deny_reject_without_approver if {
+	denied(json.remove(rejection("bob"), ["approval/approver"]), "approval.approver is required")
+}
+
+test_deny_reject_by_unauthenticated_tcp_caller if {
+	inp := object.union(rejection("bob"), {"caller": {"authenticated": false, "via": "tcp"}})
+	denied(inp, "approvals require an authenticated caller")
+}
+
+test_deny_reject_of_active_grant if {
+	denied(object.union(rejection("bob"), {"grant": {"state": "ACTIVE"}}), "grant is not pending approval (state ACTIVE)")
+}
+
+test_deny_reject_after_deadline if {
+	inp := object.union(rejection("bob"), {"context": {"time": "2026-11-23T10:20:00Z"}})
+	denied(inp, "the approval deadline has passed")
+}
+
+test_approve_verdict_still_needs_a_role if {
+	inp := json.remove(object.union(base, {"approval": {"verdict": "approve"}}), ["approval/role"])
+	denied(inp, "approval.role is required")
+}
+
+test_approve_verdict_keeps_separation_of_duties if {
+	inp := object.union(by("alice", "asset_owner"), {"approval": {"verdict": "approve"}})
+	denied(inp, "separation of duties: the requester cannot approve their own request")
+}
+
+# --- lookalikes (the server shows a lookalike as the person it looks like) ------------
+
+test_lookalike_of_requester_shown_as_requester_is_denied if {
+	inp := object.union(by("alice", "asset_owner"), {"approval": {"sent_as": "\u0430lice"}})
+	denied(inp, "separation of duties: the requester cannot approve their own request")
+}
+

@@ -322,3 +322,26 @@ test_fast_path_agrees_on_the_principal if all_agree([
 	object.union(agent_use_grant, {"agent": {"on_behalf_of": "  "}}),
 	object.union(agent_use_grant, {"agent": {"on_behalf_of": "SPIFFE://prod.example.com/ns/payments/sa/deployer"}}),
 ])
+
+# --- reject (step approve, verdict reject) ----------------------------------------------
+
+# A Reject as the server builds it: no role. The requester withdrawing their own
+# request is allowed; the same input as an approval is denied.
+reject_by_requester := object.union(json.remove(issue, ["grant"]), {
+	"step": "approve",
+	"caller": {"id": "uds:uid=1000", "authenticated": true, "via": "uds"},
+	"grant": {"id": "g-2", "state": "PENDING", "approvals": [], "expires_at": "2026-11-23T10:30:00Z"},
+	"approval": {"approver": "alice", "role": "", "comment": "withdrawn", "verdict": "reject"},
+})
+
+test_reject_without_role_is_allowed if {
+	decide(reject_by_requester) == {"allow": true, "reasons": ["approve allowed"], "obligations": {}}
+}
+
+test_the_same_input_as_an_approval_is_denied if {
+	inp := object.union(reject_by_requester, {"approval": {"verdict": "approve"}})
+	decide(inp) == {"allow": false, "reasons": [
+		"approval.role is required",
+		"separation of duties: the requester cannot approve their own request",
+	], "obligations": {}}
+}
