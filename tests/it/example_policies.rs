@@ -9,7 +9,7 @@ use stepgate::proto::v1::{
 
 use super::support::{Server, strukt};
 
-fn production_request() -> RequestGrantRequest {
+pub(super) fn production_request() -> RequestGrantRequest {
     RequestGrantRequest {
         subject: Some(Subject {
             id: "spiffe://prod.example.com/ns/payments/sa/deployer".into(),
