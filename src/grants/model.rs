@@ -1145,8 +1145,10 @@ mod tests {
             ("bob", "bob\u{200B}"),
         ] {
             let mut g = pending(2);
-            g.approve(approval(first, 10, t0()), t0() + secs(5))
+            let t = g
+                .approve(approval(first, 10, t0()), t0() + secs(5))
                 .unwrap();
+            assert_eq!(t, Transition::event(GrantEventKind::Approved));
             let err = refused(&g, |g| {
                 g.approve(approval(second, 11, t0()), t0() + secs(6))
             });

@@ -45,10 +45,15 @@ async fn every_decision_is_logged_with_its_evidence_and_verifies() {
     })
     .await;
     let mut client = server.client().await;
+    // In the resource id: identity fields refuse these characters (INVALID_ARGUMENT).
     let hostile = ["new\nline", "sep\u{2028}arator", "ansi\u{1b}[2J", "nul\0"];
     for id in hostile {
         let mut req = request("read");
-        req.subject.as_mut().unwrap().id = id.into();
+        req.resource = Some(Resource {
+            r#type: "doc".into(),
+            id: id.into(),
+            attributes: None,
+        });
         let mut req = tonic::Request::new(req);
         req.metadata_mut().insert(
             "traceparent",
@@ -93,7 +98,7 @@ async fn every_decision_is_logged_with_its_evidence_and_verifies() {
     let logged = records(&path);
     assert_eq!(logged.len(), hostile.len() + 2);
     for (record, id) in logged.iter().zip(hostile) {
-        assert_eq!(record["subject"]["id"], id);
+        assert_eq!(record["resource"]["id"], id);
         assert_eq!(record["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(record["step"], "use");
         assert_eq!(record["caller"]["id"], "anonymous");

@@ -153,6 +153,51 @@ async fn optional_client_certificates_leave_anonymous_tls_callers() {
 }
 
 #[tokio::test]
+async fn a_certificate_with_a_malformed_or_lookalike_identity_is_an_anonymous_caller() {
+    let TlsServer {
+        pki,
+        server,
+        dir: _dir,
+        ..
+    } = TlsServer::start(&[("p.rego", ECHO_POLICY)], true, |config| {
+        config.admin_callers = Some(vec!["issuer".to_string()]);
+    })
+    .await;
+    let h2: &[&[u8]] = &[b"h2"];
+    // Verified by the CA, but the identity is refused (or would only pass as `issuer`
+    // once normalised): never trusted, never on the admin list.
+    for cn in [
+        "issuer\u{200B}",
+        "issuer ",
+        "\u{202E}reussi",
+        "ｉssuer",
+        "iss\u{00AD}uer",
+    ] {
+        let issued = pki.client(cn, None);
+        let channel = tls_channel(server.addr, pki.client_config(Some(&issued), h2))
+            .await
+            .unwrap();
+        assert_eq!(
+            caller_seen(channel.clone(), false).await.unwrap(),
+            ("anonymous".to_string(), "tls".to_string()),
+            "{cn:?}"
+        );
+        let err = revoke(channel).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{cn:?}");
+    }
+    let issuer = pki.client("issuer", None);
+    let channel = tls_channel(server.addr, pki.client_config(Some(&issuer), h2))
+        .await
+        .unwrap();
+    assert_eq!(
+        caller_seen(channel.clone(), false).await.unwrap().0,
+        "issuer"
+    );
+    revoke(channel).await.expect("the admin may revoke");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_server_certificate_is_reloaded_when_its_files_change() {
     let TlsServer {
         pki,
