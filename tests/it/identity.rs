@@ -41,6 +41,21 @@ fn approve(id: &str, approver: &str) -> ApproveRequest {
     }
 }
 
+/// A grant's state and number of approvals, as GetGrant shows them.
+async fn state_and_approvals(
+    grants: &mut GrantServiceClient<Channel>,
+    id: &str,
+) -> (GrantState, usize) {
+    let grant = grants
+        .get_grant(GetGrantRequest {
+            grant_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (grant.state(), grant.approvals.len())
+}
+
 /// Every grant as ListGrants shows it, to compare before and after refused calls.
 async fn all_grants(grants: &mut GrantServiceClient<Channel>) -> Vec<stepgate::proto::v1::Grant> {
     grants
@@ -104,15 +119,8 @@ async fn lookalike_approvers_count_once_and_the_grant_stays_pending() {
             }
         }
     }
-    let grant = uds
-        .get_grant(GetGrantRequest {
-            grant_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        (grant.state(), grant.approvals.len()),
+        state_and_approvals(&mut uds, &id).await,
         (GrantState::Pending, 1)
     );
 
@@ -154,13 +162,8 @@ async fn the_requesters_lookalikes_cannot_approve() {
             }
         }
     }
-    let grant = uds
-        .get_grant(GetGrantRequest { grant_id: id })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        (grant.state(), grant.approvals.len()),
+        state_and_approvals(&mut uds, &id).await,
         (GrantState::Pending, 0)
     );
     server.stop().await;
@@ -471,13 +474,8 @@ async fn reject_works_with_the_example_policies_over_the_unix_socket() {
             .unwrap()
             .into_inner();
         assert!(!late.decision.unwrap().allow);
-        let grant = uds
-            .get_grant(GetGrantRequest { grant_id: id })
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(
-            (grant.state(), grant.approvals.len()),
+            state_and_approvals(&mut uds, &id).await,
             (GrantState::Rejected, 0),
             "a rejected grant is never activated"
         );
