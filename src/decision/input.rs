@@ -404,7 +404,11 @@ fn grant_object(grant: &Grant, spec: &SpecValues) -> Value {
         .iter()
         .map(|a| {
             let mut approval = Entries::new();
-            approval.insert(k.approver.clone(), Value::from(&*a.approver));
+            // Canonical, also for a name journaled before names were checked.
+            approval.insert(
+                k.approver.clone(),
+                Value::from(identity::canonical(&a.approver).as_ref()),
+            );
             approval.insert(k.at.clone(), rfc3339(a.at));
             insert_str(&mut approval, &k.role, &a.role);
             approval.into_value()
