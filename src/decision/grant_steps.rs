@@ -7,14 +7,15 @@
 //! still ends in a deny) → record the decision in the grant's evidence trail. A denied
 //! step changes no state; only the trail grows.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
 use super::{
     Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending, StepInput,
-    input::{Entries, KEYS, validate_agent, validate_step},
+    identities::{ApprovalInput, accept_identity},
+    input::{KEYS, validate_agent, validate_step},
 };
 use crate::{
     grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
@@ -671,69 +672,6 @@ impl Step {
             pending,
         }
     }
-}
-
-struct ApprovalInput<'a> {
-    approver: &'a str,
-    role: &'a str,
-    comment: &'a str,
-    verdict: &'a str,
-}
-
-impl ApprovalInput<'_> {
-    /// `input.approval` for a step on `grant`. A lookalike of someone the grant names
-    /// (see [`judged_as`]) is shown to the policy as that person, so every rule that
-    /// compares the approver with the requester, the subject, its owner or an earlier
-    /// approver treats the lookalike as the person it looks like; the name as sent is
-    /// kept beside it in `sent_as`.
-    fn extra(&self, grant: &Grant) -> Vec<(&'static Value, Value)> {
-        let k = &*KEYS;
-        let judged = judged_as(self.approver, grant);
-        let mut approval = Entries::new();
-        approval.insert(
-            k.approver.clone(),
-            Value::from(judged.as_deref().unwrap_or(self.approver)),
-        );
-        approval.insert(k.comment.clone(), Value::from(self.comment));
-        approval.insert(k.role.clone(), Value::from(self.role));
-        if judged.is_some() {
-            approval.insert(k.sent_as.clone(), Value::from(self.approver));
-        }
-        approval.insert(k.verdict.clone(), Value::from(self.verdict));
-        vec![(&k.approval, approval.into_value())]
-    }
-}
-
-/// The person a grant names (its requester, subject, subject owner or an earlier
-/// approver, in that order) that `approver` is a lookalike of: a different string with
-/// the same [`identity::key`]. `None` when `approver` is one of them exactly or looks
-/// like none of them.
-fn judged_as(approver: &str, grant: &Grant) -> Option<String> {
-    let terms = grant.spec.terms.decode();
-    let requester = terms.workflow.as_ref().map(|w| w.requester.as_str());
-    let named: Vec<&str> = [
-        requester,
-        Some(&terms.subject.id),
-        Some(&terms.subject.owner),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(grant.approvals.iter().map(|a| &*a.approver))
-    .filter(|name| !name.is_empty())
-    .collect();
-    if named.contains(&approver) {
-        return None;
-    }
-    let key = identity::key(approver);
-    named
-        .into_iter()
-        .find(|name| identity::key(name) == key)
-        .map(str::to_string)
-}
-
-/// An identity field in its canonical form, or `field: <problem>`; empty passes.
-fn accept_identity<'a>(value: &'a str, field: &str) -> Result<Cow<'a, str>, InvalidField> {
-    identity::accept(value).map_err(|problem| InvalidField::new(field, problem.to_string()))
 }
 
 /// What an allowed `request` grants, from its obligations.

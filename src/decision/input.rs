@@ -10,7 +10,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use prost_types::{Struct, value::Kind};
 use regorus::{Value, value::Object};
 
-use super::{Caller, spec_values::SpecValues};
+use super::{
+    Caller,
+    identities::{validate_agent_identities, validate_identity},
+    spec_values::SpecValues,
+};
 use crate::{
     grants::{Grant, Terms},
     identity,
@@ -90,22 +94,10 @@ pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
     Ok(())
 }
 
-/// An identity field: refused as `field: <problem>` when [`identity::check`] refuses it
-/// (whitespace at an end, a control, format, bidi or invisible character). Policies
-/// see its [`identity::canonical`] form.
-pub fn validate_identity(value: &str, field: &str) -> Result<(), InvalidField> {
-    identity::accept(value)
-        .map(drop)
-        .map_err(|problem| InvalidField::new(field, problem.to_string()))
-}
-
 /// The identities of an agent call (`on_behalf_of`, each delegation chain entry) and
 /// its arguments.
 pub(crate) fn validate_agent(agent: &AgentCall) -> Result<(), InvalidField> {
-    validate_identity(&agent.on_behalf_of, "agent.on_behalf_of")?;
-    for (i, entry) in agent.delegation_chain.iter().enumerate() {
-        validate_identity(entry, &format!("agent.delegation_chain[{i}]"))?;
-    }
+    validate_agent_identities(agent)?;
     validate_struct(agent.arguments.as_ref(), "agent.arguments")
 }
 
@@ -504,72 +496,6 @@ pub(crate) fn subject_value(subject: &Subject) -> Value {
     o.into_value()
 }
 
-/// The identities of a raw input document (OPA REST) as `object.key` paths.
-const RAW_IDENTITIES: [(&str, &str); 5] = [
-    ("subject", "id"),
-    ("subject", "owner"),
-    ("workflow", "requester"),
-    ("approval", "approver"),
-    ("agent", "on_behalf_of"),
-];
-
-/// A raw input document (OPA REST) with the identities where a `Check` would carry
-/// them (`subject.id` and `owner`, `workflow.requester`, `approval.approver`,
-/// `agent.on_behalf_of` and each `agent.delegation_chain` entry) checked and put in
-/// canonical form, as every other adapter does. A value that is not a string is left
-/// for the policy to judge; nothing is copied unless a name changes.
-pub fn canonical_identities(mut input: Value) -> Result<Value, InvalidField> {
-    let mut paths: Vec<(Vec<Value>, String)> = RAW_IDENTITIES
-        .iter()
-        .map(|(object, key)| {
-            (
-                vec![Value::from(*object), Value::from(*key)],
-                format!("{object}.{key}"),
-            )
-        })
-        .collect();
-    if let Value::Array(chain) = &input[&KEYS.agent][&KEYS.delegation_chain] {
-        paths.extend((0..chain.len()).map(|i| {
-            (
-                vec![
-                    KEYS.agent.clone(),
-                    KEYS.delegation_chain.clone(),
-                    Value::from(i),
-                ],
-                format!("agent.delegation_chain[{i}]"),
-            )
-        }));
-    }
-    for (path, field) in paths {
-        let Value::String(name) = path.iter().fold(&input, |v, key| &v[key]) else {
-            continue;
-        };
-        let canonical = identity::accept(name)
-            .map_err(|problem| InvalidField::new(field, problem.to_string()))?;
-        if let std::borrow::Cow::Owned(changed) = canonical {
-            let slot = path
-                .iter()
-                .try_fold(&mut input, |v, key| member_mut(v, key));
-            if let Some(slot) = slot {
-                *slot = Value::from(changed);
-            }
-        }
-    }
-    Ok(input)
-}
-
-/// The member `key` of an object (or index of an array), unshared for writing.
-fn member_mut<'a>(value: &'a mut Value, key: &Value) -> Option<&'a mut Value> {
-    match value {
-        Value::Object(object) => std::sync::Arc::make_mut(object).get_mut(key),
-        Value::Array(array) => {
-            let index = usize::try_from(key.as_u64().ok()?).ok()?;
-            std::sync::Arc::make_mut(array).get_mut(index)
-        }
-        _ => None,
-    }
-}
-
 /// `input` with `input.caller` set to the transport's `caller`, replacing whatever the
 /// client put there (a scalar input has nowhere to carry it and is returned as is).
 pub fn with_transport_caller(input: Value, caller: &Caller) -> Value {
@@ -966,111 +892,6 @@ mod tests {
             assert!(err.to_string().starts_with(expected), "{err} vs {expected}");
         }
         validate_check(&example()).unwrap();
-    }
-
-    #[test]
-    fn identity_fields_are_refused_by_name_and_seen_in_nfkc() {
-        type Mutation = fn(&mut CheckRequest);
-        let cases: [(Mutation, &str); 7] = [
-            (
-                |r| r.subject.as_mut().unwrap().id.push(' '),
-                "subject.id: leading or trailing whitespace",
-            ),
-            (
-                |r| r.subject.as_mut().unwrap().owner.push('\u{200B}'),
-                "subject.owner: invisible or format character U+200B",
-            ),
-            (
-                |r| r.workflow.as_mut().unwrap().requester.insert(0, '\u{202E}'),
-                "workflow.requester: invisible or format character U+202E",
-            ),
-            (
-                |r| r.workflow.as_mut().unwrap().requester.insert(1, '\u{7F}'),
-                "workflow.requester: control character U+007F",
-            ),
-            (
-                |r| {
-                    r.agent = Some(AgentCall {
-                        on_behalf_of: "alice\u{00A0}".into(),
-                        ..Default::default()
-                    })
-                },
-                "agent.on_behalf_of: leading or trailing whitespace",
-            ),
-            (
-                |r| {
-                    r.agent = Some(AgentCall {
-                        delegation_chain: vec!["alice".into(), "plan\u{2066}ner".into()],
-                        ..Default::default()
-                    })
-                },
-                "agent.delegation_chain[1]: invisible or format character U+2066",
-            ),
-            (
-                |r| r.subject.as_mut().unwrap().owner.insert(2, '\u{0085}'),
-                "subject.owner: control character U+0085",
-            ),
-        ];
-        for (mutate, expected) in cases {
-            let mut req = example();
-            mutate(&mut req);
-            assert_eq!(validate_check(&req).unwrap_err().to_string(), expected);
-        }
-
-        let mut req = example();
-        req.workflow.as_mut().unwrap().requester = "ａlice".into();
-        req.subject.as_mut().unwrap().owner = "ｔeam-payments".into();
-        req.agent = Some(AgentCall {
-            on_behalf_of: "ｂob".into(),
-            delegation_chain: vec!["ｂob".into(), "planner".into()],
-            ..Default::default()
-        });
-        validate_check(&req).unwrap();
-        let input = json(&check_input(&req, &Caller::anonymous(), Utc::now(), None));
-        assert_eq!(input["workflow"]["requester"], "alice");
-        assert_eq!(input["subject"]["owner"], "team-payments");
-        assert_eq!(input["agent"]["on_behalf_of"], "bob");
-        assert_eq!(input["agent"]["delegation_chain"][0], "bob");
-    }
-
-    #[test]
-    fn a_raw_input_has_its_identities_checked_and_made_canonical() {
-        let raw = |text: &str| Value::from_json_str(text).unwrap();
-        let input = canonical_identities(raw(
-            r#"{"subject": {"id": "ｓvc", "owner": 3}, "workflow": {"requester": "ａlice"},
-                "approval": {"approver": "bob"}, "agent": {"delegation_chain": ["ａ", 1, "b"]},
-                "other": "ａ"}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            json(&input),
-            serde_json::json!({"subject": {"id": "svc", "owner": 3},
-                "workflow": {"requester": "alice"}, "approval": {"approver": "bob"},
-                "agent": {"delegation_chain": ["a", 1, "b"]}, "other": "ａ"})
-        );
-        for (text, expected) in [
-            (
-                r#"{"approval": {"approver": "bob "}}"#,
-                "approval.approver: leading or trailing whitespace",
-            ),
-            (
-                r#"{"agent": {"delegation_chain": ["a", "b\u200b"]}}"#,
-                "agent.delegation_chain[1]: invisible or format character U+200B",
-            ),
-            (
-                r#"{"subject": {"id": "\u202eabc"}}"#,
-                "subject.id: invisible or format character U+202E",
-            ),
-        ] {
-            assert_eq!(
-                canonical_identities(raw(text)).unwrap_err().to_string(),
-                expected
-            );
-        }
-        assert_eq!(
-            canonical_identities(Value::from(3)).unwrap(),
-            Value::from(3)
-        );
     }
 
     #[test]

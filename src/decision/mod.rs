@@ -8,6 +8,7 @@
 mod caller;
 mod envoy;
 mod grant_steps;
+mod identities;
 mod input;
 mod pipeline;
 mod record;
@@ -16,9 +17,10 @@ mod spec_values;
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
+pub use identities::{canonical_identities, validate_identity};
 pub use input::{
-    GrantStepInput, InvalidField, StepInput, canonical_identities, check_input, grant_value,
-    validate_check, validate_identity, with_transport_caller,
+    GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
+    with_transport_caller,
 };
 pub(crate) use input::{KEYS, text};
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
