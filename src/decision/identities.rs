@@ -168,29 +168,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        decision::{Caller, check_input, validate_check},
-        proto::v1::{CheckRequest, Subject, Workflow},
+        decision::{Caller, check_input, input::tests::example, validate_check},
+        proto::v1::CheckRequest,
     };
-
-    /// A valid check naming a subject, an owner, a requester.
-    fn example() -> CheckRequest {
-        CheckRequest {
-            step: "issue".into(),
-            subject: Some(Subject {
-                id: "spiffe://prod/ns/payments/sa/deployer".into(),
-                kind: "service_account".into(),
-                owner: "team-payments".into(),
-                attributes: None,
-            }),
-            action: "issue_credential".into(),
-            workflow: Some(Workflow {
-                id: "CHG-1234".into(),
-                requester: "alice".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
 
     fn json(value: &Value) -> serde_json::Value {
         serde_json::from_str(&value.to_json_str().unwrap()).unwrap()

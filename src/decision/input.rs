@@ -626,7 +626,7 @@ fn number_value(n: f64) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -657,7 +657,8 @@ mod tests {
         }
     }
 
-    fn example() -> CheckRequest {
+    /// A valid `issue` check with a subject, owner, resource, workflow and context.
+    pub(in crate::decision) fn example() -> CheckRequest {
         CheckRequest {
             step: "issue".into(),
             subject: Some(Subject {
