@@ -31,7 +31,9 @@ positive_number(n) if {
 }
 
 # Identities are compared case-insensitively so that "Alice" cannot approve a
-# request raised by "alice".
+# request raised by "alice". (The server also sends identities in NFKC form and, at
+# step approve, shows an approver who looks like someone the grant names, e.g.
+# "аlice" with a Cyrillic а, as that person.)
 same_identity(a, b) if lower(a) == lower(b)
 
 # Set by the workflow system; it only ever relaxes the business-hours rule
