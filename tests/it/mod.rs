@@ -16,3 +16,4 @@ mod pki;
 mod reload;
 mod support;
 mod telemetry;
+mod wire_errors;
