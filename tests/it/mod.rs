@@ -9,6 +9,7 @@ mod ext_authz;
 mod grants;
 mod health;
 mod http;
+mod log_escaping;
 mod mtls;
 mod opa_client;
 mod opa_rest;
