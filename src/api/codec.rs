@@ -7,7 +7,9 @@
 //! recursion limit, invalid UTF-8 in a string field) and where, and is the one mapping
 //! from a [`prost::DecodeError`] to a [`Status`]. The generated stepgate.v1 services use
 //! [`StrictCodec`] through `build.rs` (`codec_path`), and so do the Envoy ext_authz and
-//! health services, whose server code `build.rs` generates for it (`manual_services.rs`).
+//! health services, whose server code `build.rs` generates for it (`manual_services.rs`);
+//! server reflection's request stream is checked with the same mapping
+//! (`checked_stream.rs`).
 
 use std::marker::PhantomData;
 

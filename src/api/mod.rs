@@ -5,6 +5,7 @@
 mod allow_list;
 mod authzen;
 mod caller;
+mod checked_stream;
 pub(crate) mod codec;
 mod content_type;
 mod convert;

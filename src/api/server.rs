@@ -19,10 +19,15 @@ use tonic::{
     },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_reflection::pb::{
+    v1::ServerReflectionRequest as ReflectionV1Request,
+    v1alpha::ServerReflectionRequest as ReflectionV1AlphaRequest,
+};
 
 use super::{
     CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi,
     allow_list::ServiceGuard,
+    checked_stream::CheckedStream,
     content_type::GrpcContentType,
     manual_services::{
         envoy_auth::authorization_server::AuthorizationServer,
@@ -133,8 +138,12 @@ impl GrpcServer {
         let router: Router<_> = Server::builder()
             .layer(GrpcContentType)
             .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
+            .add_service(CheckedStream::<_, ReflectionV1Request>::new(
+                reflection().build_v1()?,
+            ))
+            .add_service(CheckedStream::<_, ReflectionV1AlphaRequest>::new(
+                reflection().build_v1alpha()?,
+            ))
             .add_service(decisions)
             .add_service(grants)
             .add_service(ext_authz);

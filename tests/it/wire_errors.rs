@@ -342,6 +342,82 @@ async fn malformed_requests_are_invalid_argument_on_every_service() {
     server.stop().await;
 }
 
+/// Sends `messages` on server reflection's stream at `path`: the responses, or how the
+/// call ended.
+async fn reflect(
+    channel: &Channel,
+    path: &'static str,
+    messages: Vec<Vec<u8>>,
+) -> Result<usize, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let mut responses = grpc
+        .streaming(
+            Request::new(tokio_stream::iter(messages)),
+            http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await?
+        .into_inner();
+    let mut count = 0;
+    while responses.message().await?.is_some() {
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[tokio::test]
+async fn malformed_reflection_requests_are_invalid_argument() {
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request};
+    let server = Server::start(&POLICIES).await;
+    let channel = server.uds_channel().await;
+    let list = ServerReflectionRequest {
+        host: marker(),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    }
+    .encode_to_vec();
+    let mut invalid_utf8 = list.clone();
+    invalid_utf8[marker_at(&list) + 1] = 0xFF;
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        // v1alpha's request has v1's wire format.
+        let answered = reflect(&channel, path, vec![list.clone()]).await;
+        assert_eq!(answered.ok(), Some(1), "{path}");
+        for (case, body, fragment) in [
+            (
+                "random bytes",
+                random_bytes(),
+                "request: invalid protobuf: ",
+            ),
+            (
+                "invalid UTF-8",
+                invalid_utf8.clone(),
+                "request: invalid UTF-8",
+            ),
+            (
+                "nested groups",
+                with_nested_groups(list.clone()),
+                "request: nested too deeply",
+            ),
+        ] {
+            let status = reflect(&channel, path, vec![list.clone(), body])
+                .await
+                .map(|_| panic!("{path} with {case}: answered"))
+                .unwrap_err();
+            assert_eq!(
+                (status.code(), status.message().contains(fragment)),
+                (Code::InvalidArgument, true),
+                "{path} with {case}: {status:?}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_struct_32_levels_deep_is_accepted() {
     let server = Server::start(&POLICIES).await;
