@@ -158,13 +158,15 @@ impl<M: Message + Default> HttpBody for CheckedRequest<M> {
             return Poll::Ready(Some(Err(status.clone())));
         }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            if let Some(data) = data.filter(|_| this.checking) {
-                this.pending.extend_from_slice(data);
-                if let Err(status) = this.check_frames() {
-                    let _ = this.refusal.set(status.clone());
-                    return Poll::Ready(Some(Err(status)));
-                }
+        let data = match &frame {
+            Some(Ok(frame)) if this.checking => frame.data_ref(),
+            _ => None,
+        };
+        if let Some(data) = data {
+            this.pending.extend_from_slice(data);
+            if let Err(status) = this.check_frames() {
+                let _ = this.refusal.set(status.clone());
+                return Poll::Ready(Some(Err(status)));
             }
         }
         Poll::Ready(frame)
