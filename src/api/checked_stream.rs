@@ -4,11 +4,11 @@
 //! tonic-reflection decodes its bidirectional stream with prost's codec inside its own
 //! service, and its handler ends the response stream *OK* on a request it cannot decode,
 //! so neither a codec of ours nor its handler can say what failed. [`CheckedStream`]
-//! decodes each complete request frame as it passes ([`Malformed::of`], the codec's one
-//! mapping); on the first malformed one it fails the request body with that status and
-//! puts the status in the response's trailers (or its headers, when the answer has no
-//! body) in place of whatever the service ended with. Frames that arrived in the same
-//! chunk before the malformed one are not delivered.
+//! decodes each complete request frame as it passes (the codec's one mapping,
+//! `codec::refusal`); on the first malformed one it fails the request body with that
+//! status and puts the status in the response's trailers (or its headers, when the
+//! answer has no body) in place of whatever the service ended with. Frames that arrived
+//! in the same chunk before the malformed one are not delivered.
 
 use std::{
     convert::Infallible,
@@ -25,7 +25,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use prost::Message;
 use tonic::{Status, body::Body, codegen::Service, server::NamedService};
 
-use super::codec::Malformed;
+use super::codec::refusal;
 
 /// The gRPC frame header: a compression flag and a big-endian length.
 const FRAME_HEADER: usize = 5;
@@ -138,7 +138,7 @@ impl<M: Message + Default> CheckedRequest<M> {
             frame.advance(FRAME_HEADER);
             // A compressed frame is the service's to refuse or decode.
             if !compressed && let Err(error) = M::decode(frame) {
-                return Err(Malformed::of(&error).into());
+                return Err(refusal(&error));
             }
         }
         Ok(())

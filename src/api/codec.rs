@@ -94,6 +94,14 @@ impl Malformed {
     }
 }
 
+/// The one answer to a request message prost could not decode: `INVALID_ARGUMENT` with
+/// what failed, logged (at debug: a peer sending garbage must not flood the log).
+pub(crate) fn refusal(error: &prost::DecodeError) -> Status {
+    let malformed = Malformed::of(error);
+    tracing::debug!(%malformed, "malformed request refused");
+    malformed.into()
+}
+
 impl From<Malformed> for Status {
     fn from(malformed: Malformed) -> Self {
         Status::invalid_argument(malformed.to_string())
@@ -138,9 +146,7 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf)
-            .map(Some)
-            .map_err(|error| Malformed::of(&error).into())
+        U::decode(buf).map(Some).map_err(|error| refusal(&error))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
