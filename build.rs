@@ -1,9 +1,15 @@
-//! Generates the `stepgate.v1` gRPC code and the descriptor set used by server reflection.
+//! Generates the `stepgate.v1` gRPC code and the descriptor set used by server reflection,
+//! and the server code of the Envoy ext_authz and `grpc.health.v1` services over the
+//! crates' own message types: every service decodes with `api::codec::StrictCodec`, so a
+//! malformed request is `INVALID_ARGUMENT` (the crates' generated servers use prost's
+//! codec, which answers `INTERNAL`).
 //!
 //! `protoc` comes from `$PROTOC` when set, otherwise from the vendored binary of the
 //! `protoc-bin-vendored` build dependency, so no system install is needed.
 
 use std::{env, path::PathBuf};
+
+use tonic_build::manual::{Method, Service};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = match env::var_os("PROTOC") {
@@ -16,12 +22,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        .codec_path(CODEC)
         .file_descriptor_set_path(out_dir.join("stepgate_descriptor.bin"))
         .compile_with_config(
             config,
             &[PathBuf::from("proto/stepgate/v1/stepgate.proto")],
             &[PathBuf::from("proto"), include],
         )?;
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[envoy_authorization(), health()]);
     println!("cargo:rerun-if-changed=proto");
     Ok(())
+}
+
+/// The codec of every service (`src/api/codec.rs`).
+const CODEC: &str = "crate::api::codec::StrictCodec";
+
+fn unary(name: &str, route: &str, input: &str, output: &str) -> Method {
+    Method::builder()
+        .name(name)
+        .route_name(route)
+        .input_type(input)
+        .output_type(output)
+        .codec_path(CODEC)
+        .build()
+}
+
+/// `envoy.service.auth.v3.Authorization` over envoy-types' messages.
+fn envoy_authorization() -> Service {
+    const PB: &str = "::envoy_types::pb::envoy::service::auth::v3";
+    Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(unary(
+            "check",
+            "Check",
+            &format!("{PB}::CheckRequest"),
+            &format!("{PB}::CheckResponse"),
+        ))
+        .build()
+}
+
+/// `grpc.health.v1.Health` over tonic-health's messages.
+fn health() -> Service {
+    const PB: &str = "::tonic_health::pb";
+    let request = format!("{PB}::HealthCheckRequest");
+    let response = format!("{PB}::HealthCheckResponse");
+    let watch = Method::builder()
+        .name("watch")
+        .route_name("Watch")
+        .input_type(&request)
+        .output_type(&response)
+        .codec_path(CODEC)
+        .server_streaming()
+        .build();
+    Service::builder()
+        .name("Health")
+        .package("grpc.health.v1")
+        .method(unary("check", "Check", &request, &response))
+        .method(watch)
+        .build()
 }

@@ -224,6 +224,32 @@ fn decision_log_record(c: &mut Criterion) {
             )
         })
     });
+    // The same record with its workflow in other scripts: every non-ASCII character is
+    // looked up (is it a format character?), the cost the ASCII fast path avoids.
+    let mut text = std::fs::read_to_string("benches/inputs/issue.json").expect("bench input");
+    for (ascii, other) in [
+        ("alice", "Zoë Ångström"),
+        (
+            "deploy payments 4.2 (schema migration)",
+            "支払いサービス 4.2 をデプロイ（スキーマ移行）",
+        ),
+        ("team-payments", "команда-платежи"),
+    ] {
+        text = text.replace(ascii, other);
+    }
+    let input = Value::from_json_str(&text).expect("valid JSON");
+    let entry = Entry {
+        input: &input,
+        ..entry
+    };
+    c.bench_function("audit/record_non_ascii", |b| {
+        b.iter(|| {
+            log.send(
+                log.reserve().expect("the writer keeps up"),
+                black_box(&entry),
+            )
+        })
+    });
 }
 
 criterion_group!(

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue,
-        HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
-        QueryParameter,
+        CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse, QueryParameter,
     },
     pb::google::{
         protobuf::{Struct, Value as EnvoyValue, value::Kind},
@@ -23,6 +22,7 @@ use tonic::{Request, Response, Status};
 use super::{
     caller::{caller_of, parent_of},
     convert::value_to_struct,
+    manual_services::envoy_auth::authorization_server::Authorization,
 };
 use crate::decision::{DecisionPipeline, EnvoyFailure, EnvoyVerdict};
 

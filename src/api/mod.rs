@@ -5,11 +5,15 @@
 mod allow_list;
 mod authzen;
 mod caller;
+mod checked_stream;
+pub(crate) mod codec;
+mod content_type;
 mod convert;
 mod decision_service;
 mod ext_authz;
 mod grant_service;
 mod http;
+mod manual_services;
 mod observability;
 mod opa_rest;
 mod server;

@@ -5,8 +5,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
@@ -21,10 +19,20 @@ use tonic::{
     },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_reflection::pb::{
+    v1::ServerReflectionRequest as ReflectionV1Request,
+    v1alpha::ServerReflectionRequest as ReflectionV1AlphaRequest,
+};
 
 use super::{
     CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi,
     allow_list::ServiceGuard,
+    checked_stream::CheckedStream,
+    content_type::GrpcContentType,
+    manual_services::{
+        envoy_auth::authorization_server::AuthorizationServer,
+        health::{self, health_server::HealthServer},
+    },
     tls::{Alpn, ReloadingTls},
 };
 use crate::proto::v1::{
@@ -99,7 +107,8 @@ impl GrpcServer {
         listeners: Listeners,
         limits: ServerLimits,
     ) -> Result<Self, tonic_reflection::server::Error> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
+        let health_service = HealthServer::new(health::Reported::new(health.clone()));
         for name in HEALTH_NAMES {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -126,10 +135,15 @@ impl GrpcServer {
                 "envoy.service.auth.v3.Authorization",
             ),
         );
-        let router: Router = Server::builder()
+        let router: Router<_> = Server::builder()
+            .layer(GrpcContentType)
             .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
+            .add_service(CheckedStream::<_, ReflectionV1Request>::new(
+                reflection().build_v1()?,
+            ))
+            .add_service(CheckedStream::<_, ReflectionV1AlphaRequest>::new(
+                reflection().build_v1alpha()?,
+            ))
             .add_service(decisions)
             .add_service(grants)
             .add_service(ext_authz);

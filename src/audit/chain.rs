@@ -1,7 +1,9 @@
 //! The hash chain: each record carries the SHA-256 of the record before it
 //! (`prev_hash`) and its own (`hash`, the last field), computed over the exact bytes of
 //! the line without the `hash` field. Editing, removing, inserting or reordering a
-//! record breaks the chain at the next record; [`verify`] names the first bad one.
+//! record breaks the chain at the next record; [`verify`] names the first bad one. It
+//! also refuses a record holding raw a character the writer escapes (`json::must_escape`),
+//! which the hash alone does not catch in a log written by an older build.
 
 use std::{
     fmt,
@@ -105,6 +107,23 @@ pub enum VerifyError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// A record holding a character the writer always escapes (a control, a line
+    /// separator or a format character such as a bidi override), raw: written by an
+    /// older build, or edited; a reader may split the record or show it differently
+    /// from what it holds.
+    #[error(
+        "{}:{line}: U+{:04X} written raw (records escape control, line-separator and format characters; an older build wrote this record, or it was edited)",
+        file.display(),
+        u32::from(*character)
+    )]
+    RawCharacter {
+        /// The file.
+        file: PathBuf,
+        /// Its line number (1-based).
+        line: usize,
+        /// The first such character.
+        character: char,
+    },
 }
 
 /// What a successful verification saw.
@@ -148,6 +167,13 @@ pub fn verify(files: &[impl AsRef<Path>]) -> Result<Verified, VerifyError> {
                 line: index + 1,
                 problem,
             };
+            if let Some(character) = super::json::first_raw_escapable(&line) {
+                return Err(VerifyError::RawCharacter {
+                    file: file.to_path_buf(),
+                    line: index + 1,
+                    character,
+                });
+            }
             let (body, claimed) =
                 unseal(&line).ok_or_else(|| broken("not a sealed record (no hash field)"))?;
             let actual = Hash(Sha256::digest(body.as_bytes()).into());
@@ -185,5 +211,30 @@ mod tests {
         assert_eq!(hash_of(&line), Some(hash));
         assert_eq!(Hash::from_hex(&hash.to_hex()), Some(hash));
         assert_eq!(unseal("{}"), None);
+    }
+
+    #[test]
+    fn a_raw_format_character_is_reported_though_the_chain_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let genesis = Hash::GENESIS.to_hex();
+        let (good, _) = seal(format!(r#"{{"a":"\u202e","prev_hash":"{genesis}"}}"#));
+        let (raw, _) = seal(format!(
+            "{{\"a\":\"x\u{202e}y\",\"prev_hash\":\"{genesis}\"}}"
+        ));
+        std::fs::write(&path, format!("{good}\n{raw}\n")).unwrap();
+        let err = verify(&[&path]).expect_err("raw U+202E");
+        assert!(
+            matches!(
+                err,
+                VerifyError::RawCharacter {
+                    line: 2,
+                    character: '\u{202e}',
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(":2: U+202E written raw"), "{err}");
     }
 }

@@ -3,32 +3,57 @@
 //! A record is rendered on the deciding thread for every decision, so it is written by
 //! hand rather than through serde: no `Serialize` dispatch per value, no byte buffer to
 //! re-validate as UTF-8, strings copied in runs between the bytes that need escaping.
-//! Strings are escaped exactly as `serde_json` escapes them, plus U+2028 and U+2029 (see
-//! [`push_str`]).
+//! Strings are escaped as `serde_json` escapes them, plus every character that can
+//! break a line or change how a line reads (see [`push_str`]).
 
 use regorus::Value;
+use unicode_general_category::{GeneralCategory, get_general_category};
 
-/// Bytes that need a look in a string: `"`, `\`, the control characters, and `0xE2`,
-/// the first byte of U+2028 and U+2029 in UTF-8.
+/// Bytes that need a look in a string: `"`, `\\`, the C0 controls, DEL, and every byte of
+/// a non-ASCII character (which may be a C1 control, a line separator or a format
+/// character: [`must_escape`]).
 const ATTENTION: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
+    while b < 256 {
+        table[b] = b < 0x20 || b >= 0x7F;
         b += 1;
     }
     table[b'"' as usize] = true;
     table[b'\\' as usize] = true;
-    table[0xE2] = true;
     table
 };
 
+/// Whether `c` is written as `\uXXXX` wherever it appears, so no reader splits a record
+/// or shows it differently from what it holds: the C0 and C1 controls and DEL (NEL,
+/// U+0085, and CSI, U+009B, among them), U+2028 and U+2029 (JavaScript and Python read
+/// them as line breaks), and every Unicode format character (general category Cf: the
+/// bidi overrides and isolates, zero-width characters, U+FEFF, the soft hyphen, tag
+/// characters), as the Unicode tables of `unicode-general-category` list them. A sealed
+/// record holds none of them raw; `verify` checks it.
+pub(crate) fn must_escape(c: char) -> bool {
+    match c {
+        '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => true,
+        c if c.is_ascii() => false,
+        c => get_general_category(c) == GeneralCategory::Format,
+    }
+}
+
+/// The first character of `line` that [`must_escape`], if any (printable ASCII, the
+/// usual line, is passed over a byte at a time).
+pub(crate) fn first_raw_escapable(line: &str) -> Option<char> {
+    if line.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+        return None;
+    }
+    line.chars().find(|&c| must_escape(c))
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `s` as a JSON string. `"`, `\` and the control characters are escaped as
+/// Appends `s` as a JSON string. `"`, `\` and the C0 controls are escaped as
 /// `serde_json` escapes them (`\n`, `\t`, ..., else `\u00XX`), which keeps a record on
-/// one line whatever it holds; U+2028 and U+2029 are escaped too (`\u2028`), since
-/// JavaScript and Python read them as line breaks.
+/// one line whatever it holds; so is every other character that [`must_escape`], as
+/// `\uXXXX` (a surrogate pair beyond the BMP: `\udb40\udc01` for U+E0001).
 pub(crate) fn push_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
@@ -59,54 +84,64 @@ fn push_escaped(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut run = 0;
     let mut i = 0;
+    // `i` is always at a character boundary: it moves by one ASCII byte or by a whole
+    // character.
     while i < bytes.len() {
         let b = bytes[i];
         if !ATTENTION[usize::from(b)] {
             i += 1;
             continue;
         }
-        let (escaped, len): (&str, usize) = match b {
-            b'"' => ("\\\"", 1),
-            b'\\' => ("\\\\", 1),
-            b'\n' => ("\\n", 1),
-            b'\r' => ("\\r", 1),
-            b'\t' => ("\\t", 1),
-            0x08 => ("\\b", 1),
-            0x0C => ("\\f", 1),
-            0xE2 => match bytes.get(i + 1..i + 3) {
-                Some([0x80, 0xA8]) => ("\\u2028", 3),
-                Some([0x80, 0xA9]) => ("\\u2029", 3),
-                _ => {
-                    i += 1;
-                    continue;
-                }
-            },
-            _ => ("", 1),
-        };
-        // `i` is at an ASCII byte or at the first byte of a three-byte character, and
-        // `i + len` just past it: both are character boundaries.
-        out.push_str(&s[run..i]);
-        if escaped.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xF)]));
-        } else {
-            out.push_str(escaped);
+        if b.is_ascii() {
+            out.push_str(&s[run..i]);
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                b'\r' => out.push_str("\\r"),
+                b'\t' => out.push_str("\\t"),
+                0x08 => out.push_str("\\b"),
+                0x0C => out.push_str("\\f"),
+                _ => push_unit(out, u16::from(b)),
+            }
+            i += 1;
+            run = i;
+            continue;
         }
-        i += len;
-        run = i;
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        if must_escape(c) {
+            out.push_str(&s[run..i]);
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                push_unit(out, *unit);
+            }
+            i += c.len_utf8();
+            run = i;
+        } else {
+            i += c.len_utf8();
+        }
     }
     out.push_str(&s[run..]);
 }
 
+/// Appends `\uXXXX` for one UTF-16 code unit, lowercase as serde_json writes it.
+fn push_unit(out: &mut String, unit: u16) {
+    out.push_str("\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(char::from(HEX[usize::from((unit >> shift) & 0xF)]));
+    }
+}
+
 /// Whether any of the eight bytes in `word` needs a look ([`ATTENTION`]), by the
-/// classic SWAR tests (exact as a yes/no): a byte below 0x20, or equal to `"`, `\`, 0xE2.
+/// classic SWAR tests (exact as a yes/no): a byte below 0x20, equal to `"`, `\` or DEL,
+/// or not ASCII.
 fn needs_attention(word: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
     let equal = |n: u8| below(word ^ (ONES * u64::from(n)), 1);
-    (below(word, 0x20) | equal(b'"') | equal(b'\\') | equal(0xE2)) != 0
+    (below(word, 0x20) | equal(b'"') | equal(b'\\') | equal(0x7F) | (word & HIGHS)) != 0
 }
 
 /// Appends `bytes` as lowercase hex digits (no quotes).
@@ -180,6 +215,59 @@ mod tests {
     }
 
     #[test]
+    fn controls_separators_and_format_characters_are_escaped() {
+        for (raw, escaped) in [
+            ("\u{7f}", r"\u007f"),
+            ("\u{80}", r"\u0080"),
+            ("\u{85}", r"\u0085"),
+            ("\u{9b}", r"\u009b"),
+            ("\u{9f}", r"\u009f"),
+            ("\u{ad}", r"\u00ad"),
+            ("\u{61c}", r"\u061c"),
+            ("\u{180e}", r"\u180e"),
+            (
+                "\u{200b}\u{200c}\u{200d}\u{200e}\u{200f}",
+                r"\u200b\u200c\u200d\u200e\u200f",
+            ),
+            (
+                "\u{202a}\u{202b}\u{202c}\u{202d}\u{202e}",
+                r"\u202a\u202b\u202c\u202d\u202e",
+            ),
+            (
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                r"\u2066\u2067\u2068\u2069",
+            ),
+            ("\u{2060}\u{feff}", r"\u2060\ufeff"),
+            ("\u{e0001}\u{e007f}", r"\udb40\udc01\udb40\udc7f"),
+            ("\u{1d173}", r"\ud834\udd73"),
+        ] {
+            assert_eq!(
+                quoted(&format!("a{raw}b")),
+                format!("\"a{escaped}b\""),
+                "{raw:?}"
+            );
+            let c = raw.chars().next().unwrap();
+            assert!(must_escape(c), "{c:?}");
+            assert_eq!(first_raw_escapable(&format!("x{raw}")), Some(c));
+        }
+        // Letters, symbols and spaces of other scripts stay as they are.
+        for kept in [
+            "é",
+            "€",
+            "日本",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{1f600}",
+            "ｂob",
+            "\u{2027}",
+        ] {
+            assert_eq!(quoted(kept), format!("\"{kept}\""));
+            assert_eq!(first_raw_escapable(kept), None, "{kept:?}");
+        }
+        assert_eq!(first_raw_escapable(r#"{"a":"\u202e"}"#), None);
+    }
+
+    #[test]
     fn words_need_attention_exactly_when_one_of_their_bytes_does() {
         for special in 0..=255u8 {
             for position in 0..8 {
@@ -225,8 +313,22 @@ mod tests {
     fn hostile_string() -> impl Strategy<Value = String> {
         let special = prop_oneof![
             (0u8..0x20).prop_map(char::from),
+            (0x7Fu32..0xA0).prop_map(|c| char::from_u32(c).unwrap()),
             prop::sample::select(vec![
-                '"', '\\', '\u{2028}', '\u{2029}', '\u{2027}', '€', '\u{7f}'
+                '"',
+                '\\',
+                '\u{2028}',
+                '\u{2029}',
+                '\u{2027}',
+                '€',
+                '\u{ad}',
+                '\u{a0}',
+                '\u{200b}',
+                '\u{200f}',
+                '\u{202e}',
+                '\u{2066}',
+                '\u{feff}',
+                '\u{e0001}',
             ]),
         ];
         prop::collection::vec(prop_oneof![any::<char>(), special], 0..40)
@@ -234,14 +336,41 @@ mod tests {
     }
 
     proptest! {
-        /// Byte for byte what serde_json writes, but for the two line separators.
+        /// What serde_json writes, with each character it leaves raw that must not be
+        /// raw as `\uXXXX`; and the result reads back as `s`.
         #[test]
         fn strings_are_escaped_as_serde_json_escapes_them(s in hostile_string()) {
-            let expected = serde_json::to_string(&s)
-                .unwrap()
-                .replace('\u{2028}', "\\u2028")
-                .replace('\u{2029}', "\\u2029");
-            prop_assert_eq!(quoted(&s), expected);
+            let mut expected = String::new();
+            for c in serde_json::to_string(&s).unwrap().chars() {
+                if must_escape(c) {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        expected.push_str(&format!("\\u{unit:04x}"));
+                    }
+                } else {
+                    expected.push(c);
+                }
+            }
+            let written = quoted(&s);
+            prop_assert_eq!(&written, &expected);
+            prop_assert_eq!(first_raw_escapable(&written), None);
+            prop_assert_eq!(serde_json::from_str::<String>(&written).unwrap(), s);
+        }
+
+        /// Exactly the C0 and C1 controls, DEL, U+2028, U+2029 and the format characters
+        /// are escaped.
+        #[test]
+        fn must_escape_is_controls_separators_and_format(c in any::<char>()) {
+            let category = get_general_category(c);
+            prop_assert_eq!(
+                must_escape(c),
+                c.is_control()
+                    || matches!(
+                        category,
+                        GeneralCategory::Format
+                            | GeneralCategory::LineSeparator
+                            | GeneralCategory::ParagraphSeparator
+                    )
+            );
         }
 
         #[test]
