@@ -155,6 +155,7 @@ impl DecisionPipeline {
                 .decision_log
                 .as_ref()
                 .map_or((0, 0, 0), |log| log.stats().counts()),
+            eval_limits: crate::policy::limit_hits(),
         };
         self.telemetry.metrics().render(&snapshot)
     }

@@ -6,14 +6,17 @@
 
 use std::{
     cell::RefCell,
-    num::NonZeroU32,
+    num::{NonZeroU32, NonZeroU64},
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use regorus::{
-    Engine, LimitError, Value,
+    Engine, LimitError, MemoryBudgetConfig, Value,
     rvm::{RegoVM, program::Program, vm::VmError},
     utils::limits::ExecutionTimerConfig,
 };
@@ -23,13 +26,17 @@ use super::{
     compile::{CompiledEntrypoint, Target},
 };
 
-/// Bounds on one evaluation. Exceeding either is an [`EvalError::LimitExceeded`].
+/// Bounds on one evaluation. Exceeding any is an [`EvalError::LimitExceeded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalLimits {
     /// Most RVM instructions one evaluation may execute.
     pub max_instructions: usize,
     /// Longest one evaluation may run (checked cooperatively by the engine).
     pub timeout: Duration,
+    /// Most bytes one RVM evaluation may hold beyond what its thread held when it began
+    /// (checked at every instruction; a single builtin call is bounded by the process
+    /// heap limit instead, see [`set_heap_limit`]).
+    pub max_memory: u64,
 }
 
 impl Default for EvalLimits {
@@ -37,18 +44,78 @@ impl Default for EvalLimits {
         Self {
             max_instructions: 1_000_000,
             timeout: Duration::from_millis(100),
+            max_memory: 32 << 20,
         }
     }
 }
 
 impl EvalLimits {
-    fn timer(&self) -> ExecutionTimerConfig {
-        // Checking the clock every 256 work units keeps the check's cost negligible.
-        ExecutionTimerConfig {
-            limit: self.timeout,
-            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
+    pub(super) fn timer(&self) -> ExecutionTimerConfig {
+        timer(self.timeout)
+    }
+}
+
+/// A cooperative timer of `limit`. Checking the clock every 256 work units keeps the
+/// check's cost negligible.
+pub(super) fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
+    }
+}
+
+/// Sets the process heap limit: once the bytes live in the whole process exceed it,
+/// every evaluation, compile and policy test stops with
+/// [`EvalError::LimitExceeded`] instead of allocating more (`None`: no limit).
+///
+/// This is the only bound regorus checks *inside* a builtin call (`numbers.range`,
+/// `strings.repeat`, ... check it as they grow their result), so it is what stops one
+/// builtin call from materialising gigabytes before the time or per-evaluation budget
+/// is looked at again. It counts what the global allocator regorus installs counts:
+/// every live heap byte of the process, grants included, so size it above the
+/// server's own needs. Process-wide: the last call wins.
+pub fn set_heap_limit(limit: Option<u64>) {
+    regorus::set_global_memory_limit(limit);
+}
+
+/// Which bound stopped an evaluation, for [`limit_hits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// The evaluation's time limit.
+    Time,
+    /// The RVM instruction limit.
+    Instructions,
+    /// The per-evaluation memory budget or the process heap limit.
+    Memory,
+}
+
+impl LimitKind {
+    /// Every kind, in [`limit_hits`] order.
+    pub const ALL: [LimitKind; 3] = [LimitKind::Time, LimitKind::Instructions, LimitKind::Memory];
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            LimitKind::Time => "time",
+            LimitKind::Instructions => "instructions",
+            LimitKind::Memory => "memory",
         }
     }
+}
+
+static LIMIT_HITS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// How many evaluations (decisions, warm-ups and policy tests) each bound has stopped
+/// since the process started, in [`LimitKind::ALL`] order.
+pub fn limit_hits() -> [u64; 3] {
+    LIMIT_HITS.each_ref().map(|n| n.load(Ordering::Relaxed))
+}
+
+/// Counts and logs one evaluation stopped by `kind`, and makes its error.
+fn limit_exceeded(kind: LimitKind, message: String) -> EvalError {
+    LIMIT_HITS[kind as usize].fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(limit = kind.label(), %message, "evaluation stopped by a limit (denied)");
+    EvalError::LimitExceeded(message)
 }
 
 /// Why an evaluation produced no result. The decision pipeline turns each into a deny.
@@ -184,6 +251,9 @@ impl PolicySet {
             .map_err(|e| EvalError::Failed(e.to_string()))?;
         vm.set_max_instructions(self.limits.max_instructions);
         vm.set_execution_timer_config(Some(self.limits.timer()));
+        vm.set_memory_budget_config(
+            NonZeroU64::new(self.limits.max_memory).map(|limit| MemoryBudgetConfig { limit }),
+        );
         Ok(CachedVm {
             program: program.clone(),
             vm,
@@ -218,23 +288,76 @@ fn is_identifier(text: &str) -> bool {
 
 fn classify_vm_error(err: VmError) -> EvalError {
     match err {
-        VmError::InstructionLimitExceeded { .. } | VmError::TimeLimitExceeded { .. } => {
-            EvalError::LimitExceeded(err.to_string())
+        VmError::InstructionLimitExceeded { limit, .. } => limit_exceeded(
+            LimitKind::Instructions,
+            format!("more than {limit} instructions"),
+        ),
+        VmError::TimeLimitExceeded { limit, .. } => {
+            limit_exceeded(LimitKind::Time, time_message(limit))
+        }
+        VmError::MemoryBudgetExceeded { usage, budget, .. } => limit_exceeded(
+            LimitKind::Memory,
+            format!(
+                "memory: the evaluation allocated {} over its budget of {}",
+                mib(usage),
+                mib(budget)
+            ),
+        ),
+        VmError::MemoryLimitExceeded { usage, limit, .. } => {
+            limit_exceeded(LimitKind::Memory, heap_message(usage, limit))
+        }
+        VmError::RegexSizeLimitExceeded { .. } => {
+            limit_exceeded(LimitKind::Memory, err.to_string())
         }
         other => EvalError::Failed(other.to_string()),
     }
 }
 
 pub(super) fn classify_engine_error(err: &anyhow::Error) -> EvalError {
-    if err
+    let limit = err
         .chain()
-        .any(|cause| cause.downcast_ref::<LimitError>().is_some())
-        || err.to_string().contains("time limit")
-    {
-        EvalError::LimitExceeded(err.to_string())
-    } else {
-        EvalError::Failed(err.to_string())
+        .find_map(|cause| cause.downcast_ref::<LimitError>().copied());
+    match limit {
+        Some(LimitError::TimeLimitExceeded { limit, .. }) => {
+            limit_exceeded(LimitKind::Time, time_message(limit))
+        }
+        Some(LimitError::MemoryLimitExceeded { usage, limit }) => {
+            limit_exceeded(LimitKind::Memory, heap_message(usage, limit))
+        }
+        Some(LimitError::RegexSizeLimitExceeded { .. }) => {
+            limit_exceeded(LimitKind::Memory, err.to_string())
+        }
+        None if err.to_string().contains("time limit") => {
+            limit_exceeded(LimitKind::Time, err.to_string())
+        }
+        None => EvalError::Failed(err.to_string()),
     }
+}
+
+fn time_message(limit: Duration) -> String {
+    format!("time: ran past its limit of {limit:?}")
+}
+
+fn heap_message(usage: u64, limit: u64) -> String {
+    format!(
+        "memory: the process heap reached {}, over the heap limit of {}",
+        mib(usage),
+        mib(limit)
+    )
+}
+
+/// `bytes` in MiB with one decimal, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The process heap limit of the unit-test binary: far above what its tests need
+/// together, far below what a hostile policy would take. Process-wide: every test that
+/// evaluates something hostile sets it first (the same value), so none runs unbounded
+/// and bloats the heap under the others.
+#[cfg(test)]
+pub(crate) fn test_heap_limit() {
+    set_heap_limit(Some(512 << 20));
 }
 
 #[cfg(test)]
@@ -293,6 +416,7 @@ mod tests {
 
     #[test]
     fn instruction_limit_is_enforced() {
+        test_heap_limit();
         let set = set(
             LOOP,
             EvalLimits {
@@ -314,31 +438,94 @@ mod tests {
 
     #[test]
     fn time_limit_is_enforced() {
+        test_heap_limit();
         let limits = EvalLimits {
             max_instructions: usize::MAX,
             timeout: Duration::from_millis(5),
+            max_memory: 1 << 30,
         };
         let set = set(LOOP, limits);
         let err = set
-            .evaluate(Entrypoint::Decision, input(r#"{"n": 50000000}"#))
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
-        assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            "{err}"
+        );
     }
 
     #[test]
     fn interpreter_fallback_honours_the_time_limit() {
         // `with` keeps the entrypoint off the RVM.
+        test_heap_limit();
         let rego = "package stepgate\nn := input.n\nbig := count([x | some x in numbers.range(1, n); x > 0])\ndecision := {\"allow\": big > 0} if { true with input.z as 1 }\n";
         let limits = EvalLimits {
             max_instructions: usize::MAX,
             timeout: Duration::from_millis(5),
+            max_memory: 1 << 30,
         };
         let set = set(rego, limits);
         assert_eq!(set.entrypoints()[0].engine, "interpreter");
         let err = set
-            .evaluate(Entrypoint::Decision, input(r#"{"n": 50000000}"#))
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
-        assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn memory_budget_stops_an_rvm_evaluation_and_says_so() {
+        test_heap_limit();
+        let rego = "package stepgate\ndecision := {\"allow\": count(concat(\",\", [sprintf(\"%d-padding-padding-padding\", [x]) | some x in numbers.range(1, input.n)])) > 0}\n";
+        let limits = EvalLimits {
+            max_instructions: usize::MAX,
+            timeout: Duration::from_secs(30),
+            max_memory: 1 << 20,
+        };
+        let set = set(rego, limits);
+        assert_eq!(set.entrypoints()[0].engine, "rvm");
+        let before = limit_hits()[LimitKind::Memory as usize];
+        let err = set
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 200000}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("memory")),
+            "{err}"
+        );
+        assert!(limit_hits()[LimitKind::Memory as usize] > before);
+        // The same policy under the budget still evaluates, on the same cached VM.
+        assert!(
+            set.evaluate(Entrypoint::Decision, input(r#"{"n": 10}"#))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn heap_limit_stops_a_builtin_before_it_materialises_its_result() {
+        // numbers.range(1, 1e8) is one builtin call: neither the timer nor the
+        // per-evaluation budget is looked at until it returns, gigabytes later.
+        test_heap_limit();
+        let limits = EvalLimits {
+            max_instructions: usize::MAX,
+            timeout: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let set = set(LOOP, limits);
+        let started = std::time::Instant::now();
+        let err = set
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 100000000}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.contains("heap limit")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod watch;
 use std::{path::PathBuf, time::Duration};
 
 pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet};
-pub use eval::{EvalError, EvalLimits};
+pub use eval::{EvalError, EvalLimits, LimitKind, limit_hits, set_heap_limit};
 pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
 pub use store::{PolicyStore, ReloadCounts};
 pub use testing::{TestOutcome, TestReport, TestResult};
