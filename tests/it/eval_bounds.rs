@@ -1,0 +1,403 @@
+//! Hostile policies against the real `stepgate` binary (a child process, so its memory
+//! and threads can be read from `/proc` and its process-wide heap limit is its own):
+//! evaluation is bounded in time and memory, cannot starve other calls, and a set whose
+//! warm-up or tests run away is refused, quickly, with its work stopped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use stepgate::proto::v1::{Decision, decision_service_client::DecisionServiceClient};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::support::{connect_uds, eventually, http_request, policy_dir, request, write_policy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
+
+/// The issue's policy (`numbers.range(1, 1e8)`: one builtin call that materialises
+/// gigabytes), a per-evaluation memory hog (2,000,000 values, ~48 MB, then more), a
+/// loop of many small steps collecting nothing, that only the time limit stops (with the
+/// instruction limit raised), and a cheap allow.
+const HOSTILE: &str = r#"package stepgate
+
+huge := count([x | some x in numbers.range(1, 100000000)])
+
+big := count(concat(",", [sprintf("%d-padding", [x]) | some x in numbers.range(1, 2000000)]))
+
+slow := count([1 | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000); x * y == -1])
+
+decision := {"allow": huge > 0} if input.action == "huge"
+
+decision := {"allow": big > 0} if input.action == "big"
+
+decision := {"allow": slow > 0} if input.action == "slow"
+
+decision := {"allow": true} if input.action == "read"
+"#;
+
+/// A test rule only the time limit stops (it collects nothing, so no memory bound
+/// stops it first).
+const RUNAWAY_TEST: &str = "package stepgate_test\n\ntest_spin if count([1 | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000); x * y == -1]) > 0\n";
+
+/// A `stepgate serve` child on a Unix socket and an HTTP port of its choosing.
+struct Child {
+    process: tokio::process::Child,
+    pid: u32,
+    http: std::net::SocketAddr,
+    channel: Channel,
+    policies: TempDir,
+    _sockets: TempDir,
+}
+
+impl Child {
+    /// Starts `stepgate serve` on `policies` with `flags`, once it reports SERVING.
+    async fn start(policies: TempDir, flags: &[&str]) -> Self {
+        let sockets = tempfile::tempdir().unwrap();
+        let socket = sockets.path().join("sg.sock");
+        let mut process = spawn(policies.path(), &socket, flags);
+        let pid = process.id().unwrap();
+        let lines = log_lines(&mut process);
+        let mut http = None;
+        let listening = eventually(Duration::from_secs(30), async || {
+            http = lines.lock().unwrap().iter().find_map(|line| {
+                let log: serde_json::Value = serde_json::from_str(line).ok()?;
+                let fields = &log["fields"];
+                (fields["message"].as_str()?.starts_with("HTTP listening"))
+                    .then(|| fields["addr"].as_str()?.parse().ok())?
+            });
+            http.is_some()
+        })
+        .await;
+        assert!(
+            listening,
+            "no HTTP listener logged: {:?}",
+            lines.lock().unwrap()
+        );
+        let mut channel = None;
+        let serving = eventually(Duration::from_secs(30), async || {
+            let Some(connected) = connect_uds(&socket).await else {
+                return false;
+            };
+            let status = HealthClient::new(connected.clone())
+                .check(HealthCheckRequest::default())
+                .await;
+            channel = Some(connected);
+            status.is_ok_and(|s| s.into_inner().status == 1)
+        })
+        .await;
+        assert!(serving, "never SERVING: {:?}", lines.lock().unwrap());
+        Self {
+            process,
+            pid,
+            http: http.unwrap(),
+            channel: channel.unwrap(),
+            policies,
+            _sockets: sockets,
+        }
+    }
+
+    /// A `Check` of `action`, with how long it took.
+    async fn check(&self, action: &str) -> (Decision, Duration) {
+        let started = Instant::now();
+        let decision = DecisionServiceClient::new(self.channel.clone())
+            .check(request(action))
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        (decision, started.elapsed())
+    }
+
+    /// `GET /health`, with how long it took.
+    async fn health(&self) -> Duration {
+        let started = Instant::now();
+        let reply = http_request(self.http, "GET", "/health", &[], "").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        started.elapsed()
+    }
+
+    /// A line of `/proc/<pid>/status`, e.g. `VmHWM`, in kB.
+    fn status_kb(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap()
+    }
+
+    /// Threads of the process whose name starts with `prefix`.
+    fn threads_named(&self, prefix: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .filter(|name| name.starts_with(prefix))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.process.kill().await;
+    }
+}
+
+fn spawn(policies: &Path, socket: &PathBuf, flags: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--grpc-addr", ""])
+        .args(["--http-addr", "127.0.0.1:0", "--ephemeral"])
+        .arg("--policies")
+        .arg(policies)
+        .arg("--grpc-uds")
+        .arg(socket)
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Collects the child's stderr lines as they come.
+fn log_lines(process: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = BufReader::new(process.stderr.take().unwrap()).lines();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_past_its_limits_is_denied_at_once_naming_the_limit_and_memory_stays_bounded() {
+    let server = Child::start(
+        policy_dir(&[("p.rego", HOSTILE)]),
+        &[
+            "--eval-timeout",
+            "100ms",
+            "--eval-max-instructions",
+            "100000000000",
+            "--workers",
+            "2",
+        ],
+    )
+    .await;
+
+    // One builtin call that would materialise 1e8 values (GBs, seconds): the process
+    // heap limit stops it inside the call.
+    let (decision, took) = server.check("huge").await;
+    assert!(!decision.allow);
+    assert!(
+        decision.reasons[0].starts_with("evaluation limit exceeded: memory")
+            && decision.reasons[0].contains("heap limit"),
+        "{:?}",
+        decision.reasons
+    );
+    assert!(took < Duration::from_secs(2), "denied after {took:?}");
+
+    // Growing step by step: the per-evaluation budget stops it.
+    let (decision, took) = server.check("big").await;
+    assert!(!decision.allow);
+    assert!(
+        decision.reasons[0].starts_with("evaluation limit exceeded: memory")
+            && decision.reasons[0].contains("budget"),
+        "{:?}",
+        decision.reasons
+    );
+    assert!(took < Duration::from_secs(5), "denied after {took:?}");
+
+    // Many small steps: the time limit stops it, within a small multiple of 100 ms.
+    let (decision, took) = server.check("slow").await;
+    assert!(!decision.allow);
+    assert!(
+        decision.reasons[0].starts_with("evaluation limit exceeded: time"),
+        "{:?}",
+        decision.reasons
+    );
+    assert!(took < Duration::from_secs(2), "denied after {took:?}");
+
+    // The process never held more than the heap limit (192 MiB by default) and its
+    // code and stacks; before the limits it reached 4.3-4.6 GB.
+    let peak_kb = server.status_kb("VmHWM");
+    assert!(peak_kb < 400 * 1024, "peak RSS {peak_kb} kB");
+
+    // Still serving, and the hits are counted.
+    assert!(server.check("read").await.0.allow);
+    let metrics = http_request(server.http, "GET", "/metrics", &[], "")
+        .await
+        .body;
+    for limit in ["memory", "time"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!(
+                "stepgate_eval_limit_exceeded_total{{limit=\"{limit}\"}}"
+            )) && !l.ends_with(" 0")),
+            "{limit}: {metrics}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn hostile_checks_do_not_stall_health_or_an_unrelated_check() {
+    let server = Arc::new(
+        Child::start(
+            policy_dir(&[("p.rego", HOSTILE)]),
+            &[
+                "--eval-timeout",
+                "100ms",
+                "--eval-max-instructions",
+                "100000000000",
+                "--workers",
+                "2",
+            ],
+        )
+        .await,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hostile: Vec<_> = ["huge", "slow", "huge", "slow"]
+        .into_iter()
+        .map(|action| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut denied = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    denied += usize::from(!server.check(action).await.0.allow);
+                }
+                denied
+            })
+        })
+        .collect();
+    // Measured while the four keep the evaluation busy.
+    let mut worst_health = Duration::ZERO;
+    let mut worst_check = Duration::ZERO;
+    for _ in 0..10 {
+        worst_health = worst_health.max(server.health().await);
+        let (decision, took) = server.check("read").await;
+        assert!(decision.allow);
+        worst_check = worst_check.max(took);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in hostile {
+        assert!(task.await.unwrap() > 0);
+    }
+    // Before the limits: 2.2 s for /health and 4.5 s for the Check (release build).
+    assert!(
+        worst_health < Duration::from_secs(1),
+        "/health took {worst_health:?}"
+    );
+    assert!(
+        worst_check < Duration::from_secs(2),
+        "the Check took {worst_check:?}"
+    );
+    Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_whose_tests_or_warm_up_run_away_is_refused_and_stops_working() {
+    let server = Child::start(
+        policy_dir(&[(
+            "p.rego",
+            "package stepgate\ndecision := {\"allow\": true}\n",
+        )]),
+        &[
+            "--watch-policies",
+            "false",
+            "--compile-timeout",
+            "3s",
+            "--policy-test-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    // The warm-up evaluates the decision on an empty input: `huge` would materialise
+    // 1e8 values; the test spins until a time limit stops it.
+    write_policy(
+        server.policies.path(),
+        "p.rego",
+        "package stepgate\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000)]) > 0}\n",
+    );
+    write_policy(server.policies.path(), "p_test.rego", RUNAWAY_TEST);
+    let reloads = || async {
+        http_request(server.http, "GET", "/metrics", &[], "")
+            .await
+            .body
+            .contains("stepgate_policy_reloads_total{result=\"rejected\"} 1")
+    };
+    let started = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &server.pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), reloads).await,
+        "the reload was not rejected"
+    );
+    let rejected_after = started.elapsed();
+    assert!(
+        rejected_after < Duration::from_secs(2),
+        "rejected after {rejected_after:?}"
+    );
+    // The thread that compiled and tested the set is gone: nothing keeps spinning
+    // (before, it went on for over 80 s at up to 4.6 GB).
+    assert!(
+        eventually(Duration::from_secs(3), async || server
+            .threads_named("stepgate-policy")
+            == 0)
+        .await,
+        "the compile thread is still running"
+    );
+    assert!(server.status_kb("VmHWM") < 400 * 1024);
+    // The previous revision still serves.
+    assert!(server.check("read").await.0.allow);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
+    let policies = policy_dir(&[
+        (
+            "p.rego",
+            "package stepgate\ndecision := {\"allow\": true}\n",
+        ),
+        ("p_test.rego", RUNAWAY_TEST),
+    ]);
+    let sockets = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        spawn(
+            policies.path(),
+            &sockets.path().join("sg.sock"),
+            &["--policy-test-timeout", "300ms"],
+        )
+        .wait_with_output(),
+    )
+    .await
+    .expect("still running after 30 s")
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("data.stepgate_test.test_spin (p_test.rego:3) errored")
+            && stderr.contains("time"),
+        "{stderr}"
+    );
+    // Before: refused after the 10 s compile timeout, its thread still spinning.
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+}
