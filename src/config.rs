@@ -1028,6 +1028,50 @@ mod tests {
     }
 
     #[test]
+    fn evaluation_memory_and_test_limits() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.policy.eval_limits.max_memory, 32 << 20);
+        assert_eq!(config.policy.heap_limit, Some(192 << 20));
+        assert_eq!(config.policy.test_timeout, Duration::from_secs(2));
+        let args = ServeArgs {
+            eval_memory_limit: Some("512KiB".into()),
+            policy_test_timeout: Some("30s".into()),
+            ..Default::default()
+        };
+        let toml = file("eval_heap_limit = \"off\"\neval_memory_limit = \"1GiB\"\n");
+        let config = ServeConfig::merge(args, toml).unwrap();
+        assert_eq!(config.policy.eval_limits.max_memory, 512 << 10);
+        assert_eq!(config.policy.heap_limit, None);
+        assert_eq!(config.policy.test_timeout, Duration::from_secs(30));
+        let config = ServeConfig::merge(
+            ServeArgs::default(),
+            file("eval_heap_limit = \"1048576\"\n"),
+        )
+        .unwrap();
+        assert_eq!(config.policy.heap_limit, Some(1 << 20));
+        let args = ServeArgs {
+            eval_memory_limit: Some("off".into()),
+            eval_heap_limit: Some("0".into()),
+            policy_test_timeout: Some("0s".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        for field in [
+            "eval_memory_limit",
+            "eval_heap_limit",
+            "policy_test_timeout",
+        ] {
+            assert!(
+                err.to_string().contains(field),
+                "{field} missing from {err}"
+            );
+        }
+        assert_eq!(parse_bytes("12 MiB"), Some(12 << 20));
+        assert_eq!(parse_bytes("18446744073709551615GiB"), None);
+        assert_eq!(parse_bytes("1.5MiB"), None);
+    }
+
+    #[test]
     fn grant_store_settings_and_ephemeral() {
         let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
         assert_eq!(config.grants.store.state_dir, Some(PathBuf::from("./data")));
