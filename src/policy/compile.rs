@@ -11,7 +11,7 @@ use regorus::{Engine, Value, languages::rego::compiler::Compiler, rvm::program::
 
 use super::{
     EvalLimits, FileKind, LoadError, PolicySource, SourceLimits, TestReport,
-    eval::apply_engine_limits,
+    limits::{apply_engine_limits, bounded, classify_engine_error},
 };
 
 /// The rules stepgate evaluates, by role.
@@ -214,7 +214,11 @@ impl PolicySet {
         engine.set_input(Value::new_object());
         for entry in &entrypoints {
             if !matches!(entry.target, Target::Missing) {
-                let _ = engine.eval_rule(entry.rule.to_string());
+                let _ = bounded(|| {
+                    engine
+                        .eval_rule(entry.rule.to_string())
+                        .map_err(|err| classify_engine_error(&err))
+                });
             }
         }
         Ok(Self {
@@ -409,7 +413,7 @@ test_slow if count([1 | some x in numbers.range(1, 5000); some y in numbers.rang
 
     #[test]
     fn compiling_is_bounded_in_time() {
-        crate::policy::eval::test_heap_limit();
+        crate::policy::limits::test_heap_limit();
         let options = PolicyOptions {
             compile_timeout: Duration::from_millis(50),
             test_timeout: Duration::from_secs(60),
@@ -428,7 +432,7 @@ test_slow if count([1 | some x in numbers.range(1, 5000); some y in numbers.rang
 
     #[test]
     fn tests_stop_working_at_the_compile_deadline() {
-        crate::policy::eval::test_heap_limit();
+        crate::policy::limits::test_heap_limit();
         let options = PolicyOptions {
             test_timeout: Duration::from_secs(60),
             ..Default::default()
@@ -454,7 +458,7 @@ test_slow if count([1 | some x in numbers.range(1, 5000); some y in numbers.rang
     fn tests_run_under_the_test_limit_not_the_evaluation_limit() {
         // A correct test slower than one decision may be: accepted under a test limit
         // larger than the evaluation limit (a debug build on a busy node).
-        crate::policy::eval::test_heap_limit();
+        crate::policy::limits::test_heap_limit();
         let rego = "package stepgate
 decision := {\"allow\": true}
 test_many if count([y | some x in numbers.range(1, 20000); y := x * 2; y > 0]) == 20000\n";

@@ -6,135 +6,21 @@
 
 use std::{
     cell::RefCell,
-    num::{NonZeroU32, NonZeroU64},
+    num::NonZeroU64,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+    sync::Arc,
 };
 
 use regorus::{
-    Engine, LimitError, MemoryBudgetConfig, Value,
-    rvm::{RegoVM, program::Program, vm::VmError},
-    utils::limits::ExecutionTimerConfig,
+    MemoryBudgetConfig, Value,
+    rvm::{RegoVM, program::Program},
 };
 
 use super::{
-    Entrypoint, PolicySet,
+    Entrypoint, EvalError, PolicySet,
     compile::{CompiledEntrypoint, Target},
+    limits::{bounded, classify_engine_error, classify_vm_error},
 };
-
-/// Bounds on one evaluation. Exceeding any is an [`EvalError::LimitExceeded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvalLimits {
-    /// Most RVM instructions one evaluation may execute.
-    pub max_instructions: usize,
-    /// Longest one evaluation may run (checked cooperatively by the engine).
-    pub timeout: Duration,
-    /// Most bytes one RVM evaluation may hold beyond what its thread held when it began
-    /// (checked at every instruction; a single builtin call is bounded by the process
-    /// heap limit instead, see [`set_heap_limit`]).
-    pub max_memory: u64,
-}
-
-impl Default for EvalLimits {
-    fn default() -> Self {
-        Self {
-            max_instructions: 1_000_000,
-            timeout: Duration::from_millis(100),
-            max_memory: 32 << 20,
-        }
-    }
-}
-
-impl EvalLimits {
-    pub(super) fn timer(&self) -> ExecutionTimerConfig {
-        timer(self.timeout)
-    }
-}
-
-/// A cooperative timer of `limit`. Checking the clock every 256 work units keeps the
-/// check's cost negligible.
-pub(super) fn timer(limit: Duration) -> ExecutionTimerConfig {
-    ExecutionTimerConfig {
-        limit,
-        check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
-    }
-}
-
-/// Sets the process heap limit: once the bytes live in the whole process exceed it,
-/// every evaluation, compile and policy test stops with
-/// [`EvalError::LimitExceeded`] instead of allocating more (`None`: no limit).
-///
-/// This is the only bound regorus checks *inside* a builtin call (`numbers.range`,
-/// `strings.repeat`, ... check it as they grow their result), so it is what stops one
-/// builtin call from materialising gigabytes before the time or per-evaluation budget
-/// is looked at again. It counts what the global allocator regorus installs counts:
-/// every live heap byte of the process, grants included, so size it above the
-/// server's own needs. Process-wide: the last call wins.
-pub fn set_heap_limit(limit: Option<u64>) {
-    regorus::set_global_memory_limit(limit);
-}
-
-/// Which bound stopped an evaluation, for [`limit_hits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    /// The evaluation's time limit.
-    Time,
-    /// The RVM instruction limit.
-    Instructions,
-    /// The per-evaluation memory budget or the process heap limit.
-    Memory,
-}
-
-impl LimitKind {
-    /// Every kind, in [`limit_hits`] order.
-    pub const ALL: [LimitKind; 3] = [LimitKind::Time, LimitKind::Instructions, LimitKind::Memory];
-
-    /// The metric label.
-    pub const fn label(self) -> &'static str {
-        match self {
-            LimitKind::Time => "time",
-            LimitKind::Instructions => "instructions",
-            LimitKind::Memory => "memory",
-        }
-    }
-}
-
-static LIMIT_HITS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
-
-/// How many evaluations (decisions, warm-ups and policy tests) each bound has stopped
-/// since the process started, in [`LimitKind::ALL`] order.
-pub fn limit_hits() -> [u64; 3] {
-    LIMIT_HITS.each_ref().map(|n| n.load(Ordering::Relaxed))
-}
-
-/// Counts and logs one evaluation stopped by `kind`, and makes its error.
-fn limit_exceeded(kind: LimitKind, message: String) -> EvalError {
-    LIMIT_HITS[kind as usize].fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(limit = kind.label(), %message, "evaluation stopped by a limit (denied)");
-    EvalError::LimitExceeded(message)
-}
-
-/// Why an evaluation produced no result. The decision pipeline turns each into a deny.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EvalError {
-    /// The policy set defines no rule at the entrypoint.
-    #[error("entrypoint {0} is not defined by the policy set")]
-    MissingEntrypoint(Arc<str>),
-    /// An evaluation limit was exceeded.
-    #[error("evaluation limit exceeded: {0}")]
-    LimitExceeded(String),
-    /// The engine reported an error (type error, builtin error, conflict, ...).
-    #[error("policy evaluation failed: {0}")]
-    Failed(String),
-}
-
-pub(super) fn apply_engine_limits(engine: &mut Engine, limits: &EvalLimits) {
-    engine.set_execution_timer_config(limits.timer());
-}
 
 struct CachedVm {
     program: Arc<Program>,
@@ -152,8 +38,10 @@ impl PolicySet {
     pub fn evaluate(&self, entrypoint: Entrypoint, input: Value) -> Result<Value, EvalError> {
         let entry = &self.entrypoints[entrypoint.index()];
         match &entry.target {
-            Target::Rvm(program) => self.evaluate_rvm(entrypoint.index(), program, input),
-            Target::Interpreter => self.evaluate_interpreter(entry, input),
+            Target::Rvm(program) => {
+                bounded(|| self.evaluate_rvm(entrypoint.index(), program, input.clone()))
+            }
+            Target::Interpreter => bounded(|| self.evaluate_interpreter(entry, input.clone())),
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
         }
     }
@@ -168,7 +56,7 @@ impl PolicySet {
         let entry = &self.entrypoints[entrypoint.index()];
         match entry.target {
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
-            _ => self.evaluate_interpreter(entry, input),
+            _ => bounded(|| self.evaluate_interpreter(entry, input.clone())),
         }
     }
 
@@ -196,13 +84,16 @@ impl PolicySet {
             query.push_str(&serde_json::to_string(segment).unwrap_or_default());
             query.push(']');
         }
-        let mut engine = self.engine.clone();
-        engine.set_input(input.unwrap_or(Value::Undefined));
-        let results = match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query, false))) {
-            Ok(Ok(results)) => results,
-            Ok(Err(err)) => return Err(classify_engine_error(&err)),
-            Err(_) => return Err(EvalError::Failed("the policy engine panicked".into())),
-        };
+        let input = input.unwrap_or(Value::Undefined);
+        let results = bounded(|| {
+            let mut engine = self.engine.clone();
+            engine.set_input(input.clone());
+            match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query.clone(), false))) {
+                Ok(Ok(results)) => Ok(results),
+                Ok(Err(err)) => Err(classify_engine_error(&err)),
+                Err(_) => Err(EvalError::Failed("the policy engine panicked".into())),
+            }
+        })?;
         Ok(results
             .result
             .into_iter()
@@ -286,83 +177,12 @@ fn is_identifier(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn classify_vm_error(err: VmError) -> EvalError {
-    match err {
-        VmError::InstructionLimitExceeded { limit, .. } => limit_exceeded(
-            LimitKind::Instructions,
-            format!("more than {limit} instructions"),
-        ),
-        VmError::TimeLimitExceeded { limit, .. } => {
-            limit_exceeded(LimitKind::Time, time_message(limit))
-        }
-        VmError::MemoryBudgetExceeded { usage, budget, .. } => limit_exceeded(
-            LimitKind::Memory,
-            format!(
-                "memory: the evaluation allocated {} over its budget of {}",
-                mib(usage),
-                mib(budget)
-            ),
-        ),
-        VmError::MemoryLimitExceeded { usage, limit, .. } => {
-            limit_exceeded(LimitKind::Memory, heap_message(usage, limit))
-        }
-        VmError::RegexSizeLimitExceeded { .. } => {
-            limit_exceeded(LimitKind::Memory, err.to_string())
-        }
-        other => EvalError::Failed(other.to_string()),
-    }
-}
-
-pub(super) fn classify_engine_error(err: &anyhow::Error) -> EvalError {
-    let limit = err
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<LimitError>().copied());
-    match limit {
-        Some(LimitError::TimeLimitExceeded { limit, .. }) => {
-            limit_exceeded(LimitKind::Time, time_message(limit))
-        }
-        Some(LimitError::MemoryLimitExceeded { usage, limit }) => {
-            limit_exceeded(LimitKind::Memory, heap_message(usage, limit))
-        }
-        Some(LimitError::RegexSizeLimitExceeded { .. }) => {
-            limit_exceeded(LimitKind::Memory, err.to_string())
-        }
-        None if err.to_string().contains("time limit") => {
-            limit_exceeded(LimitKind::Time, err.to_string())
-        }
-        None => EvalError::Failed(err.to_string()),
-    }
-}
-
-fn time_message(limit: Duration) -> String {
-    format!("time: ran past its limit of {limit:?}")
-}
-
-fn heap_message(usage: u64, limit: u64) -> String {
-    format!(
-        "memory: the process heap reached {}, over the heap limit of {}",
-        mib(usage),
-        mib(limit)
-    )
-}
-
-/// `bytes` in MiB with one decimal, for messages.
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
-/// The process heap limit of the unit-test binary: far above what its tests need
-/// together, far below what a hostile policy would take. Process-wide: every test that
-/// evaluates something hostile sets it first (the same value), so none runs unbounded
-/// and bloats the heap under the others.
-#[cfg(test)]
-pub(crate) fn test_heap_limit() {
-    set_heap_limit(Some(512 << 20));
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::policy::{EvalLimits, LimitKind, limit_hits, limits::test_heap_limit};
     use crate::policy::{FileKind, PolicyFile, PolicyOptions, PolicySource, SourceLimits};
 
     fn set(rego: &str, limits: EvalLimits) -> PolicySet {

@@ -7,7 +7,7 @@ use regorus::Value;
 
 use super::{
     PolicySet,
-    eval::{classify_engine_error, timer},
+    limits::{bounded, classify_engine_error, timer},
 };
 
 /// How one test rule ended.
@@ -88,13 +88,18 @@ pub(super) fn run(set: &PolicySet, filter: Option<&str>, deadline: Option<Instan
             let outcome = if left.is_zero() {
                 TestOutcome::Error("not run: the set's compile timeout passed".into())
             } else {
-                let mut engine = set.engine.clone();
-                engine.set_execution_timer_config(timer(left.min(set.test_timeout)));
-                engine.set_input(Value::new_object());
-                match engine.eval_rule(path.clone()) {
+                let outcome = bounded(|| {
+                    let mut engine = set.engine.clone();
+                    engine.set_execution_timer_config(timer(left.min(set.test_timeout)));
+                    engine.set_input(Value::new_object());
+                    engine
+                        .eval_rule(path.clone())
+                        .map_err(|err| classify_engine_error(&err))
+                });
+                match outcome {
                     Ok(Value::Undefined | Value::Bool(false)) => TestOutcome::Fail,
                     Ok(_) => TestOutcome::Pass,
-                    Err(err) => TestOutcome::Error(classify_engine_error(&err).to_string()),
+                    Err(err) => TestOutcome::Error(err.to_string()),
                 }
             };
             TestResult {

@@ -18,7 +18,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::support::{connect_uds, eventually, http_request, policy_dir, request, write_policy};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
+/// The binary under test; `STEPGATE_BIN` points the `measure_` run at another build.
+fn bin() -> String {
+    std::env::var("STEPGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stepgate").into())
+}
 
 /// The issue's policy (`numbers.range(1, 1e8)`: one builtin call that materialises
 /// gigabytes), a per-evaluation memory hog (2,000,000 values, ~48 MB, then more), a
@@ -151,7 +154,7 @@ impl Child {
 }
 
 fn spawn(policies: &Path, socket: &PathBuf, flags: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
+    tokio::process::Command::new(bin())
         .args(["serve", "--log-format", "json", "--grpc-addr", ""])
         .args(["--http-addr", "127.0.0.1:0", "--ephemeral"])
         .arg("--policies")
@@ -285,7 +288,7 @@ async fn hostile_checks_do_not_stall_health_or_an_unrelated_check() {
     for _ in 0..10 {
         worst_health = worst_health.max(server.health().await);
         let (decision, took) = server.check("read").await;
-        assert!(decision.allow);
+        assert!(decision.allow, "{:?}", decision.reasons);
         worst_check = worst_check.max(took);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -400,4 +403,69 @@ async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
     );
     // Before: refused after the 10 s compile timeout, its thread still spinning.
     assert!(took < Duration::from_secs(5), "exited after {took:?}");
+}
+
+/// The figures of the issue, for a before/after comparison (flags both builds have):
+/// `STEPGATE_BIN=target/release/stepgate cargo test --test integration
+/// eval_bounds::measure -- --ignored --nocapture` (`HOSTILE_CHECKS`, default 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_hostile_policy() {
+    let server = Arc::new(
+        Child::start(
+            policy_dir(&[("p.rego", HOSTILE)]),
+            &["--eval-timeout", "100ms", "--workers", "2"],
+        )
+        .await,
+    );
+    let quiet_health = server.health().await;
+    let quiet_check = server.check("read").await.1;
+    let (decision, took) = server.check("huge").await;
+    println!(
+        "one hostile Check: {took:?}, allow {}, {:?}; peak RSS {} MB",
+        decision.allow,
+        decision.reasons,
+        server.status_kb("VmHWM") / 1024
+    );
+    let hostile: usize = std::env::var("HOSTILE_CHECKS").map_or(4, |n| n.parse().unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..hostile)
+        .map(|_| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    times.push(server.check("huge").await.1);
+                }
+                times
+            })
+        })
+        .collect();
+    let (mut health, mut check) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        health.push(server.health().await);
+        check.push(server.check("read").await.1);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut denials = Vec::new();
+    for task in tasks {
+        denials.extend(task.await.unwrap());
+    }
+    health.sort();
+    check.sort();
+    denials.sort();
+    println!(
+        "quiet: /health {quiet_health:?}, Check {quiet_check:?}; with {hostile} hostile Checks: \
+         /health median {:?} max {:?}, unrelated Check median {:?} max {:?}; \
+         hostile Checks: {} taking median {:?} max {:?}; peak RSS {} MB",
+        health[health.len() / 2],
+        health[health.len() - 1],
+        check[check.len() / 2],
+        check[check.len() - 1],
+        denials.len(),
+        denials[denials.len() / 2],
+        denials[denials.len() - 1],
+        server.status_kb("VmHWM") / 1024
+    );
+    Arc::into_inner(server).unwrap().stop().await;
 }
