@@ -7,6 +7,7 @@
 
 mod caller;
 mod envoy;
+mod gate;
 mod grant_steps;
 mod input;
 mod pipeline;
@@ -15,6 +16,7 @@ mod spec_values;
 
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
+pub use gate::{EvalGate, EvalPermit};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,

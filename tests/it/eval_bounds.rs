@@ -407,14 +407,22 @@ async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
 
 /// The figures of the issue, for a before/after comparison (flags both builds have):
 /// `STEPGATE_BIN=target/release/stepgate cargo test --test integration
-/// eval_bounds::measure -- --ignored --nocapture` (`HOSTILE_CHECKS`, default 4).
+/// eval_bounds::measure -- --ignored --nocapture` (`HOSTILE_CHECKS`, default 4, of
+/// `HOSTILE_ACTION`, default `huge`; `slow` is the loop only the time limit stops).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_hostile_policy() {
     let server = Arc::new(
         Child::start(
             policy_dir(&[("p.rego", HOSTILE)]),
-            &["--eval-timeout", "100ms", "--workers", "2"],
+            &[
+                "--eval-timeout",
+                "100ms",
+                "--eval-max-instructions",
+                "100000000000",
+                "--workers",
+                "2",
+            ],
         )
         .await,
     );
@@ -428,6 +436,10 @@ async fn measure_hostile_policy() {
         server.status_kb("VmHWM") / 1024
     );
     let hostile: usize = std::env::var("HOSTILE_CHECKS").map_or(4, |n| n.parse().unwrap());
+    let action: &'static str = match std::env::var("HOSTILE_ACTION").as_deref() {
+        Ok("slow") => "slow",
+        _ => "huge",
+    };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks: Vec<_> = (0..hostile)
         .map(|_| {
@@ -435,7 +447,7 @@ async fn measure_hostile_policy() {
             tokio::spawn(async move {
                 let mut times = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    times.push(server.check("huge").await.1);
+                    times.push(server.check(action).await.1);
                 }
                 times
             })
@@ -455,7 +467,7 @@ async fn measure_hostile_policy() {
     check.sort();
     denials.sort();
     println!(
-        "quiet: /health {quiet_health:?}, Check {quiet_check:?}; with {hostile} hostile Checks: \
+        "quiet: /health {quiet_health:?}, Check {quiet_check:?}; with {hostile} hostile {action} Checks: \
          /health median {:?} max {:?}, unrelated Check median {:?} max {:?}; \
          hostile Checks: {} taking median {:?} max {:?}; peak RSS {} MB",
         health[health.len() / 2],
