@@ -170,6 +170,7 @@ impl DecisionPipeline {
                 .as_ref()
                 .map_or((0, 0, 0), |log| log.stats().counts()),
             eval_limits: crate::policy::limit_hits(),
+            eval_waits: self.gate.waits(),
         };
         self.telemetry.metrics().render(&snapshot)
     }

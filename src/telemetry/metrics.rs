@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub log_records: (u64, u64, u64),
     /// Evaluations stopped by a limit: time, instructions, memory.
     pub eval_limits: [u64; 3],
+    /// Evaluations that waited for their turn at the evaluation gate.
+    pub eval_waits: u64,
 }
 
 /// The registry and its instruments.
@@ -78,6 +80,7 @@ pub struct Metrics {
     log_records: [IntCounter; 3],
     /// `[time, instructions, memory]`.
     eval_limits: [IntCounter; 3],
+    eval_waits: IntCounter,
     /// Serialises scrapes (copying totals into counters is read-then-add).
     scrape: Mutex<String>,
 }
@@ -220,6 +223,10 @@ impl Metrics {
         let eval_limits =
             ["time", "instructions", "memory"].map(|l| limits_vec.with_label_values(&[l]));
         register(Box::new(limits_vec));
+        let eval_waits = counter(
+            "stepgate_eval_admission_waits_total",
+            "Evaluations that waited for their turn because workers-1 others were running.",
+        );
         Self {
             registry,
             decisions,
@@ -235,6 +242,7 @@ impl Metrics {
             revision,
             log_records,
             eval_limits,
+            eval_waits,
             scrape: Mutex::new(String::new()),
         }
     }
@@ -287,6 +295,7 @@ impl Metrics {
         for (counter, total) in self.eval_limits.iter().zip(snapshot.eval_limits) {
             raise_to(counter, total);
         }
+        raise_to(&self.eval_waits, snapshot.eval_waits);
         let mut out = Vec::new();
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

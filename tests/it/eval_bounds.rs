@@ -295,6 +295,13 @@ async fn hostile_checks_do_not_stall_health_or_an_unrelated_check() {
     for task in hostile {
         assert!(task.await.unwrap() > 0);
     }
+    let metrics = http_request(server.http, "GET", "/metrics", &[], "")
+        .await
+        .body;
+    assert!(
+        !metrics.contains("stepgate_eval_admission_waits_total 0"),
+        "{metrics}"
+    );
     // Before the limits: 2.2 s for /health and 4.5 s for the Check (release build).
     assert!(
         worst_health < Duration::from_secs(1),
