@@ -214,7 +214,7 @@ impl PolicySet {
         engine.set_input(Value::new_object());
         for entry in &entrypoints {
             if !matches!(entry.target, Target::Missing) {
-                let _ = bounded(|| {
+                let _ = bounded(options.eval_limits.max_memory, || {
                     engine
                         .eval_rule(entry.rule.to_string())
                         .map_err(|err| classify_engine_error(&err))

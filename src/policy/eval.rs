@@ -38,10 +38,12 @@ impl PolicySet {
     pub fn evaluate(&self, entrypoint: Entrypoint, input: Value) -> Result<Value, EvalError> {
         let entry = &self.entrypoints[entrypoint.index()];
         match &entry.target {
-            Target::Rvm(program) => {
-                bounded(|| self.evaluate_rvm(entrypoint.index(), program, input.clone()))
-            }
-            Target::Interpreter => bounded(|| self.evaluate_interpreter(entry, input.clone())),
+            Target::Rvm(program) => bounded(self.limits.max_memory, || {
+                self.evaluate_rvm(entrypoint.index(), program, input.clone())
+            }),
+            Target::Interpreter => bounded(self.limits.max_memory, || {
+                self.evaluate_interpreter(entry, input.clone())
+            }),
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
         }
     }
@@ -56,7 +58,9 @@ impl PolicySet {
         let entry = &self.entrypoints[entrypoint.index()];
         match entry.target {
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
-            _ => bounded(|| self.evaluate_interpreter(entry, input.clone())),
+            _ => bounded(self.limits.max_memory, || {
+                self.evaluate_interpreter(entry, input.clone())
+            }),
         }
     }
 
@@ -85,7 +89,7 @@ impl PolicySet {
             query.push(']');
         }
         let input = input.unwrap_or(Value::Undefined);
-        let results = bounded(|| {
+        let results = bounded(self.limits.max_memory, || {
             let mut engine = self.engine.clone();
             engine.set_input(input.clone());
             match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query.clone(), false))) {

@@ -14,10 +14,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use regorus::{Engine, LimitError, rvm::vm::VmError, utils::limits::ExecutionTimerConfig};
+use regorus_mimalloc::limits::{MemoryBudgetUsage, with_memory_budget_usage_scope};
 
 /// Bounds on one evaluation. Exceeding any is an [`EvalError::LimitExceeded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +109,7 @@ pub fn limit_hits() -> [u64; 3] {
 const HEAP_STOP: &str = "the process heap";
 
 /// Heap-limit stops retried, at most, per evaluation.
-const HEAP_RETRIES: usize = 2;
-
-/// A heap-limit stop sooner than this into an evaluation is retried.
-const QUICK_STOP: Duration = Duration::from_millis(1);
+const HEAP_RETRIES: u32 = 2;
 
 /// The error of an evaluation stopped by `kind`: its reason is `<kind>: <message>`.
 fn stopped(kind: LimitKind, message: String) -> EvalError {
@@ -122,28 +120,35 @@ fn stopped(kind: LimitKind, message: String) -> EvalError {
 ///
 /// The process heap limit is process-wide: while one evaluation holds a builtin's
 /// gigabyte-sized request (for the microseconds until the builtin checks and fails),
-/// every other evaluation that checks the heap finds it over the limit too. So a
-/// heap-limit stop that came quickly (within [`QUICK_STOP`]) is retried, up to
-/// [`HEAP_RETRIES`] times: an evaluation caught in another's spike then succeeds, while
-/// the one that asks for the memory fails again by itself (at the same µs cost), and
-/// under real memory pressure every try fails and the decision is a deny.
+/// every other evaluation that checks the heap finds it over the limit too. So each
+/// attempt's own allocations are counted (the allocator's per-execution accounting),
+/// and a heap-limit stop of an attempt that asked for less than `own_budget` itself is
+/// retried, up to [`HEAP_RETRIES`] times, after a pause: caught in another's spike, it
+/// then succeeds. The evaluation that asked for the memory is not retried, and under
+/// real memory pressure every try fails: a deny either way.
 pub(super) fn bounded<T>(
+    own_budget: u64,
     mut attempt: impl FnMut() -> Result<T, EvalError>,
 ) -> Result<T, EvalError> {
     let mut retries = 0;
     loop {
-        let started = Instant::now();
-        let result = attempt();
+        let mut usage = Some(MemoryBudgetUsage::default());
+        // `doc(hidden)` in regorus-mimalloc, but public: the accounting regorus' own
+        // suspendable executions use (an allocation adds its size to the selected usage).
+        let result = with_memory_budget_usage_scope(usage, &mut usage, &mut attempt);
         let Err(EvalError::LimitExceeded(reason)) = &result else {
             return result;
         };
         let (label, message) = reason.split_once(": ").unwrap_or_default();
-        if message.starts_with(HEAP_STOP)
-            && retries < HEAP_RETRIES
-            && started.elapsed() < QUICK_STOP
-        {
+        let asked = usage.map_or(u64::MAX, |u| u.requested_bytes());
+        if message.starts_with(HEAP_STOP) && asked < own_budget && retries < HEAP_RETRIES {
             retries += 1;
-            std::thread::yield_now();
+            // Let the other evaluation fail and free: yield, then a millisecond.
+            if retries == 1 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             continue;
         }
         if let Some(kind) = LimitKind::ALL.into_iter().find(|k| k.label() == label) {
@@ -251,7 +256,7 @@ mod tests {
     fn a_quick_heap_stop_is_retried_and_one_that_persists_is_a_deny() {
         // Caught in another evaluation's spike: the retry succeeds.
         let mut tries = 0;
-        let result = bounded(|| {
+        let result = bounded(1 << 20, || {
             tries += 1;
             if tries == 1 { Err(heap_stop()) } else { Ok(7) }
         });
@@ -259,7 +264,7 @@ mod tests {
         // The heap stays over the limit (or the evaluation asks for it every time).
         let mut tries = 0;
         let before = limit_hits()[LimitKind::Memory as usize];
-        let result: Result<(), _> = bounded(|| {
+        let result: Result<(), _> = bounded(1 << 20, || {
             tries += 1;
             Err(heap_stop())
         });
@@ -269,6 +274,19 @@ mod tests {
             "{result:?}"
         );
         assert!(limit_hits()[LimitKind::Memory as usize] > before);
+    }
+
+    #[test]
+    fn the_evaluation_that_asked_for_the_memory_is_not_retried() {
+        let mut tries = 0;
+        let result: Result<(), _> = bounded(1 << 20, || {
+            tries += 1;
+            let held = vec![0u8; 2 << 20];
+            std::hint::black_box(&held);
+            Err(heap_stop())
+        });
+        assert!(result.is_err());
+        assert_eq!(tries, 1);
     }
 
     #[test]
@@ -282,7 +300,7 @@ mod tests {
             EvalError::Failed("type error".into()),
         ] {
             let mut tries = 0;
-            let result: Result<(), _> = bounded(|| {
+            let result: Result<(), _> = bounded(1 << 20, || {
                 tries += 1;
                 Err(error.clone())
             });

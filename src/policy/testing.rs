@@ -88,7 +88,7 @@ pub(super) fn run(set: &PolicySet, filter: Option<&str>, deadline: Option<Instan
             let outcome = if left.is_zero() {
                 TestOutcome::Error("not run: the set's compile timeout passed".into())
             } else {
-                let outcome = bounded(|| {
+                let outcome = bounded(set.limits.max_memory, || {
                     let mut engine = set.engine.clone();
                     engine.set_execution_timer_config(timer(left.min(set.test_timeout)));
                     engine.set_input(Value::new_object());
