@@ -385,7 +385,7 @@ mod manifests {
                 }
             }
         }
-        let options = PolicyOptions::default();
+        let options = super::super::support::unhurried(PolicyOptions::default());
         let source = PolicySource::read_dir(flat.path(), &options.source_limits).unwrap();
         let set = PolicySet::load(source, &options, true).expect("loads and its tests pass");
         let engines: Vec<_> = set

@@ -2,22 +2,16 @@
 //! interpreter (the path `stepgate test` exercises), across every step and many
 //! variations of the example inputs.
 
-use std::time::Duration;
-
 use regorus::Value;
-use stepgate::policy::{Entrypoint, EvalLimits, PolicyOptions, PolicySet, PolicySource};
+use stepgate::policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource};
+
+use super::support::unhurried;
 
 fn example_set() -> PolicySet {
     // This compares the two engines, not their speed: a debug build on a busy machine
-    // must not turn a slow evaluation into a disagreement. (The set's own tests run
-    // under the test limit, which is generous for the same reason.)
-    let options = PolicyOptions {
-        eval_limits: EvalLimits {
-            timeout: Duration::from_secs(10),
-            ..EvalLimits::default()
-        },
-        ..PolicyOptions::default()
-    };
+    // must not turn a slow evaluation, test or load into a failure (its flake: the set's
+    // tests ran under the 100 ms evaluation limit).
+    let options = unhurried(PolicyOptions::default());
     let source = PolicySource::read_dir("policies".as_ref(), &options.source_limits).unwrap();
     let set =
         PolicySet::load(source, &options, true).expect("the example set loads and its tests pass");

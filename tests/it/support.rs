@@ -15,6 +15,7 @@ use stepgate::{
     clock::ManualClock,
     config::{GrantsConfig, ServeConfig},
     grants::StoreOptions,
+    policy::{EvalLimits, PolicyOptions},
     proto::v1::{CheckRequest, Subject, decision_service_client::DecisionServiceClient},
 };
 use tempfile::TempDir;
@@ -77,12 +78,24 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
         },
         ..ServeConfig::default()
     };
-    // Decisions on the example set run in a debug build of regorus, with other tests'
-    // servers busy on the same cores: the 100 ms default is too tight there. (The set's
-    // own tests run under the separate, larger test limit.) The time limit is tested with
-    // its own settings (`policy::eval` unit tests, `eval_bounds`).
-    config.policy.eval_limits.timeout = Duration::from_secs(5);
+    config.policy = unhurried(config.policy);
     config
+}
+
+/// `options` with time bounds for a debug build of regorus on cores every other test
+/// shares: the example set's decisions (100 ms by default), its 191 tests (2 s each)
+/// and its whole load (10 s) each took longer there. The bounds themselves are tested
+/// with their own settings (`policy` unit tests, `eval_bounds`).
+pub fn unhurried(options: PolicyOptions) -> PolicyOptions {
+    PolicyOptions {
+        eval_limits: EvalLimits {
+            timeout: Duration::from_secs(5),
+            ..options.eval_limits
+        },
+        test_timeout: Duration::from_secs(30),
+        compile_timeout: Duration::from_secs(120),
+        ..options
+    }
 }
 
 impl Server {
