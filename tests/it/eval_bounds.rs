@@ -118,6 +118,19 @@ impl Child {
         (decision, started.elapsed())
     }
 
+    /// Asserts that a `Check` of `action` is denied within `within`, for a reason that
+    /// begins `evaluation limit exceeded: <limit>`.
+    async fn assert_denied(&self, action: &str, limit: &str, within: Duration) {
+        let (decision, took) = self.check(action).await;
+        assert!(!decision.allow);
+        assert!(
+            decision.reasons[0].starts_with(&format!("evaluation limit exceeded: {limit}")),
+            "{action}: {:?}",
+            decision.reasons
+        );
+        assert!(took < within, "{action}: denied after {took:?}");
+    }
+
     /// `GET /health`, with how long it took.
     async fn health(&self) -> Duration {
         let started = Instant::now();
@@ -183,53 +196,85 @@ fn log_lines(process: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
     lines
 }
 
+/// A server on [`HOSTILE`] with a 100 ms time limit, the instruction limit out of the
+/// way (so `slow` meets the time limit) and two workers.
+async fn start_hostile() -> Arc<Child> {
+    let flags = [
+        "--eval-timeout",
+        "100ms",
+        "--eval-max-instructions",
+        "100000000000",
+        "--workers",
+        "2",
+    ];
+    Arc::new(Child::start(policy_dir(&[("p.rego", HOSTILE)]), &flags).await)
+}
+
+/// What `samples` `/health` calls and unrelated `Check`s (`read`) met while one client
+/// per entry of `hostile` kept checking that action: their times, and each hostile
+/// Check's decision and time.
+struct UnderLoad {
+    health: Vec<Duration>,
+    unrelated: Vec<(Decision, Duration)>,
+    hostile: Vec<(Decision, Duration)>,
+}
+
+async fn under_load(server: &Arc<Child>, hostile: &[&'static str], samples: usize) -> UnderLoad {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = hostile
+        .iter()
+        .map(|&action| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut checks = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    checks.push(server.check(action).await);
+                }
+                checks
+            })
+        })
+        .collect();
+    let mut load = UnderLoad {
+        health: Vec::new(),
+        unrelated: Vec::new(),
+        hostile: Vec::new(),
+    };
+    for _ in 0..samples {
+        load.health.push(server.health().await);
+        load.unrelated.push(server.check("read").await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        load.hostile.extend(client.await.unwrap());
+    }
+    load
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_policy_past_its_limits_is_denied_at_once_naming_the_limit_and_memory_stays_bounded() {
-    let server = Child::start(
-        policy_dir(&[("p.rego", HOSTILE)]),
-        &[
-            "--eval-timeout",
-            "100ms",
-            "--eval-max-instructions",
-            "100000000000",
-            "--workers",
-            "2",
-        ],
-    )
-    .await;
+    let server = start_hostile().await;
 
     // One builtin call that would materialise 1e8 values (GBs, seconds): the process
     // heap limit stops it inside the call.
-    let (decision, took) = server.check("huge").await;
-    assert!(!decision.allow);
-    assert!(
-        decision.reasons[0].starts_with("evaluation limit exceeded: memory")
-            && decision.reasons[0].contains("heap limit"),
-        "{:?}",
-        decision.reasons
-    );
-    assert!(took < Duration::from_secs(2), "denied after {took:?}");
-
+    server
+        .assert_denied("huge", "memory: the process heap", Duration::from_secs(2))
+        .await;
     // Growing step by step: the per-evaluation budget stops it.
-    let (decision, took) = server.check("big").await;
-    assert!(!decision.allow);
-    assert!(
-        decision.reasons[0].starts_with("evaluation limit exceeded: memory")
-            && decision.reasons[0].contains("budget"),
-        "{:?}",
-        decision.reasons
-    );
-    assert!(took < Duration::from_secs(5), "denied after {took:?}");
-
+    server
+        .assert_denied(
+            "big",
+            "memory: the evaluation allocated",
+            Duration::from_secs(5),
+        )
+        .await;
     // Many small steps: the time limit stops it, within a small multiple of 100 ms.
-    let (decision, took) = server.check("slow").await;
-    assert!(!decision.allow);
-    assert!(
-        decision.reasons[0].starts_with("evaluation limit exceeded: time"),
-        "{:?}",
-        decision.reasons
-    );
-    assert!(took < Duration::from_secs(2), "denied after {took:?}");
+    server
+        .assert_denied(
+            "slow",
+            "time: ran past its limit of 100ms",
+            Duration::from_secs(2),
+        )
+        .await;
 
     // The process never held more than the heap limit (192 MiB by default) and its
     // code and stacks; before the limits it reached 4.3-4.6 GB.
@@ -249,52 +294,19 @@ async fn a_policy_past_its_limits_is_denied_at_once_naming_the_limit_and_memory_
             "{limit}: {metrics}"
         );
     }
-    server.stop().await;
+    Arc::into_inner(server).unwrap().stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn hostile_checks_do_not_stall_health_or_an_unrelated_check() {
-    let server = Arc::new(
-        Child::start(
-            policy_dir(&[("p.rego", HOSTILE)]),
-            &[
-                "--eval-timeout",
-                "100ms",
-                "--eval-max-instructions",
-                "100000000000",
-                "--workers",
-                "2",
-            ],
-        )
-        .await,
-    );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hostile: Vec<_> = ["huge", "slow", "huge", "slow"]
-        .into_iter()
-        .map(|action| {
-            let (server, stop) = (server.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut denied = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    denied += usize::from(!server.check(action).await.0.allow);
-                }
-                denied
-            })
-        })
-        .collect();
-    // Measured while the four keep the evaluation busy.
-    let mut worst_health = Duration::ZERO;
-    let mut worst_check = Duration::ZERO;
-    for _ in 0..10 {
-        worst_health = worst_health.max(server.health().await);
-        let (decision, took) = server.check("read").await;
+    let server = start_hostile().await;
+    let load = under_load(&server, &["huge", "slow", "huge", "slow"], 10).await;
+    assert!(load.hostile.iter().all(|(decision, _)| !decision.allow));
+    for (decision, _) in &load.unrelated {
         assert!(decision.allow, "{:?}", decision.reasons);
-        worst_check = worst_check.max(took);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for task in hostile {
-        assert!(task.await.unwrap() > 0);
-    }
+    let worst_health = *load.health.iter().max().unwrap();
+    let worst_check = load.unrelated.iter().map(|(_, took)| *took).max().unwrap();
     let metrics = http_request(server.http, "GET", "/metrics", &[], "")
         .await
         .body;
@@ -419,20 +431,7 @@ async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_hostile_policy() {
-    let server = Arc::new(
-        Child::start(
-            policy_dir(&[("p.rego", HOSTILE)]),
-            &[
-                "--eval-timeout",
-                "100ms",
-                "--eval-max-instructions",
-                "100000000000",
-                "--workers",
-                "2",
-            ],
-        )
-        .await,
-    );
+    let server = start_hostile().await;
     let quiet_health = server.health().await;
     let quiet_check = server.check("read").await.1;
     let (decision, took) = server.check("huge").await;
@@ -447,29 +446,10 @@ async fn measure_hostile_policy() {
         Ok("slow") => "slow",
         _ => "huge",
     };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks: Vec<_> = (0..hostile)
-        .map(|_| {
-            let (server, stop) = (server.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut times = Vec::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    times.push(server.check(action).await.1);
-                }
-                times
-            })
-        })
-        .collect();
-    let (mut health, mut check) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
-        health.push(server.health().await);
-        check.push(server.check("read").await.1);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut denials = Vec::new();
-    for task in tasks {
-        denials.extend(task.await.unwrap());
-    }
+    let load = under_load(&server, &vec![action; hostile], 10).await;
+    let mut health = load.health;
+    let mut check: Vec<_> = load.unrelated.into_iter().map(|(_, took)| took).collect();
+    let mut denials: Vec<_> = load.hostile.into_iter().map(|(_, took)| took).collect();
     health.sort();
     check.sort();
     denials.sort();

@@ -172,14 +172,7 @@ impl Server {
     }
 
     pub async fn uds_channel(&self) -> Channel {
-        let path = self.uds.clone();
-        Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap()
+        connect_uds(&self.uds).await.unwrap()
     }
 
     pub async fn client(&self) -> DecisionServiceClient<Channel> {
