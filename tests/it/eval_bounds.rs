@@ -44,9 +44,14 @@ decision := {"allow": slow > 0} if input.action == "slow"
 decision := {"allow": true} if input.action == "read"
 "#;
 
-/// A test rule only the time limit stops (it collects nothing, so no memory bound
-/// stops it first).
-const RUNAWAY_TEST: &str = "package stepgate_test\n\ntest_spin if count([1 | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000); x * y == -1]) > 0\n";
+/// Test rules that run away: one builtin call asking for gigabytes (only the heap limit
+/// stops it), and a loop of small steps collecting nothing (only a time limit stops it).
+const RUNAWAY_TESTS: &str = "package stepgate_test
+
+test_huge if count([x | some x in numbers.range(1, 100000000)]) > 0
+
+test_spin if count([1 | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000); x * y == -1]) > 0
+";
 
 /// A `stepgate serve` child on a Unix socket and an HTTP port of its choosing.
 struct Child {
@@ -350,7 +355,7 @@ async fn a_reload_whose_tests_or_warm_up_run_away_is_refused_and_stops_working()
         "p.rego",
         "package stepgate\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000)]) > 0}\n",
     );
-    write_policy(server.policies.path(), "p_test.rego", RUNAWAY_TEST);
+    write_policy(server.policies.path(), "p_test.rego", RUNAWAY_TESTS);
     let reloads = || async {
         http_request(server.http, "GET", "/metrics", &[], "")
             .await
@@ -396,7 +401,7 @@ async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
             "p.rego",
             "package stepgate\ndecision := {\"allow\": true}\n",
         ),
-        ("p_test.rego", RUNAWAY_TEST),
+        ("p_test.rego", RUNAWAY_TESTS),
     ]);
     let sockets = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -416,8 +421,8 @@ async fn startup_with_a_runaway_test_exits_non_zero_quickly_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("data.stepgate_test.test_spin (p_test.rego:3) errored")
-            && stderr.contains("time"),
+        stderr.contains("data.stepgate_test.test_huge (p_test.rego:3) errored: evaluation limit exceeded: memory")
+            && stderr.contains("data.stepgate_test.test_spin (p_test.rego:5) errored: evaluation limit exceeded: time"),
         "{stderr}"
     );
     // Before: refused after the 10 s compile timeout, its thread still spinning.
