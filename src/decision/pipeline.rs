@@ -117,11 +117,6 @@ impl DecisionPipeline {
         self.gate.admit().await
     }
 
-    /// The gate evaluations are admitted by.
-    pub fn gate(&self) -> &EvalGate {
-        &self.gate
-    }
-
     /// Records spans and metrics in `telemetry`.
     pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
         self.telemetry = telemetry;
