@@ -473,3 +473,66 @@ async fn measure_hostile_policy() {
     );
     Arc::into_inner(server).unwrap().stop().await;
 }
+
+/// Server CPU per `Check` on the example set, for a before/after comparison of the hot
+/// path (the counting allocator, the memory checks, the evaluation gate):
+/// `STEPGATE_BIN=<binary> CHECKS=40000 cargo test --test integration
+/// eval_bounds::measure_server -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_server_cpu_per_check() {
+    let policies = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("policies"), policies.path());
+    let server = Arc::new(Child::start(policies, &["--workers", "2"]).await);
+    let checks: usize = std::env::var("CHECKS").map_or(40_000, |n| n.parse().unwrap());
+    let clients = 8;
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid)).unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1]
+    };
+    let before = cpu();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for _ in 0..checks / clients {
+                    server.check("read").await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ticks = cpu() - before;
+    println!(
+        "{checks} Checks in {:?}: server CPU {} ms, {:.1} µs per Check",
+        started.elapsed(),
+        ticks * 10,
+        (ticks * 10_000) as f64 / checks as f64
+    );
+    Arc::into_inner(server).unwrap().stop().await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
