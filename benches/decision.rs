@@ -31,6 +31,8 @@ use stepgate::{
 
 fn load_set(dir: &str) -> PolicySet {
     let options = PolicyOptions::default();
+    // As `stepgate serve` does: with a heap limit set, regorus checks it as it evaluates.
+    stepgate::policy::set_heap_limit(options.heap_limit);
     let source = PolicySource::read_dir(dir.as_ref(), &options.source_limits).expect(dir);
     PolicySet::load(source, &options, false).expect("bench policies compile")
 }
@@ -152,6 +154,7 @@ impl SpanExporter for DiscardSpans {
 /// `Check` through the gRPC adapter in process: telemetry off (metrics only, the
 /// default), with every span sampled and batch-exported, and with the decision log on.
 fn check_through_service(c: &mut Criterion) {
+    stepgate::policy::set_heap_limit(PolicyOptions::default().heap_limit);
     let store = Arc::new(PolicyStore::new("policies", PolicyOptions::default()));
     store.reload().expect("example policies load");
     let grants = Arc::new(MemoryGrantStore::ephemeral(Arc::new(SystemClock)));

@@ -2,8 +2,8 @@
 //!
 //! 1. **rss**: resident memory per ACTIVE grant at `GRANT_SCALE_RSS_N` (default
 //!    1,000,000) grants in an ephemeral store, read from `/proc/self/statm` before and
-//!    after, next to the heap bytes the program asked for (a counting global allocator,
-//!    switched on only in the child processes). Each variant runs in a child process of
+//!    after, next to the heap bytes the program asked for (counted by the global
+//!    allocator regorus installs). Each variant runs in a child process of
 //!    this binary so freed memory of one does not hide the next. The headline variant is
 //!    grants shaped like `benches/inputs/issue.json` (attributes on subject, resource
 //!    and workflow; 10,000 subjects, 1,000 resources, one workflow per grant), created
@@ -30,12 +30,11 @@
 mod support;
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     io::Write as _,
     process::Command,
     sync::{
         Arc, Barrier,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -56,63 +55,15 @@ use uuid::Uuid;
 
 const PAGE_SIZE: u64 = 4096;
 
-/// The system allocator, counting the bytes requested and still live once [`COUNTING`]
-/// is set (only in the RSS child processes), so RSS can be set against what the data
-/// structures asked for (the difference is allocator overhead and fragmentation).
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-fn count(delta: i64) {
-    if COUNTING.load(Ordering::Relaxed) {
-        LIVE.fetch_add(delta, Ordering::Relaxed);
-    }
-}
-
-/// Bytes requested from the allocator and not freed since counting started.
+/// Bytes requested from the allocator and still live, process-wide. The global
+/// allocator is the one regorus installs (`regorus-mimalloc`, for its evaluation memory
+/// limits), which counts them; differences of two readings are what the data structures
+/// asked for, so RSS can be set against it (the rest is allocator overhead and
+/// fragmentation).
 fn live_heap() -> i64 {
-    LIVE.load(Ordering::Relaxed)
+    i64::try_from(regorus_mimalloc::global_allocation_stats_snapshot().allocated)
+        .unwrap_or(i64::MAX)
 }
-
-// SAFETY: every call is forwarded unchanged to `System`; only a counter is updated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            count(layout.size() as i64);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            count(layout.size() as i64);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        count(-(layout.size() as i64));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            count(new_size as i64 - layout.size() as i64);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// The headline shape: `issue.json`-like grants, many subjects and resources, one
 /// workflow (ticket) per grant.
@@ -337,7 +288,6 @@ fn bobs_approval(at: DateTime<Utc>, decision_id: Uuid) -> Approval {
 
 /// One RSS variant; prints `before after grants seconds heap_bytes`.
 fn rss_child(variant: &str) {
-    COUNTING.store(true, Ordering::Relaxed);
     if variant == "breakdown" {
         breakdown();
         return;

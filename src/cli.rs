@@ -93,6 +93,9 @@ enum AuditCommand {
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // The offline tools evaluate under the server's default heap limit; `serve` sets its
+    // configured one.
+    crate::policy::set_heap_limit(PolicyOptions::default().heap_limit);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Eval {
@@ -140,6 +143,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    // Process-wide, so set here, by the process's owner, rather than by `App` (which
+    // tests run many of in one process).
+    crate::policy::set_heap_limit(config.policy.heap_limit);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("stepgate-worker");
     if let Some(workers) = config.workers {

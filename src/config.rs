@@ -69,6 +69,16 @@ pub struct ServeArgs {
     /// Longest a policy set may take to compile and test [default: 10s].
     #[arg(long, env = "STEPGATE_COMPILE_TIMEOUT", value_name = "DURATION")]
     pub compile_timeout: Option<String>,
+    /// Most memory one evaluation may allocate, e.g. 32MiB [default: 32MiB].
+    #[arg(long, env = "STEPGATE_EVAL_MEMORY_LIMIT", value_name = "BYTES")]
+    pub eval_memory_limit: Option<String>,
+    /// Process heap above which evaluations, compiles and policy tests stop and deny,
+    /// e.g. 192MiB; 'off' for none [default: 192MiB].
+    #[arg(long, env = "STEPGATE_EVAL_HEAP_LIMIT", value_name = "BYTES")]
+    pub eval_heap_limit: Option<String>,
+    /// Longest one of a policy set's test_ rules may run at load [default: 2s].
+    #[arg(long, env = "STEPGATE_POLICY_TEST_TIMEOUT", value_name = "DURATION")]
+    pub policy_test_timeout: Option<String>,
     /// Reload policies when their files change: true or false [default: true].
     #[arg(long, env = "STEPGATE_WATCH_POLICIES", value_name = "BOOL")]
     pub watch_policies: Option<bool>,
@@ -224,6 +234,9 @@ struct FileConfig {
     policy_max_file_bytes: Option<u64>,
     policy_max_depth: Option<usize>,
     compile_timeout: Option<String>,
+    eval_memory_limit: Option<String>,
+    eval_heap_limit: Option<String>,
+    policy_test_timeout: Option<String>,
     watch_policies: Option<bool>,
     workers: Option<usize>,
     shutdown_grace: Option<String>,
@@ -545,6 +558,11 @@ impl ServeConfig {
             args.compile_timeout.or(file.compile_timeout),
             defaults.policy.compile_timeout,
         );
+        let test_timeout = duration(
+            "policy_test_timeout",
+            args.policy_test_timeout.or(file.policy_test_timeout),
+            defaults.policy.test_timeout,
+        );
         let shutdown_grace = duration(
             "shutdown_grace",
             args.shutdown_grace.or(file.shutdown_grace),
@@ -576,6 +594,29 @@ impl ServeConfig {
                 .to_std()
                 .unwrap_or_default(),
         );
+        let mut bytes = |name: &str, value: Option<String>, off: bool, default: Option<u64>| {
+            let text = value?;
+            if off && text.trim() == "off" {
+                return None;
+            }
+            let parsed = parse_bytes(&text);
+            check(
+                parsed.is_some(),
+                format!("{name}: {text:?} is not a positive size such as 32MiB or 1048576"),
+            );
+            parsed.or(default)
+        };
+        let max_memory = bytes(
+            "eval_memory_limit",
+            args.eval_memory_limit.or(file.eval_memory_limit),
+            false,
+            None,
+        )
+        .unwrap_or(defaults.policy.eval_limits.max_memory);
+        let heap_limit = match args.eval_heap_limit.or(file.eval_heap_limit) {
+            None => defaults.policy.heap_limit,
+            text => bytes("eval_heap_limit", text, true, defaults.policy.heap_limit),
+        };
         let admin_callers = args.admin_callers.or(file.admin_callers).map(|ids| {
             ids.into_iter()
                 .map(|id| id.trim().to_string())
@@ -736,8 +777,11 @@ impl ServeConfig {
                 eval_limits: EvalLimits {
                     max_instructions,
                     timeout,
+                    max_memory,
                 },
                 compile_timeout,
+                test_timeout,
+                heap_limit,
             },
             log_format,
             max_message_bytes,
@@ -860,6 +904,17 @@ fn tracing_options(
     )
 }
 
+/// A byte size: a positive integer with an optional `KiB`, `MiB` or `GiB` suffix.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, shift) = [("KiB", 10), ("MiB", 20), ("GiB", 30)]
+        .into_iter()
+        .find_map(|(suffix, shift)| text.strip_suffix(suffix).map(|d| (d.trim(), shift)))
+        .unwrap_or((text, 0));
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1 << shift).filter(|&n| n > 0)
+}
+
 fn to_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -970,6 +1025,50 @@ mod tests {
                 "{field} missing from {err}"
             );
         }
+    }
+
+    #[test]
+    fn evaluation_memory_and_test_limits() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.policy.eval_limits.max_memory, 32 << 20);
+        assert_eq!(config.policy.heap_limit, Some(192 << 20));
+        assert_eq!(config.policy.test_timeout, Duration::from_secs(2));
+        let args = ServeArgs {
+            eval_memory_limit: Some("512KiB".into()),
+            policy_test_timeout: Some("30s".into()),
+            ..Default::default()
+        };
+        let toml = file("eval_heap_limit = \"off\"\neval_memory_limit = \"1GiB\"\n");
+        let config = ServeConfig::merge(args, toml).unwrap();
+        assert_eq!(config.policy.eval_limits.max_memory, 512 << 10);
+        assert_eq!(config.policy.heap_limit, None);
+        assert_eq!(config.policy.test_timeout, Duration::from_secs(30));
+        let config = ServeConfig::merge(
+            ServeArgs::default(),
+            file("eval_heap_limit = \"1048576\"\n"),
+        )
+        .unwrap();
+        assert_eq!(config.policy.heap_limit, Some(1 << 20));
+        let args = ServeArgs {
+            eval_memory_limit: Some("off".into()),
+            eval_heap_limit: Some("0".into()),
+            policy_test_timeout: Some("0s".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        for field in [
+            "eval_memory_limit",
+            "eval_heap_limit",
+            "policy_test_timeout",
+        ] {
+            assert!(
+                err.to_string().contains(field),
+                "{field} missing from {err}"
+            );
+        }
+        assert_eq!(parse_bytes("12 MiB"), Some(12 << 20));
+        assert_eq!(parse_bytes("18446744073709551615GiB"), None);
+        assert_eq!(parse_bytes("1.5MiB"), None);
     }
 
     #[test]

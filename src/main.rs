@@ -1,10 +1,9 @@
 //! The `stepgate` binary: everything lives in the library; see [`stepgate::cli`].
-
-// mimalloc (its v2 line): the decision path allocates many small, short-lived values
-// (regorus values, protobuf messages); glibc's malloc spent ~12% of server CPU on them
-// under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//!
+//! The global allocator is mimalloc, installed by regorus (its `allocator-memory-limits`
+//! feature, as `regorus-mimalloc`): it counts live bytes, which is what bounds an
+//! evaluation's memory. A second `#[global_allocator]` here would not link, and any other
+//! allocator would leave regorus' counters at zero and its memory limits without effect.
 
 fn main() -> std::process::ExitCode {
     stepgate::cli::run()

@@ -75,6 +75,7 @@ async fn evaluation(State(state): State<HttpState>, request: Request) -> Respons
         let parent = ParentContext::from_headers(request.headers());
         let (caller, body) = read(&state, request).await?;
         let check = check_from(&body, None).map_err(Refusal::from)?;
+        let _turn = state.pipeline.admitted().await;
         let decision = state.pipeline.check(&check, &caller, &parent)?;
         Ok::<_, Refusal>(decision_json(&decision))
     }
@@ -99,6 +100,7 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
         let Some(items) = items else {
             // No evaluations: a single evaluation of the defaults, answered as one.
             let check = check_from(&body, None)?;
+            let _turn = state.pipeline.admitted().await;
             return Ok(decision_json(
                 &state.pipeline.check(&check, &caller, &parent)?,
             ));

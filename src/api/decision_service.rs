@@ -36,6 +36,7 @@ impl DecisionService for DecisionApi {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let caller = caller_of(&request);
+        let _turn = self.pipeline.admitted().await;
         let decision = self
             .pipeline
             .check(request.get_ref(), &caller, &parent_of(&request))

@@ -53,9 +53,11 @@ impl Authorization for ExtAuthzApi {
     ) -> Result<Response<CheckResponse>, Status> {
         let caller = caller_of(&request);
         let parent = parent_of(&request);
+        let turn = self.pipeline.admitted().await;
         let decision = self
             .pipeline
             .envoy_check(request.get_ref(), &caller, &parent);
+        drop(turn);
         let id = decision.decision.id.to_string();
         let failed = |err: String| {
             Status::unknown(format!(

@@ -71,6 +71,7 @@ impl GrantService for GrantApi {
         request: Request<RequestGrantRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .request(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
@@ -83,6 +84,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Approve")?;
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .approve(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
@@ -95,6 +97,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Reject")?;
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .reject(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
@@ -106,6 +109,7 @@ impl GrantService for GrantApi {
         request: Request<RevalidateRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .revalidate(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
@@ -117,6 +121,7 @@ impl GrantService for GrantApi {
         request: Request<RenewRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .renew(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)
@@ -129,6 +134,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<RevokeResponse>, Status> {
         let caller = caller_of(&request);
         self.admins.check(&caller, "Revoke")?;
+        let _turn = self.steps.pipeline().admitted().await;
         let outcome = self
             .steps
             .revoke(request.get_ref(), &caller, &parent_of(&request))
@@ -149,6 +155,7 @@ impl GrantService for GrantApi {
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
         self.admins.check(&caller, "ConfirmRevocation")?;
+        let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
             .map(grant_response)

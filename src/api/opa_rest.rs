@@ -188,7 +188,9 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         path: &segments,
         has_input: input.is_some(),
     };
+    let turn = state.pipeline.admitted().await;
     let (decision, result) = query(&state, &call, target, input, &document_name(&segments));
+    drop(turn);
     let result = match result {
         Ok(result) => result,
         Err(err) => return OpaError::internal(err).into_response(),
@@ -260,7 +262,9 @@ async fn data_v0(State(state): State<HttpState>, request: Request) -> Response {
         path: &segments,
         has_input: input.is_some(),
     };
+    let turn = state.pipeline.admitted().await;
     let answer = query(&state, &call, target, input, &document);
+    drop(turn);
     bare_answer(answer, &document, &call)
 }
 
@@ -281,7 +285,9 @@ async fn default_decision(State(state): State<HttpState>, request: Request) -> R
         .decision_entrypoint
         .clone();
     let target = RawTarget::Entrypoint(Entrypoint::Decision);
+    let turn = state.pipeline.admitted().await;
     let answer = query(&state, &call, target, Some(input), &rule);
+    drop(turn);
     bare_answer(answer, &rule, &call)
 }
 

@@ -104,6 +104,11 @@ impl GrantSteps {
         &self.store
     }
 
+    /// The pipeline every step is decided by (its gate admits the steps' evaluations).
+    pub fn pipeline(&self) -> &Arc<DecisionPipeline> {
+        &self.pipeline
+    }
+
     /// Step `request`: a denied request creates nothing; an allowed one creates a grant,
     /// PENDING when the obligations require approvals, else ACTIVE.
     pub fn request(

@@ -7,6 +7,7 @@
 
 mod caller;
 mod envoy;
+mod gate;
 mod grant_steps;
 mod identities;
 mod input;
@@ -16,6 +17,7 @@ mod spec_values;
 
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
+pub use gate::{EvalGate, EvalPermit};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use identities::{canonical_identities, validate_identity};
 pub use input::{

@@ -20,6 +20,7 @@ use regorus::Value;
 use super::{
     Caller, Decision, InvalidField, check_input,
     envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
+    gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
     record::fail_closed,
@@ -45,6 +46,7 @@ pub struct DecisionPipeline {
     max_batch: usize,
     telemetry: Arc<Telemetry>,
     decision_log: Option<Arc<DecisionLog>>,
+    gate: EvalGate,
 }
 
 /// A decision evaluated but not yet concluded: it holds what its span and its
@@ -105,7 +107,14 @@ impl DecisionPipeline {
             max_batch,
             telemetry: Arc::new(Telemetry::new()),
             decision_log: None,
+            gate: EvalGate::for_current_runtime(),
         }
+    }
+
+    /// Waits for an evaluation's turn (see [`EvalGate`]): every async adapter takes one
+    /// before a call that evaluates policy, and holds it until the call is decided.
+    pub async fn admitted(&self) -> EvalPermit<'_> {
+        self.gate.admit().await
     }
 
     /// Records spans and metrics in `telemetry`.
@@ -155,6 +164,8 @@ impl DecisionPipeline {
                 .decision_log
                 .as_ref()
                 .map_or((0, 0, 0), |log| log.stats().counts()),
+            eval_limits: crate::policy::limit_hits(),
+            eval_waits: self.gate.waits(),
         };
         self.telemetry.metrics().render(&snapshot)
     }
@@ -220,10 +231,7 @@ impl DecisionPipeline {
             .unwrap_or(1);
         let tasks = workers.min(checks.len() / MIN_CHECKS_PER_TASK).max(1);
         if tasks == 1 {
-            return Ok(checks
-                .iter()
-                .map(|c| self.decide_valid(c, &caller, &parent))
-                .collect());
+            return Ok(self.decide_admitted(&checks, &caller, &parent).await);
         }
         let chunk = checks.len().div_ceil(tasks);
         let checks = Arc::new(checks);
@@ -234,18 +242,16 @@ impl DecisionPipeline {
                 let (pipeline, checks, caller, parent) =
                     (self.clone(), checks.clone(), caller.clone(), parent.clone());
                 let task = tokio::spawn(async move {
-                    checks[range]
-                        .iter()
-                        .map(|c| pipeline.decide_valid(c, &caller, &parent))
-                        .collect::<Vec<_>>()
+                    pipeline
+                        .decide_admitted(&checks[range], &caller, &parent)
+                        .await
                 });
                 (t, task)
             })
             .collect();
-        let mut decisions: Vec<Decision> = checks[..chunk]
-            .iter()
-            .map(|c| self.decide_valid(c, &caller, &parent))
-            .collect();
+        let mut decisions = self
+            .decide_admitted(&checks[..chunk], &caller, &parent)
+            .await;
         for (t, task) in spawned {
             match task.await {
                 Ok(part) => decisions.extend(part),
@@ -260,6 +266,22 @@ impl DecisionPipeline {
             }
         }
         Ok(decisions)
+    }
+
+    /// Decides valid `checks` in order, each admitted by the gate on its own, so a batch
+    /// of slow ones lets others in between.
+    async fn decide_admitted(
+        &self,
+        checks: &[CheckRequest],
+        caller: &Caller,
+        parent: &ParentContext,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::with_capacity(checks.len());
+        for check in checks {
+            let _turn = self.admitted().await;
+            decisions.push(self.decide_valid(check, caller, parent));
+        }
+        decisions
     }
 
     fn decide_valid(

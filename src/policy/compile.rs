@@ -4,14 +4,14 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use regorus::{Engine, Value, languages::rego::compiler::Compiler, rvm::program::Program};
 
 use super::{
     EvalLimits, FileKind, LoadError, PolicySource, SourceLimits, TestReport,
-    eval::apply_engine_limits,
+    limits::{apply_engine_limits, bounded, classify_engine_error},
 };
 
 /// The rules stepgate evaluates, by role.
@@ -45,6 +45,14 @@ pub struct PolicyOptions {
     pub eval_limits: EvalLimits,
     /// Longest a set may take to compile (and run its tests) before it is rejected.
     pub compile_timeout: Duration,
+    /// Longest one of a set's `test_` rules may run. Larger than the evaluation limit:
+    /// tests exercise whole workflows, and a debug build on a busy node must not refuse
+    /// a correct set.
+    pub test_timeout: Duration,
+    /// The process heap limit `stepgate serve` sets (see [`super::set_heap_limit`]);
+    /// `None`: no limit. Process-wide, so it is applied by whoever owns the process, not
+    /// by loading a set.
+    pub heap_limit: Option<u64>,
 }
 
 impl Default for PolicyOptions {
@@ -55,6 +63,8 @@ impl Default for PolicyOptions {
             source_limits: SourceLimits::default(),
             eval_limits: EvalLimits::default(),
             compile_timeout: Duration::from_secs(10),
+            test_timeout: Duration::from_secs(2),
+            heap_limit: Some(192 << 20),
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct PolicySet {
     pub(super) data: Value,
     pub(super) entrypoints: Vec<CompiledEntrypoint>,
     pub(super) limits: EvalLimits,
+    /// The time limit of each `test_` rule.
+    pub(super) test_timeout: Duration,
     /// `data.<package>.<rule>` of every rule, with `file:line` of its first definition.
     pub(super) rules: BTreeMap<String, String>,
 }
@@ -197,10 +209,16 @@ impl PolicySet {
             entrypoints.push(compile_entrypoint(&mut engine, &rules, rule)?);
         }
         // Warm the interpreter: clones of a never-evaluated engine re-prepare on every call.
+        // Under the evaluation limits (set above): a warm-up that exceeds them stops, and
+        // its error is of no interest (the entrypoint's evaluations will report it).
         engine.set_input(Value::new_object());
         for entry in &entrypoints {
             if !matches!(entry.target, Target::Missing) {
-                let _ = engine.eval_rule(entry.rule.to_string());
+                let _ = bounded(options.eval_limits.max_memory, || {
+                    engine
+                        .eval_rule(entry.rule.to_string())
+                        .map_err(|err| classify_engine_error(&err))
+                });
             }
         }
         Ok(Self {
@@ -210,6 +228,7 @@ impl PolicySet {
             data,
             entrypoints,
             limits: options.eval_limits,
+            test_timeout: options.test_timeout,
             rules,
         })
     }
@@ -217,12 +236,17 @@ impl PolicySet {
     /// Compiles the set at `source` (and, with `verify`, runs its tests) on a separate
     /// thread bounded by `options.compile_timeout`, so no policy file can hang the
     /// caller. With `verify`, a set whose own `test_` rules fail is rejected.
+    ///
+    /// The bound is also inside the work: the warm-up runs under the evaluation limits
+    /// and the tests under the test limit cut to the compile deadline, so a set that
+    /// takes too long stops working at the deadline instead of spinning on after it.
     pub fn load(
         source: PolicySource,
         options: &PolicyOptions,
         verify: bool,
     ) -> Result<Self, LoadError> {
         let timeout = options.compile_timeout;
+        let deadline = Instant::now() + timeout;
         let options = options.clone();
         let (tx, rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -232,7 +256,7 @@ impl PolicySet {
                     if !verify {
                         return Ok(set);
                     }
-                    let report = set.run_tests(None);
+                    let report = super::testing::run(&set, None, Some(deadline));
                     let failures = report.failure_summaries();
                     if failures.is_empty() {
                         Ok(set)
@@ -248,9 +272,10 @@ impl PolicySet {
             .map_err(|_| LoadError::CompileTimeout(timeout))?
     }
 
-    /// Runs the set's `test_` rules (optionally only those whose path contains `filter`).
+    /// Runs the set's `test_` rules (optionally only those whose path contains `filter`),
+    /// each under the test time limit.
     pub fn run_tests(&self, filter: Option<&str>) -> TestReport {
-        super::testing::run(self, filter)
+        super::testing::run(self, filter, None)
     }
 }
 
@@ -380,27 +405,77 @@ mod tests {
         assert_eq!(info[0].engine, "rvm", "{info:?}");
     }
 
+    /// A set whose one test runs for as long as it is let: many small steps (the timer is
+    /// checked between them), not one long builtin call.
+    const SLOW_TEST: &str = "package stepgate
+decision := {\"allow\": true}
+test_slow if count([1 | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x * y == -1]) > 0\n";
+
     #[test]
     fn compiling_is_bounded_in_time() {
-        // The set's own tests run inside the bound; this one takes far longer than it.
+        crate::policy::limits::test_heap_limit();
         let options = PolicyOptions {
             compile_timeout: Duration::from_millis(50),
+            test_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let err = PolicySet::load(source(&[("p.rego", SLOW_TEST)]), &options, true).unwrap_err();
+        // Rejected at the deadline: by the wait, or by the test's own limit cut to it.
+        assert!(
+            matches!(&err, LoadError::CompileTimeout(_))
+                || matches!(&err, LoadError::TestsFailed(f) if f[0].contains("time")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn tests_stop_working_at_the_compile_deadline() {
+        crate::policy::limits::test_heap_limit();
+        let options = PolicyOptions {
+            test_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let set = PolicySet::compile(&source(&[("p.rego", SLOW_TEST)]), &options).unwrap();
+        let started = Instant::now();
+        let report =
+            super::super::testing::run(&set, None, Some(started + Duration::from_millis(50)));
+        // The test itself stopped (this call returned), soon after the deadline.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(&report.results[0].outcome, crate::policy::TestOutcome::Error(e) if e.contains("time")),
+            "{:?}",
+            report.results
+        );
+    }
+
+    #[test]
+    fn tests_run_under_the_test_limit_not_the_evaluation_limit() {
+        // A correct test slower than one decision may be: accepted under a test limit
+        // larger than the evaluation limit (a debug build on a busy node).
+        crate::policy::limits::test_heap_limit();
+        let rego = "package stepgate
+decision := {\"allow\": true}
+test_many if count([y | some x in numbers.range(1, 20000); y := x * 2; y > 0]) == 20000\n";
+        let options = PolicyOptions {
             eval_limits: EvalLimits {
-                timeout: Duration::from_secs(2),
+                timeout: Duration::from_micros(1),
                 ..EvalLimits::default()
             },
             ..Default::default()
         };
-        let source = source(&[(
-            "p.rego",
-            "package stepgate
-decision := {\"allow\": true}
-test_slow if count([x | some x in numbers.range(1, 100000000); x > 0]) > 0\n",
-        )]);
-        let started = std::time::Instant::now();
-        let err = PolicySet::load(source, &options, true).unwrap_err();
-        assert!(matches!(err, LoadError::CompileTimeout(_)), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(PolicySet::load(source(&[("p.rego", rego)]), &options, true).is_ok());
+        let options = PolicyOptions {
+            test_timeout: Duration::from_micros(1),
+            ..Default::default()
+        };
+        let err = PolicySet::load(source(&[("p.rego", rego)]), &options, true).unwrap_err();
+        assert!(err.to_string().contains("time"), "{err}");
     }
 
     #[test]

@@ -6,68 +6,21 @@
 
 use std::{
     cell::RefCell,
-    num::NonZeroU32,
+    num::NonZeroU64,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::Arc,
-    time::Duration,
 };
 
 use regorus::{
-    Engine, LimitError, Value,
-    rvm::{RegoVM, program::Program, vm::VmError},
-    utils::limits::ExecutionTimerConfig,
+    MemoryBudgetConfig, Value,
+    rvm::{RegoVM, program::Program},
 };
 
 use super::{
-    Entrypoint, PolicySet,
+    Entrypoint, EvalError, PolicySet,
     compile::{CompiledEntrypoint, Target},
+    limits::{bounded, classify_engine_error, classify_vm_error},
 };
-
-/// Bounds on one evaluation. Exceeding either is an [`EvalError::LimitExceeded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvalLimits {
-    /// Most RVM instructions one evaluation may execute.
-    pub max_instructions: usize,
-    /// Longest one evaluation may run (checked cooperatively by the engine).
-    pub timeout: Duration,
-}
-
-impl Default for EvalLimits {
-    fn default() -> Self {
-        Self {
-            max_instructions: 1_000_000,
-            timeout: Duration::from_millis(100),
-        }
-    }
-}
-
-impl EvalLimits {
-    fn timer(&self) -> ExecutionTimerConfig {
-        // Checking the clock every 256 work units keeps the check's cost negligible.
-        ExecutionTimerConfig {
-            limit: self.timeout,
-            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
-        }
-    }
-}
-
-/// Why an evaluation produced no result. The decision pipeline turns each into a deny.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EvalError {
-    /// The policy set defines no rule at the entrypoint.
-    #[error("entrypoint {0} is not defined by the policy set")]
-    MissingEntrypoint(Arc<str>),
-    /// An evaluation limit was exceeded.
-    #[error("evaluation limit exceeded: {0}")]
-    LimitExceeded(String),
-    /// The engine reported an error (type error, builtin error, conflict, ...).
-    #[error("policy evaluation failed: {0}")]
-    Failed(String),
-}
-
-pub(super) fn apply_engine_limits(engine: &mut Engine, limits: &EvalLimits) {
-    engine.set_execution_timer_config(limits.timer());
-}
 
 struct CachedVm {
     program: Arc<Program>,
@@ -85,8 +38,12 @@ impl PolicySet {
     pub fn evaluate(&self, entrypoint: Entrypoint, input: Value) -> Result<Value, EvalError> {
         let entry = &self.entrypoints[entrypoint.index()];
         match &entry.target {
-            Target::Rvm(program) => self.evaluate_rvm(entrypoint.index(), program, input),
-            Target::Interpreter => self.evaluate_interpreter(entry, input),
+            Target::Rvm(program) => bounded(self.limits.max_memory, || {
+                self.evaluate_rvm(entrypoint.index(), program, input.clone())
+            }),
+            Target::Interpreter => bounded(self.limits.max_memory, || {
+                self.evaluate_interpreter(entry, input.clone())
+            }),
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
         }
     }
@@ -101,7 +58,9 @@ impl PolicySet {
         let entry = &self.entrypoints[entrypoint.index()];
         match entry.target {
             Target::Missing => Err(EvalError::MissingEntrypoint(entry.rule.clone())),
-            _ => self.evaluate_interpreter(entry, input),
+            _ => bounded(self.limits.max_memory, || {
+                self.evaluate_interpreter(entry, input.clone())
+            }),
         }
     }
 
@@ -129,13 +88,16 @@ impl PolicySet {
             query.push_str(&serde_json::to_string(segment).unwrap_or_default());
             query.push(']');
         }
-        let mut engine = self.engine.clone();
-        engine.set_input(input.unwrap_or(Value::Undefined));
-        let results = match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query, false))) {
-            Ok(Ok(results)) => results,
-            Ok(Err(err)) => return Err(classify_engine_error(&err)),
-            Err(_) => return Err(EvalError::Failed("the policy engine panicked".into())),
-        };
+        let input = input.unwrap_or(Value::Undefined);
+        let results = bounded(self.limits.max_memory, || {
+            let mut engine = self.engine.clone();
+            engine.set_input(input.clone());
+            match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query.clone(), false))) {
+                Ok(Ok(results)) => Ok(results),
+                Ok(Err(err)) => Err(classify_engine_error(&err)),
+                Err(_) => Err(EvalError::Failed("the policy engine panicked".into())),
+            }
+        })?;
         Ok(results
             .result
             .into_iter()
@@ -184,6 +146,9 @@ impl PolicySet {
             .map_err(|e| EvalError::Failed(e.to_string()))?;
         vm.set_max_instructions(self.limits.max_instructions);
         vm.set_execution_timer_config(Some(self.limits.timer()));
+        vm.set_memory_budget_config(
+            NonZeroU64::new(self.limits.max_memory).map(|limit| MemoryBudgetConfig { limit }),
+        );
         Ok(CachedVm {
             program: program.clone(),
             vm,
@@ -216,30 +181,12 @@ fn is_identifier(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn classify_vm_error(err: VmError) -> EvalError {
-    match err {
-        VmError::InstructionLimitExceeded { .. } | VmError::TimeLimitExceeded { .. } => {
-            EvalError::LimitExceeded(err.to_string())
-        }
-        other => EvalError::Failed(other.to_string()),
-    }
-}
-
-pub(super) fn classify_engine_error(err: &anyhow::Error) -> EvalError {
-    if err
-        .chain()
-        .any(|cause| cause.downcast_ref::<LimitError>().is_some())
-        || err.to_string().contains("time limit")
-    {
-        EvalError::LimitExceeded(err.to_string())
-    } else {
-        EvalError::Failed(err.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::policy::{EvalLimits, LimitKind, limit_hits, limits::test_heap_limit};
     use crate::policy::{FileKind, PolicyFile, PolicyOptions, PolicySource, SourceLimits};
 
     fn set(rego: &str, limits: EvalLimits) -> PolicySet {
@@ -293,6 +240,7 @@ mod tests {
 
     #[test]
     fn instruction_limit_is_enforced() {
+        test_heap_limit();
         let set = set(
             LOOP,
             EvalLimits {
@@ -314,31 +262,94 @@ mod tests {
 
     #[test]
     fn time_limit_is_enforced() {
+        test_heap_limit();
         let limits = EvalLimits {
             max_instructions: usize::MAX,
             timeout: Duration::from_millis(5),
+            max_memory: 1 << 30,
         };
         let set = set(LOOP, limits);
         let err = set
-            .evaluate(Entrypoint::Decision, input(r#"{"n": 50000000}"#))
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
-        assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            "{err}"
+        );
     }
 
     #[test]
     fn interpreter_fallback_honours_the_time_limit() {
         // `with` keeps the entrypoint off the RVM.
+        test_heap_limit();
         let rego = "package stepgate\nn := input.n\nbig := count([x | some x in numbers.range(1, n); x > 0])\ndecision := {\"allow\": big > 0} if { true with input.z as 1 }\n";
         let limits = EvalLimits {
             max_instructions: usize::MAX,
             timeout: Duration::from_millis(5),
+            max_memory: 1 << 30,
         };
         let set = set(rego, limits);
         assert_eq!(set.entrypoints()[0].engine, "interpreter");
         let err = set
-            .evaluate(Entrypoint::Decision, input(r#"{"n": 50000000}"#))
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
-        assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn memory_budget_stops_an_rvm_evaluation_and_says_so() {
+        test_heap_limit();
+        let rego = "package stepgate\ndecision := {\"allow\": count(concat(\",\", [sprintf(\"%d-padding-padding-padding\", [x]) | some x in numbers.range(1, input.n)])) > 0}\n";
+        let limits = EvalLimits {
+            max_instructions: usize::MAX,
+            timeout: Duration::from_secs(30),
+            max_memory: 1 << 20,
+        };
+        let set = set(rego, limits);
+        assert_eq!(set.entrypoints()[0].engine, "rvm");
+        let before = limit_hits()[LimitKind::Memory as usize];
+        let err = set
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 200000}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("memory")),
+            "{err}"
+        );
+        assert!(limit_hits()[LimitKind::Memory as usize] > before);
+        // The same policy under the budget still evaluates, on the same cached VM.
+        assert!(
+            set.evaluate(Entrypoint::Decision, input(r#"{"n": 10}"#))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn heap_limit_stops_a_builtin_before_it_materialises_its_result() {
+        // numbers.range(1, 1e8) is one builtin call: neither the timer nor the
+        // per-evaluation budget is looked at until it returns, gigabytes later.
+        test_heap_limit();
+        let limits = EvalLimits {
+            max_instructions: usize::MAX,
+            timeout: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let set = set(LOOP, limits);
+        let started = std::time::Instant::now();
+        let err = set
+            .evaluate(Entrypoint::Decision, input(r#"{"n": 100000000}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EvalError::LimitExceeded(m) if m.contains("heap limit")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod bundle;
 mod compile;
 mod eval;
+mod limits;
 mod source;
 mod store;
 mod testing;
@@ -19,7 +20,7 @@ mod watch;
 use std::{path::PathBuf, time::Duration};
 
 pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet};
-pub use eval::{EvalError, EvalLimits};
+pub use limits::{EvalError, EvalLimits, LimitKind, limit_hits, set_heap_limit};
 pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
 pub use store::{PolicyStore, ReloadCounts};
 pub use testing::{TestOutcome, TestReport, TestResult};

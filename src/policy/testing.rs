@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use regorus::Value;
 
-use super::{PolicySet, eval::classify_engine_error};
+use super::{
+    PolicySet,
+    limits::{bounded, classify_engine_error, timer},
+};
 
 /// How one test rule ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,11 @@ impl TestReport {
     }
 }
 
-pub(super) fn run(set: &PolicySet, filter: Option<&str>) -> TestReport {
+/// Runs the tests, each under the set's test time limit (and the process heap limit).
+/// With a `deadline`, no test runs past it: each one's limit is cut to the time left,
+/// and those left when it passes are reported as not run, so a set whose tests take too
+/// long stops doing work at its deadline rather than after it.
+pub(super) fn run(set: &PolicySet, filter: Option<&str>, deadline: Option<Instant>) -> TestReport {
     let results = set
         .rules
         .iter()
@@ -77,12 +84,23 @@ pub(super) fn run(set: &PolicySet, filter: Option<&str>) -> TestReport {
         .filter(|(path, _)| filter.is_none_or(|f| path.contains(f)))
         .map(|(path, location)| {
             let started = Instant::now();
-            let mut engine = set.engine.clone();
-            engine.set_input(Value::new_object());
-            let outcome = match engine.eval_rule(path.clone()) {
-                Ok(Value::Undefined | Value::Bool(false)) => TestOutcome::Fail,
-                Ok(_) => TestOutcome::Pass,
-                Err(err) => TestOutcome::Error(classify_engine_error(&err).to_string()),
+            let left = deadline.map_or(set.test_timeout, |d| d.saturating_duration_since(started));
+            let outcome = if left.is_zero() {
+                TestOutcome::Error("not run: the set's compile timeout passed".into())
+            } else {
+                let outcome = bounded(set.limits.max_memory, || {
+                    let mut engine = set.engine.clone();
+                    engine.set_execution_timer_config(timer(left.min(set.test_timeout)));
+                    engine.set_input(Value::new_object());
+                    engine
+                        .eval_rule(path.clone())
+                        .map_err(|err| classify_engine_error(&err))
+                });
+                match outcome {
+                    Ok(Value::Undefined | Value::Bool(false)) => TestOutcome::Fail,
+                    Ok(_) => TestOutcome::Pass,
+                    Err(err) => TestOutcome::Error(err.to_string()),
+                }
             };
             TestResult {
                 name: path.clone(),

@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub revision: String,
     /// Decision-log records written, dropped (buffer full), failed (write errors).
     pub log_records: (u64, u64, u64),
+    /// Evaluations stopped by a limit: time, instructions, memory.
+    pub eval_limits: [u64; 3],
+    /// Evaluations that waited for their turn at the evaluation gate.
+    pub eval_waits: u64,
 }
 
 /// The registry and its instruments.
@@ -74,6 +78,9 @@ pub struct Metrics {
     reloads: [IntCounter; 2],
     revision: IntGaugeVec,
     log_records: [IntCounter; 3],
+    /// `[time, instructions, memory]`.
+    eval_limits: [IntCounter; 3],
+    eval_waits: IntCounter,
     /// Serialises scrapes (copying totals into counters is read-then-add).
     scrape: Mutex<String>,
 }
@@ -205,6 +212,21 @@ impl Metrics {
             log_vec.with_label_values(&["failed"]),
         ];
         register(Box::new(log_vec));
+        let limits_vec = IntCounterVec::new(
+            Opts::new(
+                "stepgate_eval_limit_exceeded_total",
+                "Evaluations (decisions, warm-ups, policy tests) stopped by a limit, by limit: time, instructions, memory.",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        let eval_limits =
+            ["time", "instructions", "memory"].map(|l| limits_vec.with_label_values(&[l]));
+        register(Box::new(limits_vec));
+        let eval_waits = counter(
+            "stepgate_eval_admission_waits_total",
+            "Evaluations that waited for their turn because workers-1 others were running.",
+        );
         Self {
             registry,
             decisions,
@@ -219,6 +241,8 @@ impl Metrics {
             reloads,
             revision,
             log_records,
+            eval_limits,
+            eval_waits,
             scrape: Mutex::new(String::new()),
         }
     }
@@ -268,6 +292,10 @@ impl Metrics {
         raise_to(&self.log_records[0], snapshot.log_records.0);
         raise_to(&self.log_records[1], snapshot.log_records.1);
         raise_to(&self.log_records[2], snapshot.log_records.2);
+        for (counter, total) in self.eval_limits.iter().zip(snapshot.eval_limits) {
+            raise_to(counter, total);
+        }
+        raise_to(&self.eval_waits, snapshot.eval_waits);
         let mut out = Vec::new();
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

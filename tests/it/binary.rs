@@ -6,11 +6,12 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::rt::TokioIo;
 use stepgate::proto::v1::decision_service_client::DecisionServiceClient;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::support::{ECHO_POLICY, decide, eventually, policy_dir, write_bundle, write_policy};
+use super::support::{
+    ECHO_POLICY, connect_uds, decide, eventually, policy_dir, write_bundle, write_policy,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 
@@ -93,19 +94,6 @@ fn environment_variables_configure_serve() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"bad-address\""));
 }
 
-async fn uds_channel(path: &Path) -> Option<tonic::transport::Channel> {
-    let path = path.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .ok()
-}
-
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let policies = policy_dir(&[("p.rego", ECHO_POLICY)]);
@@ -133,7 +121,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
 
     let mut channel = None;
     let serving = eventually(Duration::from_secs(20), async || {
-        let Some(connected) = uds_channel(&socket).await else {
+        let Some(connected) = connect_uds(&socket).await else {
             return false;
         };
         let status = HealthClient::new(connected.clone())

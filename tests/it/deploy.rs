@@ -172,6 +172,18 @@ mod manifests {
                 "{kind}.{resource}"
             );
         }
+        // The heap limit stops evaluations before the container's memory limit kills the
+        // process, with room for code, stacks and allocator slack.
+        let limit_mib: u64 = stepgate["resources"]["limits"]["memory"]
+            .as_str()
+            .and_then(|m| m.strip_suffix("Mi"))
+            .and_then(|m| m.parse().ok())
+            .expect("limits.memory in Mi");
+        let heap = config.policy.heap_limit.expect("a heap limit");
+        assert!(
+            heap + (48 << 20) <= limit_mib << 20,
+            "{heap} bytes of heap in {limit_mib}Mi"
+        );
 
         // One socket, on the volume every container shares, reachable by the group.
         let socket = config.grpc_uds.clone().expect("a Unix socket");
@@ -385,7 +397,7 @@ mod manifests {
                 }
             }
         }
-        let options = PolicyOptions::default();
+        let options = super::super::support::unhurried(PolicyOptions::default());
         let source = PolicySource::read_dir(flat.path(), &options.source_limits).unwrap();
         let set = PolicySet::load(source, &options, true).expect("loads and its tests pass");
         let engines: Vec<_> = set

@@ -4,6 +4,7 @@ mod binary;
 mod check;
 mod deploy;
 mod engines;
+mod eval_bounds;
 mod example_policies;
 mod ext_authz;
 mod grants;

@@ -15,6 +15,7 @@ use stepgate::{
     clock::ManualClock,
     config::{GrantsConfig, ServeConfig},
     grants::StoreOptions,
+    policy::{EvalLimits, PolicyOptions},
     proto::v1::{CheckRequest, Subject, decision_service_client::DecisionServiceClient},
 };
 use tempfile::TempDir;
@@ -77,11 +78,24 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
         },
         ..ServeConfig::default()
     };
-    // The example set's own tests run at every load, in a debug build of regorus, with
-    // other tests' servers busy on the same cores: the 100 ms default flaked there. The
-    // time limit is tested with its own settings (`policy::eval` unit tests).
-    config.policy.eval_limits.timeout = Duration::from_secs(5);
+    config.policy = unhurried(config.policy);
     config
+}
+
+/// `options` with time bounds for a debug build of regorus on cores every other test
+/// shares: the example set's decisions (100 ms by default), its 191 tests (2 s each)
+/// and its whole load (10 s) each took longer there. The bounds themselves are tested
+/// with their own settings (`policy` unit tests, `eval_bounds`).
+pub fn unhurried(options: PolicyOptions) -> PolicyOptions {
+    PolicyOptions {
+        eval_limits: EvalLimits {
+            timeout: Duration::from_secs(5),
+            ..options.eval_limits
+        },
+        test_timeout: Duration::from_secs(30),
+        compile_timeout: Duration::from_secs(120),
+        ..options
+    }
 }
 
 impl Server {
@@ -158,14 +172,7 @@ impl Server {
     }
 
     pub async fn uds_channel(&self) -> Channel {
-        let path = self.uds.clone();
-        Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap()
+        connect_uds(&self.uds).await.unwrap()
     }
 
     pub async fn client(&self) -> DecisionServiceClient<Channel> {
@@ -245,6 +252,18 @@ pub async fn eventually(limit: Duration, mut probe: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// A gRPC channel over the Unix socket at `path`, or `None` while nothing listens there.
+pub async fn connect_uds(path: &Path) -> Option<Channel> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .ok()
 }
 
 /// This process's uid, as the Unix socket peer credentials will report it.
