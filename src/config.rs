@@ -16,6 +16,7 @@ use serde::Deserialize;
 use chrono::TimeDelta;
 
 use crate::{
+    api::TransportLimits,
     audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
     policy::{EvalLimits, PolicyOptions, SourceLimits},
@@ -205,6 +206,29 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub envoy_callers: Option<Vec<String>>,
+    /// Most connections each listener holds; more are accepted and closed at once
+    /// [default: 256, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, env = "STEPGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most concurrent HTTP/2 streams per gRPC connection [default: 64].
+    #[arg(long, env = "STEPGATE_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<usize>,
+    /// Longest a new connection may take to send its HTTP/2 preface (or HTTP/1 request
+    /// headers, or TLS handshake) [default: 10s].
+    #[arg(long, env = "STEPGATE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Longest a call may take to arrive whole and be answered [default: 10s].
+    #[arg(long, env = "STEPGATE_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Close a connection with no call in flight for this long [default: 5m].
+    #[arg(long, env = "STEPGATE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// PING an HTTP/2 connection silent for this long [default: 60s].
+    #[arg(long, env = "STEPGATE_KEEPALIVE_INTERVAL", value_name = "DURATION")]
+    pub keepalive_interval: Option<String>,
+    /// Close the connection when a PING is not answered within this [default: 20s].
+    #[arg(long, env = "STEPGATE_KEEPALIVE_TIMEOUT", value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -256,6 +280,13 @@ struct FileConfig {
     decision_callers: Option<Vec<String>>,
     grant_callers: Option<Vec<String>>,
     envoy_callers: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<usize>,
+    handshake_timeout: Option<String>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    keepalive_interval: Option<String>,
+    keepalive_timeout: Option<String>,
 }
 
 /// How logs are written.
@@ -308,6 +339,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// File mode of the gRPC Unix socket; `None` = as the umask leaves it.
     pub grpc_uds_mode: Option<u32>,
+    /// Bounds on every listener's connections, streams and their timing.
+    pub transport: TransportLimits,
 }
 
 /// Which caller identities may call each service; `None` = any caller that reaches it.
@@ -384,6 +417,7 @@ impl Default for ServeConfig {
             envoy_dry_run: false,
             tls: None,
             grpc_uds_mode: None,
+            transport: TransportLimits::default(),
         }
     }
 }
@@ -501,6 +535,16 @@ impl ServeConfig {
             args.max_batch.or(file.max_batch),
             defaults.max_batch,
         );
+        let max_connections = positive(
+            "max_connections",
+            args.max_connections.or(file.max_connections),
+            defaults.transport.max_connections,
+        );
+        let max_concurrent_streams = positive(
+            "max_concurrent_streams",
+            args.max_concurrent_streams.or(file.max_concurrent_streams),
+            defaults.transport.max_concurrent_streams as usize,
+        );
         let max_instructions = positive(
             "eval_max_instructions",
             args.eval_max_instructions.or(file.eval_max_instructions),
@@ -550,6 +594,35 @@ impl ServeConfig {
             args.shutdown_grace.or(file.shutdown_grace),
             defaults.shutdown_grace,
         );
+        let transport = TransportLimits {
+            max_connections,
+            max_concurrent_streams: max_concurrent_streams.try_into().unwrap_or(u32::MAX),
+            handshake_timeout: duration(
+                "handshake_timeout",
+                args.handshake_timeout.or(file.handshake_timeout),
+                defaults.transport.handshake_timeout,
+            ),
+            request_timeout: duration(
+                "request_timeout",
+                args.request_timeout.or(file.request_timeout),
+                defaults.transport.request_timeout,
+            ),
+            idle_timeout: duration(
+                "idle_timeout",
+                args.idle_timeout.or(file.idle_timeout),
+                defaults.transport.idle_timeout,
+            ),
+            keepalive_interval: duration(
+                "keepalive_interval",
+                args.keepalive_interval.or(file.keepalive_interval),
+                defaults.transport.keepalive_interval,
+            ),
+            keepalive_timeout: duration(
+                "keepalive_timeout",
+                args.keepalive_timeout.or(file.keepalive_timeout),
+                defaults.transport.keepalive_timeout,
+            ),
+        };
         let grants_default = &defaults.grants;
         let sweep_interval = duration(
             "sweep_interval",
@@ -774,6 +847,7 @@ impl ServeConfig {
                 .unwrap_or(defaults.envoy_dry_run),
             tls,
             grpc_uds_mode,
+            transport,
         })
     }
 }

@@ -10,15 +10,21 @@ mod decision_service;
 mod ext_authz;
 mod grant_service;
 mod http;
+mod limits;
 mod observability;
 mod opa_rest;
 mod server;
 mod tls;
+mod uds_authority;
 
 pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
 pub use ext_authz::ExtAuthzApi;
 pub use grant_service::GrantApi;
 pub use http::{HttpServer, HttpState, router as http_router};
+pub use limits::{
+    ConnectionCap, ConnectionInfo, InFlight, LimitedIo, TransportLimits, fit_descriptor_limit,
+};
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
+pub use uds_authority::{Malformed, Rewriter, UdsAuthority};

@@ -2,6 +2,13 @@
 //! served on TCP (plaintext, TLS or mTLS) and/or a Unix socket, with per-service caller
 //! allow-lists, message-size limits enforced by the transport before decoding and a
 //! graceful drain on shutdown.
+//!
+//! Peers are bounded ([`super::limits`]): each listener admits at most
+//! `max_connections`, each connection must send its preface in time and is closed when
+//! idle, HTTP/2 limits streams per connection, windows and header lists and PINGs silent
+//! peers, and a call must arrive whole and be answered within the request timeout. The
+//! Unix socket's connections also get their `:authority` rewritten
+//! ([`super::uds_authority`]), so every gRPC client is served there.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,23 +19,30 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{
-        Server,
-        server::{Router, TcpIncoming},
-    },
+    transport::{Server, server::Router},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::{
     CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi,
     allow_list::ServiceGuard,
+    limits::{
+        CONNECTION_WINDOW_BYTES, ConnectionCap, CountCalls, HTTP2_PREFACE_LEN, LimitedIo,
+        MAX_HEADER_LIST_BYTES, MAX_PENDING_RESET_STREAMS, STREAM_WINDOW_BYTES, TransportLimits,
+        admitted,
+    },
     tls::{Alpn, ReloadingTls},
+    uds_authority::UdsAuthority,
 };
-use crate::proto::v1::{
-    self, decision_service_server::DecisionServiceServer, grant_service_server::GrantServiceServer,
+use crate::{
+    proto::v1::{
+        self, decision_service_server::DecisionServiceServer,
+        grant_service_server::GrantServiceServer,
+    },
+    telemetry::Metrics,
 };
 
 /// Transport limits.
@@ -36,6 +50,8 @@ use crate::proto::v1::{
 pub struct ServerLimits {
     /// Largest accepted request message; larger ones are refused before decoding.
     pub max_message_bytes: usize,
+    /// Bounds on connections, streams and their timing.
+    pub transport: TransportLimits,
 }
 
 /// The bound, not yet serving, sockets.
@@ -92,12 +108,14 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Starts serving on `listeners`. Health says NOT_SERVING until [`set_serving`].
+    /// Connections are counted in `metrics`.
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
         services: GrpcServices,
         listeners: Listeners,
         limits: ServerLimits,
+        metrics: &Metrics,
     ) -> Result<Self, tonic_reflection::server::Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in HEALTH_NAMES {
@@ -126,7 +144,18 @@ impl GrpcServer {
                 "envoy.service.auth.v3.Authorization",
             ),
         );
-        let router: Router = Server::builder()
+        let transport = limits.transport;
+        let router: Router<_> = Server::builder()
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .http2_keepalive_interval(Some(transport.keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+            // A unary call's future reads the whole request: this bounds stalled bodies.
+            .timeout(transport.request_timeout)
+            .layer(CountCalls)
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -142,27 +171,65 @@ impl GrpcServer {
             }
         };
         let mut tasks = Vec::new();
-        match (listeners.tcp, listeners.tls) {
-            (Some(listener), None) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                tasks.push(tokio::spawn(
-                    router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, drained()),
-                ));
+        if let Some(listener) = listeners.tcp {
+            let metrics = metrics.listener("grpc_tcp");
+            let cap = ConnectionCap::new(transport.max_connections, metrics.clone());
+            match listeners.tls {
+                None => {
+                    let incoming = admitted(listener, cap).map(move |accepted| {
+                        accepted.map(|(io, slot)| {
+                            LimitedIo::new(
+                                io,
+                                Some(slot),
+                                HTTP2_PREFACE_LEN,
+                                &transport,
+                                metrics.clone(),
+                            )
+                        })
+                    });
+                    tasks.push(tokio::spawn(
+                        router
+                            .clone()
+                            .serve_with_incoming_shutdown(incoming, drained()),
+                    ));
+                }
+                Some(tls) => {
+                    let incoming = tls
+                        .incoming(listener, Alpn::Grpc, cap, transport.handshake_timeout)
+                        .map(move |accepted| {
+                            accepted.map(|io| {
+                                LimitedIo::new(
+                                    io,
+                                    None,
+                                    HTTP2_PREFACE_LEN,
+                                    &transport,
+                                    metrics.clone(),
+                                )
+                            })
+                        });
+                    tasks.push(tokio::spawn(
+                        router
+                            .clone()
+                            .serve_with_incoming_shutdown(incoming, drained()),
+                    ));
+                }
             }
-            (Some(listener), Some(tls)) => {
-                let incoming = tls.incoming(listener, Alpn::Grpc);
-                tasks.push(tokio::spawn(
-                    router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, drained()),
-                ));
-            }
-            (None, _) => {}
         }
         if let Some((listener, _)) = listeners.uds {
-            let incoming = UnixListenerStream::new(listener);
+            let metrics = metrics.listener("grpc_uds");
+            let cap = ConnectionCap::new(transport.max_connections, metrics.clone());
+            let incoming = admitted(listener, cap).map(move |accepted| {
+                accepted.map(|(io, slot)| {
+                    let io = UdsAuthority::new(io, metrics.clone());
+                    LimitedIo::new(
+                        io,
+                        Some(slot),
+                        HTTP2_PREFACE_LEN,
+                        &transport,
+                        metrics.clone(),
+                    )
+                })
+            });
             tasks.push(tokio::spawn(
                 router.serve_with_incoming_shutdown(incoming, drained()),
             ));
