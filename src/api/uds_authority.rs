@@ -245,7 +245,11 @@ impl Rewriter {
                             return Err(Malformed::Framing("a frame inside a header block"));
                         }
                         self.pass(FRAME_HEADER);
-                        self.state = State::Passthrough(length);
+                        self.state = if length == 0 {
+                            State::FrameHeader
+                        } else {
+                            State::Passthrough(length)
+                        };
                         continue;
                     }
                     if available < FRAME_HEADER + length {

@@ -12,6 +12,7 @@ mod http;
 mod mtls;
 mod opa_client;
 mod opa_rest;
+mod peers;
 mod pki;
 mod reload;
 mod support;
