@@ -1196,6 +1196,40 @@ mod tests {
     }
 
     #[test]
+    fn transport_limits_come_from_flags_and_the_file() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.transport, TransportLimits::default());
+        let args = ServeArgs {
+            max_connections: Some(32),
+            idle_timeout: Some("90s".into()),
+            ..Default::default()
+        };
+        let file = file(
+            "max_concurrent_streams = 8\nhandshake_timeout = \"2s\"\nrequest_timeout = \"3s\"\nkeepalive_interval = \"15s\"\nkeepalive_timeout = \"5s\"\n",
+        );
+        let transport = ServeConfig::merge(args, file).unwrap().transport;
+        assert_eq!(
+            transport,
+            TransportLimits {
+                max_connections: 32,
+                max_concurrent_streams: 8,
+                handshake_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(90),
+                keepalive_interval: Duration::from_secs(15),
+                keepalive_timeout: Duration::from_secs(5),
+            }
+        );
+        let args = ServeArgs {
+            max_connections: Some(0),
+            idle_timeout: Some("never".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stepgate.toml");

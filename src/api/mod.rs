@@ -23,7 +23,8 @@ pub use ext_authz::ExtAuthzApi;
 pub use grant_service::GrantApi;
 pub use http::{HttpServer, HttpState, router as http_router};
 pub use limits::{
-    ConnectionCap, ConnectionInfo, InFlight, LimitedIo, TransportLimits, fit_descriptor_limit,
+    ConnectionCap, ConnectionInfo, InFlight, LimitedIo, RESERVED_DESCRIPTORS, TransportLimits,
+    fit_descriptor_limit,
 };
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
