@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use crate::{
     api::{
         AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
-        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, ServerLimits, TlsError,
-        TlsWatcher, fit_descriptor_limit, http_router,
+        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, RequestBudget, ServerLimits,
+        TlsError, TlsWatcher, fit_descriptor_limit, http_router,
     },
     audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
@@ -252,6 +252,10 @@ impl App {
             transport,
         };
         let metrics = self.pipeline.telemetry().metrics();
+        let budget = RequestBudget::new(
+            transport.max_buffered_request_bytes,
+            metrics.request_budget_refusals(),
+        );
         let services = GrpcServices {
             decisions: DecisionApi::new(self.pipeline.clone()),
             grants: GrantApi::new(steps, admins),
@@ -261,7 +265,7 @@ impl App {
             envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
         };
         let http_tls = self.listeners.tls.clone();
-        let server = GrpcServer::start(services, self.listeners, limits, metrics)
+        let server = GrpcServer::start(services, self.listeners, limits, metrics, budget.clone())
             .await
             .map_err(|e| AppError::Server(e.to_string()))?;
         let http = self.http.map(|listener| {
@@ -274,7 +278,7 @@ impl App {
                 listener,
                 http_router(state),
                 http_tls.clone(),
-                transport,
+                (transport, budget.clone()),
                 metrics.listener("http"),
             )
         });

@@ -229,6 +229,14 @@ pub struct ServeArgs {
     /// Close the connection when a PING is not answered within this [default: 20s].
     #[arg(long, env = "STEPGATE_KEEPALIVE_TIMEOUT", value_name = "DURATION")]
     pub keepalive_timeout: Option<String>,
+    /// Most request bytes held at once across all connections; past it requests get
+    /// RESOURCE_EXHAUSTED [default: 67108864].
+    #[arg(
+        long,
+        env = "STEPGATE_MAX_BUFFERED_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_buffered_request_bytes: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -287,6 +295,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
+    max_buffered_request_bytes: Option<usize>,
 }
 
 /// How logs are written.
@@ -555,6 +564,14 @@ impl ServeConfig {
             args.policy_max_depth.or(file.policy_max_depth),
             defaults.policy.source_limits.max_nesting_depth,
         );
+        let max_buffered_request_bytes = args
+            .max_buffered_request_bytes
+            .or(file.max_buffered_request_bytes)
+            .unwrap_or(defaults.transport.max_buffered_request_bytes);
+        check(
+            max_buffered_request_bytes >= max_message_bytes,
+            "max_buffered_request_bytes: must be at least max_message_bytes".into(),
+        );
         let workers = args.workers.or(file.workers);
         check(workers != Some(0), "workers: must be greater than 0".into());
         let max_file_bytes = args
@@ -597,6 +614,7 @@ impl ServeConfig {
         let transport = TransportLimits {
             max_connections,
             max_concurrent_streams: max_concurrent_streams.try_into().unwrap_or(u32::MAX),
+            max_buffered_request_bytes,
             handshake_timeout: duration(
                 "handshake_timeout",
                 args.handshake_timeout.or(file.handshake_timeout),
@@ -1218,15 +1236,17 @@ mod tests {
                 idle_timeout: Duration::from_secs(90),
                 keepalive_interval: Duration::from_secs(15),
                 keepalive_timeout: Duration::from_secs(5),
+                max_buffered_request_bytes: 64 * 1024 * 1024,
             }
         );
         let args = ServeArgs {
             max_connections: Some(0),
             idle_timeout: Some("never".into()),
+            max_buffered_request_bytes: Some(1000),
             ..Default::default()
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
-        assert_eq!(err.0.len(), 2, "{err}");
+        assert_eq!(err.0.len(), 3, "{err}");
     }
 
     #[test]

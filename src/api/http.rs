@@ -24,6 +24,7 @@ use super::{
     CallerAllowList, authzen,
     limits::{ConnectionCap, ConnectionSlot, CountedBody, LimitedIo, TransportLimits, admitted},
     observability, opa_rest,
+    request_budget::{BudgetedBody, RequestBudget},
     tls::{Alpn, ReloadingTls, TlsConnectInfo},
 };
 use crate::{decision::DecisionPipeline, telemetry::ListenerMetrics};
@@ -59,14 +60,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts serving `router` on the bound `listener`, over TLS when `tls` is given
     /// (each request then carries its connection's [`TlsConnectInfo`]), within
-    /// `limits` (connections counted in `metrics`).
+    /// `limits` (connections counted in `metrics`, request bytes taken from `budget`).
     pub fn start(
         listener: TcpListener,
         router: Router,
         tls: Option<Arc<ReloadingTls>>,
-        limits: TransportLimits,
+        limits: (TransportLimits, Arc<RequestBudget>),
         metrics: ListenerMetrics,
     ) -> Self {
+        let (limits, budget) = limits;
         let addr = listener.local_addr().ok();
         let (shutdown, signal) = watch::channel(false);
         let cap = ConnectionCap::new(limits.max_connections, metrics.clone());
@@ -74,7 +76,7 @@ impl HttpServer {
             None => {
                 let incoming =
                     admitted(listener, cap).map(|r| r.map(|(io, slot)| (io, Some(slot), None)));
-                tokio::spawn(serve(incoming, router, limits, metrics, signal))
+                tokio::spawn(serve(incoming, router, (limits, budget), metrics, signal))
             }
             Some(tls) => {
                 let incoming = tls
@@ -85,7 +87,7 @@ impl HttpServer {
                             (connection, None, Some(info))
                         })
                     });
-                tokio::spawn(serve(incoming, router, limits, metrics, signal))
+                tokio::spawn(serve(incoming, router, (limits, budget), metrics, signal))
             }
         };
         Self {
@@ -132,7 +134,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn serve<IO>(
     incoming: impl Stream<Item = std::io::Result<(IO, Option<ConnectionSlot>, Option<TlsConnectInfo>)>>,
     router: Router,
-    limits: TransportLimits,
+    (limits, budget): (TransportLimits, Arc<RequestBudget>),
     metrics: ListenerMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()>
@@ -163,8 +165,12 @@ where
         let in_flight = io.in_flight().clone();
         let router = router.clone();
         let request_timeout = limits.request_timeout;
-        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        let budget = budget.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
             let call = in_flight.start();
+            let budget = budget.clone();
+            let mut request =
+                request.map(|body| axum::body::Body::new(BudgetedBody::new(body, budget)));
             if let Some(info) = &info {
                 request.extensions_mut().insert(ConnectInfo(info.clone()));
             }

@@ -36,6 +36,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::request_budget::{BudgetedBody, RequestBudget};
 use crate::telemetry::ListenerMetrics;
 
 /// Bytes of the HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -70,6 +71,9 @@ pub struct TransportLimits {
     pub keepalive_interval: Duration,
     /// A PING not answered within this closes the connection.
     pub keepalive_timeout: Duration,
+    /// Most request bytes held at once across all connections (bodies being received
+    /// and not yet decoded); a request past it fails with `RESOURCE_EXHAUSTED`.
+    pub max_buffered_request_bytes: usize,
 }
 
 impl Default for TransportLimits {
@@ -82,6 +86,7 @@ impl Default for TransportLimits {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
+            max_buffered_request_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -554,27 +559,41 @@ impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
     }
 }
 
-/// The tower layer (on the gRPC router) that counts each call against its connection.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CountCalls;
+/// The tower layer on the gRPC router: counts each call against its connection (for
+/// the idle timeout) and takes its request bytes from the server's [`RequestBudget`].
+#[derive(Debug, Clone)]
+pub struct CallAccounting {
+    budget: Arc<RequestBudget>,
+}
 
-impl<S> tower::Layer<S> for CountCalls {
-    type Service = CountCallsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CountCallsService { inner }
+impl CallAccounting {
+    /// Accounting against `budget`.
+    pub fn new(budget: Arc<RequestBudget>) -> Self {
+        Self { budget }
     }
 }
 
-/// See [`CountCalls`].
-#[derive(Debug, Clone)]
-pub struct CountCallsService<S> {
-    inner: S,
+impl<S> tower::Layer<S> for CallAccounting {
+    type Service = CallAccountingService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallAccountingService {
+            inner,
+            budget: self.budget.clone(),
+        }
+    }
 }
 
-impl<S, B, ResBody> tower::Service<http::Request<B>> for CountCallsService<S>
+/// See [`CallAccounting`].
+#[derive(Debug, Clone)]
+pub struct CallAccountingService<S> {
+    inner: S,
+    budget: Arc<RequestBudget>,
+}
+
+impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for CallAccountingService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<CountedBody<ResBody>>;
@@ -585,11 +604,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let call = request
             .extensions_mut()
             .remove::<ConnectionInfo>()
             .map(|info| info.restore(request.extensions_mut()));
+        let budget = self.budget.clone();
+        let request = request.map(|body| tonic::body::Body::new(BudgetedBody::new(body, budget)));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;

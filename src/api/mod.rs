@@ -13,6 +13,7 @@ mod http;
 mod limits;
 mod observability;
 mod opa_rest;
+mod request_budget;
 mod server;
 mod tls;
 mod uds_authority;
@@ -26,6 +27,7 @@ pub use limits::{
     ConnectionCap, ConnectionInfo, InFlight, LimitedIo, RESERVED_DESCRIPTORS, TransportLimits,
     fit_descriptor_limit,
 };
+pub use request_budget::{BudgetedBody, RequestBudget};
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
 pub use uds_authority::{Malformed, Rewriter, UdsAuthority};

@@ -30,10 +30,11 @@ use super::{
     CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi,
     allow_list::ServiceGuard,
     limits::{
-        CONNECTION_WINDOW_BYTES, ConnectionCap, CountCalls, HTTP2_PREFACE_LEN, LimitedIo,
+        CONNECTION_WINDOW_BYTES, CallAccounting, ConnectionCap, HTTP2_PREFACE_LEN, LimitedIo,
         MAX_HEADER_LIST_BYTES, MAX_PENDING_RESET_STREAMS, STREAM_WINDOW_BYTES, TransportLimits,
         admitted,
     },
+    request_budget::RequestBudget,
     tls::{Alpn, ReloadingTls},
     uds_authority::UdsAuthority,
 };
@@ -108,7 +109,7 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Starts serving on `listeners`. Health says NOT_SERVING until [`set_serving`].
-    /// Connections are counted in `metrics`.
+    /// Connections are counted in `metrics`; request bytes held come from `budget`.
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
@@ -116,6 +117,7 @@ impl GrpcServer {
         listeners: Listeners,
         limits: ServerLimits,
         metrics: &Metrics,
+        budget: Arc<RequestBudget>,
     ) -> Result<Self, tonic_reflection::server::Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in HEALTH_NAMES {
@@ -155,7 +157,7 @@ impl GrpcServer {
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
             // A unary call's future reads the whole request: this bounds stalled bodies.
             .timeout(transport.request_timeout)
-            .layer(CountCalls)
+            .layer(CallAccounting::new(budget))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

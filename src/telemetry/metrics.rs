@@ -75,6 +75,7 @@ pub struct Metrics {
     revision: IntGaugeVec,
     log_records: [IntCounter; 3],
     listeners: [ListenerMetrics; LISTENERS.len()],
+    request_budget_refusals: IntCounter,
     /// Serialises scrapes (copying totals into counters is read-then-add).
     scrape: Mutex<String>,
 }
@@ -207,6 +208,10 @@ impl Metrics {
         ];
         register(Box::new(log_vec));
         let listeners = listener_metrics(&register);
+        let request_budget_refusals = counter(
+            "stepgate_request_buffer_refusals_total",
+            "Requests refused (RESOURCE_EXHAUSTED) because the server held --max-buffered-request-bytes of request bodies.",
+        );
         Self {
             registry,
             decisions,
@@ -222,8 +227,14 @@ impl Metrics {
             revision,
             log_records,
             listeners,
+            request_budget_refusals,
             scrape: Mutex::new(String::new()),
         }
+    }
+
+    /// The counter of requests refused over the request buffer budget.
+    pub fn request_budget_refusals(&self) -> IntCounter {
+        self.request_budget_refusals.clone()
     }
 
     /// The connection counters of `listener` (one of [`LISTENERS`]; another name gets

@@ -433,3 +433,78 @@ async fn the_unix_socket_serves_any_authority_a_client_sends() {
     );
     server.stop().await;
 }
+
+/// DATA frames (at most 16 KiB each) carrying `bytes` on `stream`, the last one ending it
+/// when `end` is set.
+fn data_frames(stream: u32, bytes: &[u8], end: bool) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = bytes.chunks(16_384).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, chunk)| {
+            let flags = if end && i == last { END_STREAM } else { 0 };
+            frame(DATA, flags, stream, chunk)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn half_sent_messages_share_one_budget() {
+    let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |c| {
+        c.max_message_bytes = 60_000;
+        c.transport.max_buffered_request_bytes = 64 * 1024;
+    })
+    .await;
+    // 50,000 bytes of a message announced as 60,000: held, never finished.
+    let mut holder = Raw::open(TcpStream::connect(server.addr).await.unwrap()).await;
+    holder
+        .send(&frame(HEADERS, END_HEADERS, 1, &check_headers(None)))
+        .await;
+    let mut partial = vec![0, 0, 0, 0xEA, 0x60];
+    partial.resize(50_000, 7);
+    holder.send(&data_frames(1, &partial, false)).await;
+    // Wait until the server holds them: a small Check still fits and is answered.
+    let mut other = Raw::open(UnixStream::connect(&server.uds).await.unwrap()).await;
+    other
+        .send(&frame(HEADERS, END_HEADERS, 1, &check_headers(None)))
+        .await;
+    other
+        .send(&frame(DATA, END_STREAM, 1, &check_message()))
+        .await;
+    assert_eq!(grpc_status(&other.finish(1).await.0), Some("0"));
+    // 20,000 more bytes from anyone do not fit: RESOURCE_EXHAUSTED (8), counted.
+    let refused = super::support::eventually(DEADLINE, async || {
+        let mut big = vec![0, 0, 0, 0x4E, 0x20];
+        big.resize(20_005, 7);
+        other
+            .send(&frame(HEADERS, END_HEADERS, 3, &check_headers(None)))
+            .await;
+        other.send(&data_frames(3, &big, true)).await;
+        let status = grpc_status(&other.finish(3).await.0).map(str::to_string);
+        other = Raw::open(UnixStream::connect(&server.uds).await.unwrap()).await;
+        status.as_deref() == Some("8")
+    })
+    .await;
+    assert!(refused, "a request past the budget was not refused");
+    let metrics = server.http_get("/metrics").await.body;
+    assert!(
+        metrics.contains("stepgate_request_buffer_refusals_total 1"),
+        "{metrics}"
+    );
+    // Once the holder is gone, its bytes are given back.
+    drop(holder);
+    let served = super::support::eventually(DEADLINE, async || {
+        let mut big = vec![0, 0, 0, 0x4E, 0x20];
+        big.resize(20_005, 7);
+        let mut raw = Raw::open(UnixStream::connect(&server.uds).await.unwrap()).await;
+        raw.send(&frame(HEADERS, END_HEADERS, 1, &check_headers(None)))
+            .await;
+        raw.send(&data_frames(1, &big, true)).await;
+        // Not a valid CheckRequest: decoding fails, but not for want of budget.
+        grpc_status(&raw.finish(1).await.0).is_some_and(|s| s != "8")
+    })
+    .await;
+    assert!(served, "the budget was not given back");
+    server.stop().await;
+}
