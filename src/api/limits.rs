@@ -102,45 +102,50 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 pub const MAX_PENDING_RESET_STREAMS: usize = 20;
 
 /// Fits the listeners' connection caps under the process's descriptor limit: raises the
-/// soft `RLIMIT_NOFILE` towards the hard one when the caps need it, else lowers the cap.
-/// Returns the cap each of `listeners` listeners gets.
+/// soft `RLIMIT_NOFILE` towards the hard one when the caps need it, else lowers the cap
+/// (with a warning). Returns the cap each of `listeners` listeners gets.
 pub fn fit_descriptor_limit(max_connections: usize, listeners: usize) -> usize {
-    let listeners = listeners.max(1) as u64;
-    let wanted = max_connections as u64 * listeners + RESERVED_DESCRIPTORS;
-    let Ok(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .ok_or(())
-    else {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let wanted = descriptors_needed(max_connections, listeners);
+    let limit = getrlimit(Resource::Nofile);
+    let Some(mut soft) = limit.current else {
         return max_connections; // unlimited
     };
-    let mut soft = limit;
     if soft < wanted {
-        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-        let raised = hard.map_or(wanted, |hard| hard.min(wanted));
-        if raised > soft
-            && rustix::process::setrlimit(
-                rustix::process::Resource::Nofile,
-                rustix::process::Rlimit {
-                    current: Some(raised),
-                    maximum: hard,
-                },
-            )
-            .is_ok()
-        {
+        let raised = limit.maximum.map_or(wanted, |hard| hard.min(wanted));
+        let new = Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        };
+        if raised > soft && setrlimit(Resource::Nofile, new).is_ok() {
             soft = raised;
         }
     }
-    if soft >= wanted {
+    let fitted = cap_within(max_connections, listeners, soft);
+    if fitted < max_connections {
+        tracing::warn!(
+            descriptor_limit = soft,
+            configured = max_connections,
+            max_connections = fitted,
+            "the descriptor limit (RLIMIT_NOFILE) is too low for --max-connections on every listener; lowered it"
+        );
+    }
+    fitted
+}
+
+/// Descriptors `listeners` listeners at `max_connections` each need, with the reserve.
+fn descriptors_needed(max_connections: usize, listeners: usize) -> u64 {
+    (max_connections as u64).saturating_mul(listeners.max(1) as u64) + RESERVED_DESCRIPTORS
+}
+
+/// The largest cap up to `max_connections` that `listeners` listeners fit in `limit`
+/// descriptors (at least 1).
+fn cap_within(max_connections: usize, listeners: usize, limit: u64) -> usize {
+    if limit >= descriptors_needed(max_connections, listeners) {
         return max_connections;
     }
-    let fitted = (soft.saturating_sub(RESERVED_DESCRIPTORS) / listeners).max(1);
-    tracing::warn!(
-        descriptor_limit = soft,
-        configured = max_connections,
-        max_connections = fitted,
-        "the descriptor limit (RLIMIT_NOFILE) is too low for --max-connections on every listener; lowered it"
-    );
-    usize::try_from(fitted).unwrap_or(max_connections)
+    let per_listener = limit.saturating_sub(RESERVED_DESCRIPTORS) / listeners.max(1) as u64;
+    usize::try_from(per_listener.max(1)).unwrap_or(max_connections)
 }
 
 /// One listener's connection cap: admits connections while fewer than the cap are open.
@@ -616,5 +621,32 @@ where
             let response = response.await?;
             Ok(response.map(|body| CountedBody::new(body, call)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_fit_the_descriptor_limit() {
+        assert_eq!(cap_within(256, 3, 4096), 256);
+        assert_eq!(cap_within(256, 3, 896), 256);
+        // systemd's default soft limit: 1024 - 128 reserved over 3 listeners.
+        assert_eq!(cap_within(512, 3, 1024), 298);
+        assert_eq!(cap_within(256, 1, 100), 1);
+    }
+
+    #[test]
+    fn the_cap_admits_up_to_its_size_and_takes_back_dropped_slots() {
+        let cap = ConnectionCap::new(2, ListenerMetrics::detached("grpc_tcp"));
+        let a = cap.admit().unwrap();
+        let _b = cap.admit().unwrap();
+        assert!(cap.admit().is_none());
+        assert!(cap.admit().is_none());
+        assert_eq!(cap.metrics().refused.get(), 2);
+        assert_eq!(cap.metrics().open.get(), 2);
+        drop(a);
+        assert!(cap.admit().is_some());
     }
 }

@@ -7,6 +7,7 @@ mod engines;
 mod example_policies;
 mod ext_authz;
 mod grants;
+mod grpcio_client;
 mod health;
 mod http;
 mod mtls;
