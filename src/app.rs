@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     api::{
-        AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
+        AdminCallers, CallLimit, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
         GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, RequestBudget, ServerLimits,
         TlsError, TlsWatcher, fit_descriptor_limit, http_router,
     },
@@ -256,6 +256,10 @@ impl App {
             transport.max_buffered_request_bytes,
             metrics.request_budget_refusals(),
         );
+        let calls = CallLimit::new(
+            transport.max_concurrent_calls,
+            metrics.call_limit_refusals(),
+        );
         let services = GrpcServices {
             decisions: DecisionApi::new(self.pipeline.clone()),
             grants: GrantApi::new(steps, admins),
@@ -265,9 +269,15 @@ impl App {
             envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
         };
         let http_tls = self.listeners.tls.clone();
-        let server = GrpcServer::start(services, self.listeners, limits, metrics, budget.clone())
-            .await
-            .map_err(|e| AppError::Server(e.to_string()))?;
+        let server = GrpcServer::start(
+            services,
+            self.listeners,
+            limits,
+            metrics,
+            (budget.clone(), calls),
+        )
+        .await
+        .map_err(|e| AppError::Server(e.to_string()))?;
         let http = self.http.map(|listener| {
             let state = HttpState {
                 pipeline: self.pipeline.clone(),

@@ -237,6 +237,10 @@ pub struct ServeArgs {
         value_name = "BYTES"
     )]
     pub max_buffered_request_bytes: Option<usize>,
+    /// Most gRPC calls not yet answered across all connections; past it calls get
+    /// RESOURCE_EXHAUSTED at once [default: 1024].
+    #[arg(long, env = "STEPGATE_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -296,6 +300,7 @@ struct FileConfig {
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
     max_buffered_request_bytes: Option<usize>,
+    max_concurrent_calls: Option<usize>,
 }
 
 /// How logs are written.
@@ -554,6 +559,11 @@ impl ServeConfig {
             args.max_concurrent_streams.or(file.max_concurrent_streams),
             defaults.transport.max_concurrent_streams as usize,
         );
+        let max_concurrent_calls = positive(
+            "max_concurrent_calls",
+            args.max_concurrent_calls.or(file.max_concurrent_calls),
+            defaults.transport.max_concurrent_calls,
+        );
         let max_instructions = positive(
             "eval_max_instructions",
             args.eval_max_instructions.or(file.eval_max_instructions),
@@ -615,6 +625,7 @@ impl ServeConfig {
             max_connections,
             max_concurrent_streams: max_concurrent_streams.try_into().unwrap_or(u32::MAX),
             max_buffered_request_bytes,
+            max_concurrent_calls,
             handshake_timeout: duration(
                 "handshake_timeout",
                 args.handshake_timeout.or(file.handshake_timeout),
@@ -1237,6 +1248,7 @@ mod tests {
                 keepalive_interval: Duration::from_secs(15),
                 keepalive_timeout: Duration::from_secs(5),
                 max_buffered_request_bytes: 64 * 1024 * 1024,
+                max_concurrent_calls: 1024,
             }
         );
         let args = ServeArgs {

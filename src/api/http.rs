@@ -170,7 +170,7 @@ where
             let call = in_flight.start();
             let budget = budget.clone();
             let mut request =
-                request.map(|body| axum::body::Body::new(BudgetedBody::new(body, budget)));
+                request.map(|body| axum::body::Body::new(BudgetedBody::bytes(body, budget)));
             if let Some(info) = &info {
                 request.extensions_mut().insert(ConnectInfo(info.clone()));
             }

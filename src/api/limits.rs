@@ -36,7 +36,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::request_budget::{BudgetedBody, RequestBudget};
+use super::request_budget::{BudgetedBody, CallLimit, RequestBudget};
 use crate::telemetry::ListenerMetrics;
 
 /// Bytes of the HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -74,6 +74,9 @@ pub struct TransportLimits {
     /// Most request bytes held at once across all connections (bodies being received
     /// and not yet decoded); a request past it fails with `RESOURCE_EXHAUSTED`.
     pub max_buffered_request_bytes: usize,
+    /// Most gRPC calls not yet answered, across all connections; one past it is
+    /// answered `RESOURCE_EXHAUSTED` at once.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for TransportLimits {
@@ -87,15 +90,17 @@ impl Default for TransportLimits {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             max_buffered_request_bytes: 64 * 1024 * 1024,
+            max_concurrent_calls: 1024,
         }
     }
 }
 
 /// HTTP/2 flow-control windows: how much a peer may send before the server reads it. Small
 /// enough that stalled streams hold little; a Check (a few KiB) fits in one window.
-pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
-/// The connection-wide window (all streams of one connection together).
-pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// The connection-wide window (all streams of one connection together): what a
+/// connection can make the server buffer before the service reads it.
+pub const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 /// Largest header list (names + values + 32 per field) a request may carry.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams a peer may open and reset before the server has seen them (CVE-2023-44487).
@@ -565,16 +570,18 @@ impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
 }
 
 /// The tower layer on the gRPC router: counts each call against its connection (for
-/// the idle timeout) and takes its request bytes from the server's [`RequestBudget`].
+/// the idle timeout) and the server's [`CallLimit`], and takes its request bytes from
+/// the server's [`RequestBudget`].
 #[derive(Debug, Clone)]
 pub struct CallAccounting {
     budget: Arc<RequestBudget>,
+    calls: Arc<CallLimit>,
 }
 
 impl CallAccounting {
-    /// Accounting against `budget`.
-    pub fn new(budget: Arc<RequestBudget>) -> Self {
-        Self { budget }
+    /// Accounting against `budget` and `calls`.
+    pub fn new(budget: Arc<RequestBudget>, calls: Arc<CallLimit>) -> Self {
+        Self { budget, calls }
     }
 }
 
@@ -584,7 +591,7 @@ impl<S> tower::Layer<S> for CallAccounting {
     fn layer(&self, inner: S) -> Self::Service {
         CallAccountingService {
             inner,
-            budget: self.budget.clone(),
+            accounting: self.clone(),
         }
     }
 }
@@ -593,13 +600,15 @@ impl<S> tower::Layer<S> for CallAccounting {
 #[derive(Debug, Clone)]
 pub struct CallAccountingService<S> {
     inner: S,
-    budget: Arc<RequestBudget>,
+    accounting: CallAccounting,
 }
 
 impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for CallAccountingService<S>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = http::Response<CountedBody<ResBody>>;
     type Error = S::Error;
@@ -614,39 +623,22 @@ where
             .extensions_mut()
             .remove::<ConnectionInfo>()
             .map(|info| info.restore(request.extensions_mut()));
-        let budget = self.budget.clone();
-        let request = request.map(|body| tonic::body::Body::new(BudgetedBody::new(body, budget)));
+        let Some(permit) = self.accounting.calls.start() else {
+            let refused = tonic::Status::resource_exhausted(
+                "too many calls in flight (--max-concurrent-calls); try again",
+            )
+            .into_http::<ResBody>();
+            return Box::pin(std::future::ready(Ok(
+                refused.map(|body| CountedBody::new(body, call))
+            )));
+        };
+        let budget = self.accounting.budget.clone();
+        let request = request.map(|body| tonic::body::Body::new(BudgetedBody::grpc(body, budget)));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            drop(permit);
             Ok(response.map(|body| CountedBody::new(body, call)))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caps_fit_the_descriptor_limit() {
-        assert_eq!(cap_within(256, 3, 4096), 256);
-        assert_eq!(cap_within(256, 3, 896), 256);
-        // systemd's default soft limit: 1024 - 128 reserved over 3 listeners.
-        assert_eq!(cap_within(512, 3, 1024), 298);
-        assert_eq!(cap_within(256, 1, 100), 1);
-    }
-
-    #[test]
-    fn the_cap_admits_up_to_its_size_and_takes_back_dropped_slots() {
-        let cap = ConnectionCap::new(2, ListenerMetrics::detached("grpc_tcp"));
-        let a = cap.admit().unwrap();
-        let _b = cap.admit().unwrap();
-        assert!(cap.admit().is_none());
-        assert!(cap.admit().is_none());
-        assert_eq!(cap.metrics().refused.get(), 2);
-        assert_eq!(cap.metrics().open.get(), 2);
-        drop(a);
-        assert!(cap.admit().is_some());
     }
 }

@@ -27,7 +27,7 @@ pub use limits::{
     ConnectionCap, ConnectionInfo, InFlight, LimitedIo, RESERVED_DESCRIPTORS, TransportLimits,
     fit_descriptor_limit,
 };
-pub use request_budget::{BudgetedBody, RequestBudget};
+pub use request_budget::{BudgetedBody, CallLimit, CallPermit, RequestBudget};
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
 pub use uds_authority::{Malformed, Rewriter, UdsAuthority};

@@ -34,7 +34,7 @@ use super::{
         MAX_HEADER_LIST_BYTES, MAX_PENDING_RESET_STREAMS, STREAM_WINDOW_BYTES, TransportLimits,
         admitted,
     },
-    request_budget::RequestBudget,
+    request_budget::{CallLimit, RequestBudget},
     tls::{Alpn, ReloadingTls},
     uds_authority::UdsAuthority,
 };
@@ -109,7 +109,8 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Starts serving on `listeners`. Health says NOT_SERVING until [`set_serving`].
-    /// Connections are counted in `metrics`; request bytes held come from `budget`.
+    /// Connections are counted in `metrics`; request bytes held come from `budget`, calls
+    /// not yet answered are bounded by `calls`.
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
@@ -117,7 +118,7 @@ impl GrpcServer {
         listeners: Listeners,
         limits: ServerLimits,
         metrics: &Metrics,
-        budget: Arc<RequestBudget>,
+        (budget, calls): (Arc<RequestBudget>, Arc<CallLimit>),
     ) -> Result<Self, tonic_reflection::server::Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in HEALTH_NAMES {
@@ -157,7 +158,7 @@ impl GrpcServer {
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
             // A unary call's future reads the whole request: this bounds stalled bodies.
             .timeout(transport.request_timeout)
-            .layer(CallAccounting::new(budget))
+            .layer(CallAccounting::new(budget, calls))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

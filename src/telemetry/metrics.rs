@@ -76,6 +76,7 @@ pub struct Metrics {
     log_records: [IntCounter; 3],
     listeners: [ListenerMetrics; LISTENERS.len()],
     request_budget_refusals: IntCounter,
+    call_limit_refusals: IntCounter,
     /// Serialises scrapes (copying totals into counters is read-then-add).
     scrape: Mutex<String>,
 }
@@ -212,6 +213,10 @@ impl Metrics {
             "stepgate_request_buffer_refusals_total",
             "Requests refused (RESOURCE_EXHAUSTED) because the server held --max-buffered-request-bytes of request bodies.",
         );
+        let call_limit_refusals = counter(
+            "stepgate_call_limit_refusals_total",
+            "gRPC calls answered RESOURCE_EXHAUSTED at once because --max-concurrent-calls were in flight.",
+        );
         Self {
             registry,
             decisions,
@@ -228,6 +233,7 @@ impl Metrics {
             log_records,
             listeners,
             request_budget_refusals,
+            call_limit_refusals,
             scrape: Mutex::new(String::new()),
         }
     }
@@ -235,6 +241,11 @@ impl Metrics {
     /// The counter of requests refused over the request buffer budget.
     pub fn request_budget_refusals(&self) -> IntCounter {
         self.request_budget_refusals.clone()
+    }
+
+    /// The counter of gRPC calls refused over the call limit.
+    pub fn call_limit_refusals(&self) -> IntCounter {
+        self.call_limit_refusals.clone()
     }
 
     /// The connection counters of `listener` (one of [`LISTENERS`]; another name gets

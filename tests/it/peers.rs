@@ -77,6 +77,8 @@ struct Frame {
 struct Raw<S> {
     io: S,
     decoder: loona_hpack::Decoder<'static>,
+    /// The last stream id [`other_stream`] handed out.
+    next_stream: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
@@ -88,6 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         Self {
             io,
             decoder: loona_hpack::Decoder::new(),
+            next_stream: 99,
         }
     }
 
@@ -507,4 +510,58 @@ async fn half_sent_messages_share_one_budget() {
     .await;
     assert!(served, "the budget was not given back");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn calls_past_the_call_limit_are_refused_at_once() {
+    let server = Server::start_with(&[("p.rego", ECHO_POLICY)], |c| {
+        c.transport.max_concurrent_calls = 2;
+        c.transport.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Two calls that never finish their requests take both places.
+    let mut stalled = Raw::open(TcpStream::connect(server.addr).await.unwrap()).await;
+    for stream in [1, 3] {
+        stalled
+            .send(&frame(HEADERS, END_HEADERS, stream, &check_headers(None)))
+            .await;
+    }
+    let mut other = Raw::open(UnixStream::connect(&server.uds).await.unwrap()).await;
+    let refused = super::support::eventually(DEADLINE, async || {
+        let stream = other_stream(&mut other);
+        other
+            .send(&frame(HEADERS, END_HEADERS, stream, &check_headers(None)))
+            .await;
+        other
+            .send(&frame(DATA, END_STREAM, stream, &check_message()))
+            .await;
+        grpc_status(&other.finish(stream).await.0) == Some("8")
+    })
+    .await;
+    assert!(refused, "a call past the limit was not refused");
+    // Once the request timeout has ended them, calls are served again.
+    let served = super::support::eventually(DEADLINE, async || {
+        let stream = other_stream(&mut other);
+        other
+            .send(&frame(HEADERS, END_HEADERS, stream, &check_headers(None)))
+            .await;
+        other
+            .send(&frame(DATA, END_STREAM, stream, &check_message()))
+            .await;
+        grpc_status(&other.finish(stream).await.0) == Some("0")
+    })
+    .await;
+    assert!(served);
+    let metrics = server.http_get("/metrics").await.body;
+    assert!(
+        !metrics.contains("stepgate_call_limit_refusals_total 0"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// The next client stream id of `raw` (odd, increasing, past the fixed ones tests use).
+fn other_stream<S>(raw: &mut Raw<S>) -> u32 {
+    raw.next_stream += 2;
+    raw.next_stream
 }
