@@ -20,9 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::{
     api::{
-        AdminCallers, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
-        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, ServerLimits, TlsError,
-        TlsWatcher, http_router,
+        AdminCallers, CallLimit, CallerAllowList, DecisionApi, ExtAuthzApi, GrantApi, GrpcServer,
+        GrpcServices, HttpServer, HttpState, Listeners, ReloadingTls, RequestBudget, ServerLimits,
+        TlsError, TlsWatcher, fit_descriptor_limit, http_router,
     },
     audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
@@ -237,9 +237,29 @@ impl App {
             self.pipeline.clone(),
             self.config.grants.approval_timeout,
         ));
+        let listeners = [
+            self.listeners.tcp.is_some(),
+            self.listeners.uds.is_some(),
+            self.http.is_some(),
+        ];
+        let mut transport = self.config.transport;
+        transport.max_connections = fit_descriptor_limit(
+            transport.max_connections,
+            listeners.iter().filter(|on| **on).count(),
+        );
         let limits = ServerLimits {
             max_message_bytes: self.config.max_message_bytes,
+            transport,
         };
+        let metrics = self.pipeline.telemetry().metrics();
+        let budget = RequestBudget::new(
+            transport.max_buffered_request_bytes,
+            metrics.request_budget_refusals(),
+        );
+        let calls = CallLimit::new(
+            transport.max_concurrent_calls,
+            metrics.call_limit_refusals(),
+        );
         let services = GrpcServices {
             decisions: DecisionApi::new(self.pipeline.clone()),
             grants: GrantApi::new(steps, admins),
@@ -249,16 +269,28 @@ impl App {
             envoy_callers: CallerAllowList::from_config(callers.envoy.as_deref()),
         };
         let http_tls = self.listeners.tls.clone();
-        let server = GrpcServer::start(services, self.listeners, limits)
-            .await
-            .map_err(|e| AppError::Server(e.to_string()))?;
+        let server = GrpcServer::start(
+            services,
+            self.listeners,
+            limits,
+            metrics,
+            (budget.clone(), calls),
+        )
+        .await
+        .map_err(|e| AppError::Server(e.to_string()))?;
         let http = self.http.map(|listener| {
             let state = HttpState {
                 pipeline: self.pipeline.clone(),
                 decision_callers: CallerAllowList::from_config(callers.decision.as_deref()),
                 max_body_bytes: self.config.max_message_bytes,
             };
-            HttpServer::start(listener, http_router(state), http_tls.clone())
+            HttpServer::start(
+                listener,
+                http_router(state),
+                http_tls.clone(),
+                (transport, budget.clone()),
+                metrics.listener("http"),
+            )
         });
         let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
         let telemetry = self.pipeline.telemetry();

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use chrono::TimeDelta;
 
 use crate::{
+    api::TransportLimits,
     audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
     policy::{EvalLimits, PolicyOptions, SourceLimits},
@@ -215,6 +216,41 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub envoy_callers: Option<Vec<String>>,
+    /// Most connections each listener holds; more are accepted and closed at once
+    /// [default: 256, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, env = "STEPGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most concurrent HTTP/2 streams per gRPC connection [default: 64].
+    #[arg(long, env = "STEPGATE_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<usize>,
+    /// Longest a new connection may take to send its HTTP/2 preface (or HTTP/1 request
+    /// headers, or TLS handshake) [default: 10s].
+    #[arg(long, env = "STEPGATE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Longest a call may take to arrive whole and be answered [default: 10s].
+    #[arg(long, env = "STEPGATE_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Close a connection with no call in flight for this long [default: 5m].
+    #[arg(long, env = "STEPGATE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// PING an HTTP/2 connection silent for this long [default: 60s].
+    #[arg(long, env = "STEPGATE_KEEPALIVE_INTERVAL", value_name = "DURATION")]
+    pub keepalive_interval: Option<String>,
+    /// Close the connection when a PING is not answered within this [default: 20s].
+    #[arg(long, env = "STEPGATE_KEEPALIVE_TIMEOUT", value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
+    /// Most request bytes held at once across all connections; past it requests get
+    /// RESOURCE_EXHAUSTED [default: 67108864].
+    #[arg(
+        long,
+        env = "STEPGATE_MAX_BUFFERED_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_buffered_request_bytes: Option<usize>,
+    /// Most gRPC calls not yet answered across all connections; past it calls get
+    /// RESOURCE_EXHAUSTED at once [default: 1024].
+    #[arg(long, env = "STEPGATE_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -269,6 +305,15 @@ struct FileConfig {
     decision_callers: Option<Vec<String>>,
     grant_callers: Option<Vec<String>>,
     envoy_callers: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<usize>,
+    handshake_timeout: Option<String>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    keepalive_interval: Option<String>,
+    keepalive_timeout: Option<String>,
+    max_buffered_request_bytes: Option<usize>,
+    max_concurrent_calls: Option<usize>,
 }
 
 /// How logs are written.
@@ -321,6 +366,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// File mode of the gRPC Unix socket; `None` = as the umask leaves it.
     pub grpc_uds_mode: Option<u32>,
+    /// Bounds on every listener's connections, streams and their timing.
+    pub transport: TransportLimits,
 }
 
 /// Which caller identities may call each service; `None` = any caller that reaches it.
@@ -397,6 +444,7 @@ impl Default for ServeConfig {
             envoy_dry_run: false,
             tls: None,
             grpc_uds_mode: None,
+            transport: TransportLimits::default(),
         }
     }
 }
@@ -514,6 +562,21 @@ impl ServeConfig {
             args.max_batch.or(file.max_batch),
             defaults.max_batch,
         );
+        let max_connections = positive(
+            "max_connections",
+            args.max_connections.or(file.max_connections),
+            defaults.transport.max_connections,
+        );
+        let max_concurrent_streams = positive(
+            "max_concurrent_streams",
+            args.max_concurrent_streams.or(file.max_concurrent_streams),
+            defaults.transport.max_concurrent_streams as usize,
+        );
+        let max_concurrent_calls = positive(
+            "max_concurrent_calls",
+            args.max_concurrent_calls.or(file.max_concurrent_calls),
+            defaults.transport.max_concurrent_calls,
+        );
         let max_instructions = positive(
             "eval_max_instructions",
             args.eval_max_instructions.or(file.eval_max_instructions),
@@ -523,6 +586,14 @@ impl ServeConfig {
             "policy_max_depth",
             args.policy_max_depth.or(file.policy_max_depth),
             defaults.policy.source_limits.max_nesting_depth,
+        );
+        let max_buffered_request_bytes = args
+            .max_buffered_request_bytes
+            .or(file.max_buffered_request_bytes)
+            .unwrap_or(defaults.transport.max_buffered_request_bytes);
+        check(
+            max_buffered_request_bytes >= max_message_bytes,
+            "max_buffered_request_bytes: must be at least max_message_bytes".into(),
         );
         let workers = args.workers.or(file.workers);
         check(workers != Some(0), "workers: must be greater than 0".into());
@@ -568,6 +639,37 @@ impl ServeConfig {
             args.shutdown_grace.or(file.shutdown_grace),
             defaults.shutdown_grace,
         );
+        let transport = TransportLimits {
+            max_connections,
+            max_concurrent_streams: max_concurrent_streams.try_into().unwrap_or(u32::MAX),
+            max_buffered_request_bytes,
+            max_concurrent_calls,
+            handshake_timeout: duration(
+                "handshake_timeout",
+                args.handshake_timeout.or(file.handshake_timeout),
+                defaults.transport.handshake_timeout,
+            ),
+            request_timeout: duration(
+                "request_timeout",
+                args.request_timeout.or(file.request_timeout),
+                defaults.transport.request_timeout,
+            ),
+            idle_timeout: duration(
+                "idle_timeout",
+                args.idle_timeout.or(file.idle_timeout),
+                defaults.transport.idle_timeout,
+            ),
+            keepalive_interval: duration(
+                "keepalive_interval",
+                args.keepalive_interval.or(file.keepalive_interval),
+                defaults.transport.keepalive_interval,
+            ),
+            keepalive_timeout: duration(
+                "keepalive_timeout",
+                args.keepalive_timeout.or(file.keepalive_timeout),
+                defaults.transport.keepalive_timeout,
+            ),
+        };
         let grants_default = &defaults.grants;
         let sweep_interval = duration(
             "sweep_interval",
@@ -818,6 +920,7 @@ impl ServeConfig {
                 .unwrap_or(defaults.envoy_dry_run),
             tls,
             grpc_uds_mode,
+            transport,
         })
     }
 }
@@ -1218,6 +1321,43 @@ mod tests {
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
         assert_eq!(err.0, ["decision_log_mask: at most 64 pointers"]);
+    }
+
+    #[test]
+    fn transport_limits_come_from_flags_and_the_file() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.transport, TransportLimits::default());
+        let args = ServeArgs {
+            max_connections: Some(32),
+            idle_timeout: Some("90s".into()),
+            ..Default::default()
+        };
+        let file = file(
+            "max_concurrent_streams = 8\nhandshake_timeout = \"2s\"\nrequest_timeout = \"3s\"\nkeepalive_interval = \"15s\"\nkeepalive_timeout = \"5s\"\n",
+        );
+        let transport = ServeConfig::merge(args, file).unwrap().transport;
+        assert_eq!(
+            transport,
+            TransportLimits {
+                max_connections: 32,
+                max_concurrent_streams: 8,
+                handshake_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(90),
+                keepalive_interval: Duration::from_secs(15),
+                keepalive_timeout: Duration::from_secs(5),
+                max_buffered_request_bytes: 64 * 1024 * 1024,
+                max_concurrent_calls: 1024,
+            }
+        );
+        let args = ServeArgs {
+            max_connections: Some(0),
+            idle_timeout: Some("never".into()),
+            max_buffered_request_bytes: Some(1000),
+            ..Default::default()
+        };
+        let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
     }
 
     #[test]

@@ -6,16 +6,28 @@
 //! adding an adapter is one `.merge(...)` line. Handlers translate HTTP to the decision
 //! pipeline and back; they hold no policy logic.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::Router;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use axum::{Router, extract::ConnectInfo, response::IntoResponse};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_stream::{Stream, StreamExt};
+use tower::ServiceExt;
 
 use super::{
-    CallerAllowList, authzen, observability, opa_rest,
+    CallerAllowList, authzen,
+    limits::{ConnectionCap, ConnectionSlot, CountedBody, LimitedIo, TransportLimits, admitted},
+    observability, opa_rest,
+    request_budget::{BudgetedBody, RequestBudget},
     tls::{Alpn, ReloadingTls, TlsConnectInfo},
 };
-use crate::decision::DecisionPipeline;
+use crate::{decision::DecisionPipeline, telemetry::ListenerMetrics};
 
 /// What HTTP handlers share: cheap to clone (reference counts only).
 #[derive(Debug, Clone)]
@@ -47,32 +59,35 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Starts serving `router` on the bound `listener`, over TLS when `tls` is given
-    /// (each request then carries its connection's [`TlsConnectInfo`]).
-    pub fn start(listener: TcpListener, router: Router, tls: Option<Arc<ReloadingTls>>) -> Self {
+    /// (each request then carries its connection's [`TlsConnectInfo`]), within
+    /// `limits` (connections counted in `metrics`, request bytes taken from `budget`).
+    pub fn start(
+        listener: TcpListener,
+        router: Router,
+        tls: Option<Arc<ReloadingTls>>,
+        limits: (TransportLimits, Arc<RequestBudget>),
+        metrics: ListenerMetrics,
+    ) -> Self {
+        let (limits, budget) = limits;
         let addr = listener.local_addr().ok();
-        let (shutdown, mut signal) = watch::channel(false);
-        let stopped = async move {
-            let _ = signal.wait_for(|stop| *stop).await;
-        };
+        let (shutdown, signal) = watch::channel(false);
+        let cap = ConnectionCap::new(limits.max_connections, metrics.clone());
         let task = match tls {
-            None => tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }),
+            None => {
+                let incoming =
+                    admitted(listener, cap).map(|r| r.map(|(io, slot)| (io, Some(slot), None)));
+                tokio::spawn(serve(incoming, router, (limits, budget), metrics, signal))
+            }
             Some(tls) => {
-                let listener = TlsListener {
-                    incoming: tls.incoming(listener, Alpn::Http),
-                    addr,
-                };
-                tokio::spawn(async move {
-                    axum::serve(
-                        listener,
-                        router.into_make_service_with_connect_info::<TlsConnectInfo>(),
-                    )
-                    .with_graceful_shutdown(stopped)
-                    .await
-                })
+                let incoming = tls
+                    .incoming(listener, Alpn::Http, cap, limits.handshake_timeout)
+                    .map(|r| {
+                        r.map(|connection| {
+                            let info = connection.connect_info().clone();
+                            (connection, None, Some(info))
+                        })
+                    });
+                tokio::spawn(serve(incoming, router, (limits, budget), metrics, signal))
             }
         };
         Self {
@@ -109,43 +124,86 @@ impl HttpServer {
     }
 }
 
-/// TLS connections as axum's listener: handshakes happen in [`ReloadingTls::incoming`].
-struct TlsListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<super::TlsConnection>>,
-    addr: Option<SocketAddr>,
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = super::TlsConnection;
-    type Addr = TlsConnectInfo;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(connection)) => {
-                    let info = connection.connect_info().clone();
-                    return (connection, info);
-                }
-                Some(Err(_)) => continue,
-                // The acceptor ended (it only does when this listener is dropped).
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(TlsConnectInfo {
-            remote_addr: self.addr,
-            caller: crate::decision::Caller::anonymous(),
-        })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for TlsConnectInfo
+/// Serves each connection of `incoming` (with its slot under the cap and, over TLS, its
+/// identity) until `stop`, then lets open ones finish their requests.
+async fn serve<IO>(
+    incoming: impl Stream<Item = std::io::Result<(IO, Option<ConnectionSlot>, Option<TlsConnectInfo>)>>,
+    router: Router,
+    (limits, budget): (TransportLimits, Arc<RequestBudget>),
+    metrics: ListenerMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .keep_alive(true);
+    // Each connection task holds a sender: all dropped = all connections closed.
+    let (open, mut closed) = mpsc::channel::<()>(1);
+    let mut incoming = std::pin::pin!(incoming);
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            () = stopped(&mut stop) => break,
+        };
+        let Some(Ok((io, slot, info))) = next else {
+            if next.is_none() {
+                break;
+            }
+            continue;
+        };
+        // An HTTP/1 request's first byte, then hyper's header timeout takes over.
+        let io = LimitedIo::new(io, slot, 1, &limits, metrics.clone());
+        let in_flight = io.in_flight().clone();
+        let router = router.clone();
+        let request_timeout = limits.request_timeout;
+        let budget = budget.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let call = in_flight.start();
+            let budget = budget.clone();
+            let mut request =
+                request.map(|body| axum::body::Body::new(BudgetedBody::bytes(body, budget)));
+            if let Some(info) = &info {
+                request.extensions_mut().insert(ConnectInfo(info.clone()));
+            }
+            let response = tokio::time::timeout(request_timeout, router.clone().oneshot(request));
+            async move {
+                let response = match response.await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => (
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "request not received and answered within the request timeout\n",
+                    )
+                        .into_response(),
+                };
+                Ok::<_, Infallible>(response.map(|body| CountedBody::new(body, Some(call))))
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut stop = stop.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    drop(open);
+    let _ = closed.recv().await;
+    Ok(())
 }

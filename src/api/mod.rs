@@ -13,16 +13,25 @@ mod decision_service;
 mod ext_authz;
 mod grant_service;
 mod http;
+mod limits;
 mod manual_services;
 mod observability;
 mod opa_rest;
+mod request_budget;
 mod server;
 mod tls;
+mod uds_authority;
 
 pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
 pub use ext_authz::ExtAuthzApi;
 pub use grant_service::GrantApi;
 pub use http::{HttpServer, HttpState, router as http_router};
+pub use limits::{
+    ConnectionCap, ConnectionInfo, InFlight, LimitedIo, RESERVED_DESCRIPTORS, TransportLimits,
+    fit_descriptor_limit,
+};
+pub use request_budget::{BudgetedBody, CallLimit, CallPermit, RequestBudget};
 pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
+pub use uds_authority::{Malformed, Rewriter, UdsAuthority};

@@ -2,6 +2,13 @@
 //! served on TCP (plaintext, TLS or mTLS) and/or a Unix socket, with per-service caller
 //! allow-lists, message-size limits enforced by the transport before decoding and a
 //! graceful drain on shutdown.
+//!
+//! Peers are bounded ([`super::limits`]): each listener admits at most
+//! `max_connections`, each connection must send its preface in time and is closed when
+//! idle, HTTP/2 limits streams per connection, windows and header lists and PINGs silent
+//! peers, and a call must arrive whole and be answered within the request timeout. The
+//! Unix socket's connections also get their `:authority` rewritten
+//! ([`super::uds_authority`]), so every gRPC client is served there.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -10,13 +17,10 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{
-        Server,
-        server::{Router, TcpIncoming},
-    },
+    transport::{Server, server::Router},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_reflection::pb::{
@@ -29,14 +33,25 @@ use super::{
     allow_list::ServiceGuard,
     checked_stream::CheckedStream,
     content_type::GrpcContentType,
+    limits::{
+        CONNECTION_WINDOW_BYTES, CallAccounting, ConnectionCap, HTTP2_PREFACE_LEN, LimitedIo,
+        MAX_HEADER_LIST_BYTES, MAX_PENDING_RESET_STREAMS, STREAM_WINDOW_BYTES, TransportLimits,
+        admitted,
+    },
     manual_services::{
         envoy_auth::authorization_server::AuthorizationServer,
         health::{self, health_server::HealthServer},
     },
+    request_budget::{CallLimit, RequestBudget},
     tls::{Alpn, ReloadingTls},
+    uds_authority::UdsAuthority,
 };
-use crate::proto::v1::{
-    self, decision_service_server::DecisionServiceServer, grant_service_server::GrantServiceServer,
+use crate::{
+    proto::v1::{
+        self, decision_service_server::DecisionServiceServer,
+        grant_service_server::GrantServiceServer,
+    },
+    telemetry::Metrics,
 };
 
 /// Transport limits.
@@ -44,6 +59,8 @@ use crate::proto::v1::{
 pub struct ServerLimits {
     /// Largest accepted request message; larger ones are refused before decoding.
     pub max_message_bytes: usize,
+    /// Bounds on connections, streams and their timing.
+    pub transport: TransportLimits,
 }
 
 /// The bound, not yet serving, sockets.
@@ -100,12 +117,16 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Starts serving on `listeners`. Health says NOT_SERVING until [`set_serving`].
+    /// Connections are counted in `metrics`; request bytes held come from `budget`, calls
+    /// not yet answered are bounded by `calls`.
     ///
     /// [`set_serving`]: GrpcServer::set_serving
     pub async fn start(
         services: GrpcServices,
         listeners: Listeners,
         limits: ServerLimits,
+        metrics: &Metrics,
+        (budget, calls): (Arc<RequestBudget>, Arc<CallLimit>),
     ) -> Result<Self, tonic_reflection::server::Error> {
         let health = HealthReporter::new();
         let health_service = HealthServer::new(health::Reported::new(health.clone()));
@@ -135,7 +156,18 @@ impl GrpcServer {
                 "envoy.service.auth.v3.Authorization",
             ),
         );
+        let transport = limits.transport;
         let router: Router<_> = Server::builder()
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .http2_keepalive_interval(Some(transport.keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+            // A unary call's future reads the whole request: this bounds stalled bodies.
+            .timeout(transport.request_timeout)
+            .layer(CallAccounting::new(budget, calls))
             .layer(GrpcContentType)
             .add_service(health_service)
             .add_service(CheckedStream::<_, ReflectionV1Request>::new(
@@ -156,27 +188,65 @@ impl GrpcServer {
             }
         };
         let mut tasks = Vec::new();
-        match (listeners.tcp, listeners.tls) {
-            (Some(listener), None) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                tasks.push(tokio::spawn(
-                    router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, drained()),
-                ));
+        if let Some(listener) = listeners.tcp {
+            let metrics = metrics.listener("grpc_tcp");
+            let cap = ConnectionCap::new(transport.max_connections, metrics.clone());
+            match listeners.tls {
+                None => {
+                    let incoming = admitted(listener, cap).map(move |accepted| {
+                        accepted.map(|(io, slot)| {
+                            LimitedIo::new(
+                                io,
+                                Some(slot),
+                                HTTP2_PREFACE_LEN,
+                                &transport,
+                                metrics.clone(),
+                            )
+                        })
+                    });
+                    tasks.push(tokio::spawn(
+                        router
+                            .clone()
+                            .serve_with_incoming_shutdown(incoming, drained()),
+                    ));
+                }
+                Some(tls) => {
+                    let incoming = tls
+                        .incoming(listener, Alpn::Grpc, cap, transport.handshake_timeout)
+                        .map(move |accepted| {
+                            accepted.map(|io| {
+                                LimitedIo::new(
+                                    io,
+                                    None,
+                                    HTTP2_PREFACE_LEN,
+                                    &transport,
+                                    metrics.clone(),
+                                )
+                            })
+                        });
+                    tasks.push(tokio::spawn(
+                        router
+                            .clone()
+                            .serve_with_incoming_shutdown(incoming, drained()),
+                    ));
+                }
             }
-            (Some(listener), Some(tls)) => {
-                let incoming = tls.incoming(listener, Alpn::Grpc);
-                tasks.push(tokio::spawn(
-                    router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, drained()),
-                ));
-            }
-            (None, _) => {}
         }
         if let Some((listener, _)) = listeners.uds {
-            let incoming = UnixListenerStream::new(listener);
+            let metrics = metrics.listener("grpc_uds");
+            let cap = ConnectionCap::new(transport.max_connections, metrics.clone());
+            let incoming = admitted(listener, cap).map(move |accepted| {
+                accepted.map(|(io, slot)| {
+                    let io = UdsAuthority::new(io, metrics.clone());
+                    LimitedIo::new(
+                        io,
+                        Some(slot),
+                        HTTP2_PREFACE_LEN,
+                        &transport,
+                        metrics.clone(),
+                    )
+                })
+            });
             tasks.push(tokio::spawn(
                 router.serve_with_incoming_shutdown(incoming, drained()),
             ));

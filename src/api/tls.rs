@@ -37,17 +37,15 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::limits::{ConnectionCap, ConnectionSlot};
 use crate::{config::TlsConfig, decision::Caller};
 
-/// Longest a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long certificate file events must be quiet before the files are re-read.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Handshaken connections waiting for the server to take them.
 const ACCEPT_BACKLOG: usize = 64;
-/// Most handshakes in progress at once; further connections wait in the kernel's
-/// backlog, so a flood of idle connections cannot pile up tasks.
-const MAX_HANDSHAKES: usize = 1024;
+/// Pause after an accept error (out of descriptors, ...), so the loop cannot spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Why the TLS files could not be turned into a server configuration.
 #[derive(Debug, thiserror::Error)]
@@ -165,22 +163,21 @@ impl ReloadingTls {
         })
     }
 
-    /// The TLS connections arriving on `listener`: each handshake runs in its own task
-    /// (bounded in time), so a slow client never holds up the others. The stream ends
-    /// when its consumer is dropped.
+    /// The TLS connections arriving on `listener`: each is admitted under `cap` before
+    /// its handshake (one past the cap is closed at once), and each handshake runs in
+    /// its own task, bounded by `handshake_timeout`, so a slow client never holds up the
+    /// others. The stream ends when its consumer is dropped.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
         alpn: Alpn,
+        cap: Arc<ConnectionCap>,
+        handshake_timeout: Duration,
     ) -> ReceiverStream<io::Result<TlsConnection>> {
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let tls = self.clone();
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    return;
-                };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     () = tx.closed() => return,
@@ -188,30 +185,39 @@ impl ReloadingTls {
                 let (tcp, remote) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
-                        // Out of file descriptors and the like: back off briefly.
                         tracing::warn!(error = %err, "accepting a TCP connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                         continue;
                     }
                 };
+                // Past the cap: dropped (closed) here, before any handshake work.
+                let Some(slot) = cap.admit() else { continue };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tls.acceptor(alpn);
                 let tx = tx.clone();
+                let metrics = cap.metrics().clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let caller = peer_caller(&stream);
                             let info = TlsConnectInfo {
                                 remote_addr: Some(remote),
                                 caller,
                             };
-                            let _ = tx.send(Ok(TlsConnection { stream, info })).await;
+                            let connection = TlsConnection {
+                                stream,
+                                info,
+                                _slot: slot,
+                            };
+                            let _ = tx.send(Ok(connection)).await;
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(%remote, error = %err, "TLS handshake failed");
                         }
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                        Err(_) => {
+                            metrics.handshake_timeouts.inc();
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
                     }
                 });
             }
@@ -338,10 +344,11 @@ pub struct TlsConnectInfo {
     pub caller: Caller,
 }
 
-/// An accepted, handshaken TLS connection.
+/// An accepted, handshaken TLS connection (holding its place under the listener's cap).
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     info: TlsConnectInfo,
+    _slot: ConnectionSlot,
 }
 
 impl TlsConnection {

@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `[time, instructions, memory]`.
     eval_limits: [IntCounter; 3],
     eval_waits: IntCounter,
+    listeners: [ListenerMetrics; LISTENERS.len()],
+    request_budget_refusals: IntCounter,
+    call_limit_refusals: IntCounter,
     /// Serialises scrapes (copying totals into counters is read-then-add).
     scrape: Mutex<String>,
 }
@@ -227,6 +230,15 @@ impl Metrics {
             "stepgate_eval_admission_waits_total",
             "Evaluations that waited for their turn because workers-1 others were running.",
         );
+        let listeners = listener_metrics(&register);
+        let request_budget_refusals = counter(
+            "stepgate_request_buffer_refusals_total",
+            "Requests refused (RESOURCE_EXHAUSTED) because the server held --max-buffered-request-bytes of request bodies.",
+        );
+        let call_limit_refusals = counter(
+            "stepgate_call_limit_refusals_total",
+            "gRPC calls answered RESOURCE_EXHAUSTED at once because --max-concurrent-calls were in flight.",
+        );
         Self {
             registry,
             decisions,
@@ -243,8 +255,31 @@ impl Metrics {
             log_records,
             eval_limits,
             eval_waits,
+            listeners,
+            request_budget_refusals,
+            call_limit_refusals,
             scrape: Mutex::new(String::new()),
         }
+    }
+
+    /// The counter of requests refused over the request buffer budget.
+    pub fn request_budget_refusals(&self) -> IntCounter {
+        self.request_budget_refusals.clone()
+    }
+
+    /// The counter of gRPC calls refused over the call limit.
+    pub fn call_limit_refusals(&self) -> IntCounter {
+        self.call_limit_refusals.clone()
+    }
+
+    /// The connection counters of `listener` (one of [`LISTENERS`]; another name gets
+    /// the last one's).
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let index = LISTENERS
+            .iter()
+            .position(|l| *l == listener)
+            .unwrap_or(LISTENERS.len() - 1);
+        self.listeners[index].clone()
     }
 
     /// Counts one decision at `step` (an index from [`step_index`]) and its latency.
@@ -301,6 +336,83 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The listeners, as the `listener` label of the connection metrics.
+pub const LISTENERS: [&str; 3] = ["grpc_tcp", "grpc_uds", "http"];
+
+/// One listener's connection counters (cheap clones of registered series).
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// The `listener` label.
+    pub listener: &'static str,
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections refused at the cap.
+    pub refused: IntCounter,
+    /// Connections closed for not starting to speak in time.
+    pub handshake_timeouts: IntCounter,
+    /// Connections closed for being idle.
+    pub idle_closed: IntCounter,
+    /// Connections closed for a malformed HTTP/2 stream (seen by the Unix socket's
+    /// `:authority` rewriting).
+    pub malformed: IntCounter,
+}
+
+impl ListenerMetrics {
+    /// Unregistered counters (tests, and parts used without a registry).
+    pub fn detached(listener: &'static str) -> Self {
+        let counter = || IntCounter::new("detached", "detached").expect("valid metric");
+        Self {
+            listener,
+            open: IntGauge::new("detached", "detached").expect("valid metric"),
+            refused: counter(),
+            handshake_timeouts: counter(),
+            idle_closed: counter(),
+            malformed: counter(),
+        }
+    }
+}
+
+fn listener_metrics(
+    register: &dyn Fn(Box<dyn prometheus::core::Collector>),
+) -> [ListenerMetrics; LISTENERS.len()] {
+    let open = IntGaugeVec::new(
+        Opts::new(
+            "stepgate_connections_open",
+            "Connections open, by listener.",
+        ),
+        &["listener"],
+    )
+    .expect("valid metric");
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "stepgate_connections_refused_total",
+            "Connections closed as soon as accepted because the listener was at --max-connections.",
+        ),
+        &["listener"],
+    )
+    .expect("valid metric");
+    let closed = IntCounterVec::new(
+        Opts::new(
+            "stepgate_connections_closed_total",
+            "Connections closed by the server, by listener and reason: handshake_timeout (no preface or request within --handshake-timeout), idle (no call for --idle-timeout), malformed (an HTTP/2 stream the Unix socket could not parse).",
+        ),
+        &["listener", "reason"],
+    )
+    .expect("valid metric");
+    let metrics = LISTENERS.map(|listener| ListenerMetrics {
+        listener,
+        open: open.with_label_values(&[listener]),
+        refused: refused.with_label_values(&[listener]),
+        handshake_timeouts: closed.with_label_values(&[listener, "handshake_timeout"]),
+        idle_closed: closed.with_label_values(&[listener, "idle"]),
+        malformed: closed.with_label_values(&[listener, "malformed"]),
+    });
+    register(Box::new(open));
+    register(Box::new(refused));
+    register(Box::new(closed));
+    metrics
 }
 
 /// The Prometheus text format's content type.

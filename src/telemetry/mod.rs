@@ -12,7 +12,9 @@ mod spans;
 
 use std::sync::{Arc, OnceLock};
 
-pub use metrics::{CONTENT_TYPE, Metrics, STEP_LABELS, Snapshot, step_index};
+pub use metrics::{
+    CONTENT_TYPE, LISTENERS, ListenerMetrics, Metrics, STEP_LABELS, Snapshot, step_index,
+};
 pub use propagation::ParentContext;
 pub use spans::{
     DECISION_SPAN, ExporterError, OtlpExporter, OtlpProtocol, SamplerChoice, Tracer,

@@ -44,6 +44,18 @@ fn the_systemd_unit_has_its_sections_and_runs_serve() {
         assert!(!value.is_empty(), "{key} is empty");
         keys.push(format!("{section}{key}"));
     }
+    // The descriptor limit fits the default connection cap on all three listeners.
+    let limit: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE is set")
+        .parse()
+        .unwrap();
+    let cap = stepgate::api::TransportLimits::default().max_connections as u64;
+    assert!(
+        limit >= 3 * cap + stepgate::api::RESERVED_DESCRIPTORS,
+        "{limit}"
+    );
     for key in [
         "[Unit]Description",
         "[Service]ExecStart",
