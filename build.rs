@@ -6,8 +6,14 @@
 //!
 //! `protoc` comes from `$PROTOC` when set, otherwise from the vendored binary of the
 //! `protoc-bin-vendored` build dependency, so no system install is needed.
+//!
+//! It also tells the tests whether OPA's npm client is installed (see
+//! [`opa_client_cfg`]).
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
 
 use tonic_build::manual::{Method, Service};
 
@@ -33,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .compile(&[envoy_authorization(), health()]);
     println!("cargo:rerun-if-changed=proto");
+    opa_client_cfg();
     Ok(())
 }
 
@@ -83,4 +90,20 @@ fn health() -> Service {
         .method(unary("check", "Check", &request, &response))
         .method(watch)
         .build()
+}
+
+/// Sets `stepgate_opa_client_missing` when `tests/opa-client` has not been installed
+/// (`npm ci --prefix tests/opa-client`) and `CI` is not `true`: the OPA SDK test is then
+/// compiled `#[ignore]`d, so `cargo test` lists it as ignored with the command to run
+/// instead of passing without running. Under CI the flag is never set: the test runs and
+/// fails if the client is missing.
+fn opa_client_cfg() {
+    println!("cargo::rustc-check-cfg=cfg(stepgate_opa_client_missing)");
+    println!("cargo:rerun-if-env-changed=CI");
+    // The directory's tree: installing or removing node_modules re-runs this script.
+    println!("cargo:rerun-if-changed=tests/opa-client");
+    let installed = Path::new("tests/opa-client/node_modules/@styra/opa/package.json").exists();
+    if !installed && env::var("CI").as_deref() != Ok("true") {
+        println!("cargo:rustc-cfg=stepgate_opa_client_missing");
+    }
 }

@@ -615,14 +615,20 @@ fn proto_value_to_value(kind: Option<&Kind>) -> Value {
     }
 }
 
-/// Whole numbers stay integers so that `x == 3` and `sprintf("%d", [x])` behave in Rego.
+/// Whole numbers stay integers so that `x == 3` and `sprintf("%d", [x])` behave in Rego,
+/// and keep their exact value: every double past 2^53 is whole, and as a float regorus
+/// writes it to JSON (the decision log, OPA's API) as its shortest digits padded with
+/// zeros, which read back as another integer (540431955284459520 as ...500).
 fn number_value(n: f64) -> Value {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    if n.fract() == 0.0 && n.abs() < EXACT {
-        Value::from(n as i64)
-    } else {
-        Value::from(n)
+    const I64_RANGE: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if n.fract() != 0.0 {
+        return Value::from(n);
     }
+    if n.abs() < I64_RANGE {
+        return Value::from(n as i64);
+    }
+    // `{:.0}` writes a double's exact decimal expansion, which reads as an exact integer.
+    Value::from_json_str(&format!("{n:.0}")).unwrap_or_else(|_| Value::from(n))
 }
 
 #[cfg(test)]
@@ -864,6 +870,29 @@ pub(super) mod tests {
             at += chrono::TimeDelta::nanoseconds(step * 7_919_003 + 13);
             assert_eq!(rfc3339(at), chrono(at));
         }
+    }
+
+    #[test]
+    fn large_whole_numbers_keep_their_exact_value_through_json() {
+        // Found by the check_request fuzz target: 540431955284459520 (a double) reached
+        // policy as that number and the JSON of the input as 540431955284459500.
+        for n in [
+            540_431_955_284_459_520.0,
+            -1.234_567_890_123_456_7e25,
+            9_223_372_036_854_775_808.0,
+            f64::MAX,
+        ] {
+            let v = struct_to_value(&strukt(serde_json::json!({ "n": n })));
+            assert_eq!(v["n"], Value::from(n), "{n:e} keeps its value");
+            let text = v.to_json_str().unwrap();
+            assert_eq!(Value::from_json_str(&text).unwrap(), v, "{text}");
+        }
+        let text = struct_to_value(&strukt(
+            serde_json::json!({ "n": 540_431_955_284_459_520.0 }),
+        ))
+        .to_json_str()
+        .unwrap();
+        assert!(text.contains("540431955284459520"), "{text}");
     }
 
     #[test]

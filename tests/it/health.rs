@@ -145,28 +145,85 @@ async fn reflection_lists_and_describes_the_services() {
     server.stop().await;
 }
 
+/// `message` as one gRPC length-prefixed message.
+fn grpc_frame(message: &impl prost::Message) -> hyper::body::Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
 #[tokio::test]
 async fn shutdown_drains_in_flight_calls() {
-    // A policy slow enough (~tens of ms in a debug build) to be in flight when shutdown starts.
-    let slow = "package stepgate\ndecision := {\"allow\": count([x | some x in numbers.range(1, 200000); x > 0]) > 0}\n";
-    let mut server = Server::start_with(&[("p.rego", slow)], |c| {
-        c.policy.eval_limits.max_instructions = usize::MAX;
-        c.policy.eval_limits.timeout = std::time::Duration::from_secs(30);
-    })
-    .await;
-    let mut client = server.client().await;
-    let in_flight = tokio::spawn(async move { client.check(request("read")).await });
-    tokio::task::yield_now().await;
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    server.app.take().unwrap().shutdown().await.unwrap();
-    let decision = in_flight
+    let mut server = Server::start(&[("p.rego", ECHO_POLICY)]).await;
+    let mut health = HealthClient::new(server.tcp_channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
-        .expect("in-flight call completes")
-        .into_inner()
-        .decision
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    // A Check opened on its own HTTP/2 connection, its message held back.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (calls, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping_pong = connection
+        .ping_pong()
+        .expect("the connection's only ping_pong");
+    tokio::spawn(connection);
+    let mut calls = calls.ready().await.unwrap();
+    let check = http::Request::post(format!(
+        "http://{}/stepgate.v1.DecisionService/Check",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut message) = calls.send_request(check, false).unwrap();
+    // The server acknowledges a PING only after every frame sent before it: the call's
+    // HEADERS are in, so the call is in flight before shutdown starts.
+    ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+
+    let stopping = tokio::spawn(server.app.take().unwrap().shutdown());
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32,
+        "shutdown has begun"
+    );
+    // Only now does the call's message go out: its answer can only come from a drain.
+    message
+        .send_data(grpc_frame(&request("read")), true)
         .unwrap();
-    assert!(decision.allow);
+    let response = response.await.expect("the in-flight call is answered");
+    // Its trailers are still to come, so a shutdown that drains is still waiting for it.
+    assert!(
+        !stopping.is_finished(),
+        "shutdown returned with a call in flight"
+    );
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("gRPC trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    let reply = <stepgate::proto::v1::CheckResponse as prost::Message>::decode(
+        bytes.get(5..).expect("a length-prefixed message"),
+    )
+    .unwrap();
+    assert!(reply.decision.unwrap().allow);
+    stopping.await.unwrap().unwrap();
+
     // Nothing is accepted afterwards.
     assert!(
         tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
