@@ -395,6 +395,70 @@ mod manifests {
         assert!(lines.contains(&r#"CMD ["serve"]"#));
     }
 
+    /// `X.Y` of a `rust-version` or an image tag, as a comparable pair.
+    fn rust_version(text: &str) -> (u32, u32) {
+        let mut parts = text.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
+    /// The image's build stage uses the toolchain `Cargo.toml` claims, and no locked
+    /// dependency needs a newer one (`rust:1.89` could not build `regorus 0.14.1`).
+    #[test]
+    fn the_image_toolchain_is_what_the_dependencies_need() {
+        let dockerfile = std::fs::read_to_string("deploy/Dockerfile").unwrap();
+        let image = dockerfile
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("FROM rust:"))
+            .expect("the build stage is a rust image");
+        let image = rust_version(image.split(['-', ' ']).next().unwrap());
+        let manifest: toml::Table = std::fs::read_to_string("Cargo.toml")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let claimed = rust_version(manifest["package"]["rust-version"].as_str().unwrap());
+        assert_eq!(
+            image, claimed,
+            "the Dockerfile's toolchain is Cargo.toml's rust-version"
+        );
+
+        let host = String::from_utf8(
+            std::process::Command::new("rustc")
+                .arg("-vV")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let host = host.lines().find_map(|l| l.strip_prefix("host: ")).unwrap();
+        let metadata = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--locked"])
+            .args(["--filter-platform", host])
+            .output()
+            .unwrap();
+        assert!(metadata.status.success(), "{metadata:?}");
+        let metadata: Value = serde_json::from_slice(&metadata.stdout).unwrap();
+        let (needed, by) = metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    rust_version(p["rust_version"].as_str()?),
+                    p["name"].as_str()?,
+                ))
+            })
+            .max()
+            .unwrap();
+        assert!(
+            needed <= claimed,
+            "{by} needs Rust {}.{}, Cargo.toml claims {}.{}",
+            needed.0,
+            needed.1,
+            claimed.0,
+            claimed.1
+        );
+    }
+
     #[test]
     fn the_policy_configmap_as_kubectl_builds_it_loads_with_both_entrypoints() {
         // `--from-file=policies/ --from-file=policies/envoy/` flattens the two directories.
