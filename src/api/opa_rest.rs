@@ -6,9 +6,12 @@
 //! `result` when the document is undefined; `?pretty`, `?metrics`, `?provenance`; errors as
 //! `{"code": "invalid_parameter" | "internal_error" | "undefined_document", "message"}`.
 //! One difference is deliberate: when the input is an object, `input.caller` is the
-//! transport's caller (as in every other stepgate input), never the client's.
+//! transport's caller and `input.context.time` the server's clock (as in every other
+//! stepgate input), never the client's.
 
 use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 
 use axum::{
     Router,
@@ -22,7 +25,7 @@ use regorus::Value;
 
 use super::{caller::http_caller, http::HttpState};
 use crate::{
-    decision::{Caller, Decision, RawTarget, canonical_identities, with_transport_caller},
+    decision::{Caller, Decision, RawTarget, canonical_identities, with_server_facts},
     policy::Entrypoint,
     telemetry::ParentContext,
 };
@@ -109,6 +112,8 @@ struct Call {
     params: Params,
     body: Bytes,
     started: Instant,
+    /// The server's time for `input.context.time`, read when the call arrived.
+    now: DateTime<Utc>,
 }
 
 async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response> {
@@ -133,6 +138,7 @@ async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response
         params,
         body,
         started,
+        now: state.pipeline.clock().now(),
     })
 }
 
@@ -176,7 +182,7 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         Err(response) => return response,
     };
     let input = match v1_input(&call, is_get) {
-        Ok(input) => input.map(|i| with_transport_caller(i, &call.caller)),
+        Ok(input) => input.map(|i| with_server_facts(i, &call.caller, call.now)),
         Err(err) => return err.into_response(),
     };
     let input = match input.map(canonical_identities).transpose() {
@@ -295,7 +301,7 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     if call.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let input = with_transport_caller(parse_json(&call.body, "body")?, &call.caller);
+    let input = with_server_facts(parse_json(&call.body, "body")?, &call.caller, call.now);
     canonical_identities(input)
         .map(Some)
         .map_err(|field| OpaError::invalid(field.to_string()))

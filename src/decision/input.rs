@@ -496,16 +496,24 @@ pub(crate) fn subject_value(subject: &Subject) -> Value {
     o.into_value()
 }
 
-/// `input` with `input.caller` set to the transport's `caller`, replacing whatever the
-/// client put there (a scalar input has nowhere to carry it and is returned as is).
-pub fn with_transport_caller(input: Value, caller: &Caller) -> Value {
-    match input {
-        Value::Object(mut object) => {
-            std::sync::Arc::make_mut(&mut object).insert(KEYS.caller.clone(), caller_value(caller));
-            Value::Object(object)
-        }
-        other => other,
+/// What the server, not the client, says about a JSON input (OPA REST): `caller` is
+/// the transport's and `context.time` is `now`, as in every input stepgate builds. A
+/// client's own values for both are replaced; `context` is created when absent. Inputs
+/// that are not objects (and a `context` that is not one) are left as they are: policy
+/// finds no time there and denies.
+pub fn with_server_facts(input: Value, caller: &Caller, now: DateTime<Utc>) -> Value {
+    let k = &*KEYS;
+    let Value::Object(mut object) = input else {
+        return input;
+    };
+    let fields = std::sync::Arc::make_mut(&mut object);
+    fields.insert(k.caller.clone(), caller_value(caller));
+    let context =
+        fields.get_or_insert_with(k.context.clone(), || Value::Object(Default::default()));
+    if let Value::Object(context) = context {
+        std::sync::Arc::make_mut(context).insert(k.time.clone(), rfc3339(now));
     }
+    Value::Object(object)
 }
 
 pub(crate) fn caller_value(caller: &Caller) -> Value {

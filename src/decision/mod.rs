@@ -22,7 +22,7 @@ pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use identities::{canonical_identities, validate_identity};
 pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
-    with_transport_caller,
+    with_server_facts,
 };
 pub(crate) use input::{KEYS, text};
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};

@@ -20,6 +20,8 @@ greeting := sprintf("hello %s", [input.user])
 
 caller_seen := input.caller
 
+context_seen := input.context
+
 conflict := 1 if input.clash
 
 conflict := 2 if input.clash
@@ -45,6 +47,51 @@ async fn post(server: &Server, path: &str, body: &str) -> super::support::HttpRe
         body,
     )
     .await
+}
+
+/// `input.context.time` is the server's clock on REST as on gRPC: set when absent,
+/// replaced when the client sends one, other context fields kept.
+#[tokio::test]
+async fn rest_inputs_get_the_servers_time_as_grpc_inputs_do() {
+    let server = start().await;
+    let now = "2026-11-23T10:00:00Z";
+    let cases = [
+        (json!({"user": "alice"}), json!({"time": now})),
+        (json!({"context": {}}), json!({"time": now})),
+        (
+            json!({"context": {"time": "1999-01-01T00:00:00Z", "source_ip": "10.1.2.3"}}),
+            json!({"time": now, "source_ip": "10.1.2.3"}),
+        ),
+    ];
+    for (input, context) in cases {
+        for path in [
+            "/v1/data/example/context_seen",
+            "/v0/data/example/context_seen",
+        ] {
+            let body = if path.starts_with("/v1") {
+                json!({ "input": input }).to_string()
+            } else {
+                input.to_string()
+            };
+            let reply = post(&server, path, &body).await;
+            assert_eq!(reply.status, 200, "{path} {input}: {reply:?}");
+            let result = reply.json();
+            let result = if path.starts_with("/v1") {
+                &result["result"]
+            } else {
+                &result
+            };
+            assert_eq!(*result, context, "{path} {input}");
+        }
+    }
+    // A context that is not an object is left alone: policy finds no time there.
+    let reply = post(
+        &server,
+        "/v1/data/example/context_seen",
+        r#"{"input": {"context": "now"}}"#,
+    )
+    .await;
+    assert_eq!(reply.json()["result"], json!("now"));
 }
 
 #[tokio::test]
