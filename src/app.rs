@@ -47,6 +47,12 @@ pub enum AppError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The policy directory or bundle does not exist: refused before any listener opens.
+    #[error("cannot load policies from {}: no such directory or bundle (set --policies)", dir.display())]
+    NoPolicies {
+        /// The path given.
+        dir: PathBuf,
+    },
     /// The initial policy set could not be loaded.
     #[error("cannot load policies from {}: {source}", dir.display())]
     Policies {
@@ -137,6 +143,11 @@ impl App {
 
     /// As [`App::bind`], with parts supplied by the caller.
     pub async fn bind_with(config: ServeConfig, overrides: Overrides) -> Result<Self, AppError> {
+        if !config.policies.exists() {
+            return Err(AppError::NoPolicies {
+                dir: config.policies.clone(),
+            });
+        }
         let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let policies = Arc::new(PolicyStore::new(
             config.policies.clone(),

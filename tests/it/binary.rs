@@ -72,6 +72,33 @@ fn startup_with_a_bad_policy_set_exits_non_zero_naming_file_and_line() {
     assert!(stderr.contains("bad.rego:"), "{stderr}");
 }
 
+/// A missing policy directory is refused before any listener opens, and the log written
+/// to a file (not a terminal) carries no colour escapes.
+#[test]
+fn a_missing_policy_directory_is_refused_before_listening_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("policies");
+    let out = Command::new(BIN)
+        .args(["serve", "--policies", missing.to_str().unwrap()])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--ephemeral")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no such directory or bundle (set --policies)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes in a file: {stderr:?}"
+    );
+}
+
 #[test]
 fn configuration_errors_exit_64_listing_every_problem() {
     let out = stepgate(&["serve", "--grpc-addr", "nowhere", "--max-batch", "0"]);
