@@ -22,6 +22,26 @@ use crate::{
 /// Exit code for a configuration error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
+/// `println!` for the tools' output. A reader that goes away early (`stepgate test -v |
+/// head`) ends the command as SIGPIPE ends other Unix tools (exit 141, so `pipefail`
+/// still sees it), instead of a panic; any other write error is reported.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(&err)
+        }
+    }};
+}
+
+fn stdout_failed(err: &std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("stepgate: cannot write the output: {err}");
+    std::process::exit(1)
+}
+
 /// stepgate: a policy decision point sidecar that re-evaluates Rego at every step of an
 /// access workflow.
 #[derive(Debug, Parser)]
@@ -124,7 +144,7 @@ fn audit_verify(files: &[PathBuf]) -> ExitCode {
             let last = verified
                 .last
                 .map_or_else(|| "none".to_string(), |h| h.to_hex());
-            println!(
+            out!(
                 "ok: {} records in {} file(s), chained {start}; last hash {last}",
                 verified.records,
                 files.len()
@@ -258,7 +278,7 @@ fn eval(policies: &Path, input: &Path, entrypoint: String, interpreter: bool) ->
     };
     let decision =
         Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
-    println!("{}", decision_json(&decision));
+    out!("{}", decision_json(&decision));
     ExitCode::SUCCESS
 }
 
@@ -291,22 +311,22 @@ fn check(dir: &Path, entrypoint: String) -> ExitCode {
         match (entry.engine, &entry.rvm_refusal) {
             ("missing", _) => {
                 warnings += 1;
-                println!(
+                out!(
                     "warning: entrypoint {} is not defined: every decision would deny",
                     entry.rule
                 );
             }
             (_, Some(why)) => {
                 warnings += 1;
-                println!(
+                out!(
                     "warning: entrypoint {} runs on the slower interpreter: {why}",
                     entry.rule
                 );
             }
-            (engine, None) => println!("entrypoint {}: {engine}", entry.rule),
+            (engine, None) => out!("entrypoint {}: {engine}", entry.rule),
         }
     }
-    println!(
+    out!(
         "ok: {} files, revision {}, {warnings} warning(s)",
         set.files().len(),
         set.revision()
@@ -327,16 +347,16 @@ fn test(dir: &Path, verbose: bool, filter: Option<&str>) -> ExitCode {
         let micros = result.duration.as_secs_f64() * 1e6;
         match &result.outcome {
             TestOutcome::Pass if verbose => {
-                println!("PASS {} ({}) {micros:.0}µs", result.name, result.location)
+                out!("PASS {} ({}) {micros:.0}µs", result.name, result.location)
             }
             TestOutcome::Pass => {}
-            TestOutcome::Fail => println!("FAIL {} ({})", result.name, result.location),
-            TestOutcome::Error(e) => println!("ERROR {} ({}): {e}", result.name, result.location),
+            TestOutcome::Fail => out!("FAIL {} ({})", result.name, result.location),
+            TestOutcome::Error(e) => out!("ERROR {} ({}): {e}", result.name, result.location),
         }
     }
-    println!("{} passed, {} failed", report.passed(), report.failed());
+    out!("{} passed, {} failed", report.passed(), report.failed());
     if report.results.is_empty() {
-        println!("no test_ rules found under {}", dir.display());
+        out!("no test_ rules found under {}", dir.display());
     }
     if report.failed() > 0 {
         ExitCode::FAILURE

@@ -99,6 +99,23 @@ fn a_missing_policy_directory_is_refused_before_listening_in_plain_text() {
     );
 }
 
+/// `stepgate test policies/ -v | head`: a reader that goes away ends the command as
+/// SIGPIPE would (141), without a panic.
+#[test]
+fn a_closed_stdout_ends_the_tools_quietly() {
+    let mut child = Command::new(BIN)
+        .args(["test", "policies", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn configuration_errors_exit_64_listing_every_problem() {
     let out = stepgate(&["serve", "--grpc-addr", "nowhere", "--max-batch", "0"]);
