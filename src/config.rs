@@ -496,19 +496,22 @@ impl ServeConfig {
         };
 
         let grpc_addr_text = args.grpc_addr.or(file.grpc_addr);
-        let mut listen_addr =
-            |name: &str, text: Option<&str>, default: Option<SocketAddr>| match text {
+        let mut listen_addr = |name: &str, text: Option<&str>, default: Option<SocketAddr>| {
+            match text {
                 None => default,
                 Some("") => None,
                 Some(addr) => {
-                    let parsed = addr.parse().ok();
+                    let parsed = listen_address(addr);
                     check(
                         parsed.is_some(),
-                        format!("{name}: {addr:?} is not HOST:PORT (IP address and port)"),
+                        format!(
+                            "{name}: {addr:?} is not HOST:PORT (an IP address or a host name that resolves, and a port)"
+                        ),
                     );
                     parsed
                 }
-            };
+            }
+        };
         let grpc_addr = listen_addr("grpc_addr", grpc_addr_text.as_deref(), defaults.grpc_addr);
         let http_addr = listen_addr(
             "http_addr",
@@ -1034,6 +1037,23 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// The address a listener binds for `HOST:PORT`: an IP literal as written, else the
+/// host name resolved once at start (`localhost:9191`), its first IPv4 address
+/// preferred (a loopback name then means 127.0.0.1, as the default does).
+fn listen_address(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1074,6 +1094,26 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_take_host_names() {
+        let args = ServeArgs {
+            grpc_addr: Some("localhost:9191".into()),
+            http_addr: Some("[::1]:8181".into()),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(config.http_addr, Some("[::1]:8181".parse().unwrap()));
+        for bad in ["localhost", "127.0.0.1", ":9191", "localhost:port"] {
+            let args = ServeArgs {
+                grpc_addr: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
+            assert!(err.to_string().contains("is not HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_address_turns_the_listener_off() {
         let args = ServeArgs {
             grpc_addr: Some(String::new()),
@@ -1091,7 +1131,7 @@ mod tests {
         let config = ServeConfig::merge(args, file("http_addr = \"\"\n")).unwrap();
         assert_eq!(config.http_addr, Some("127.0.0.1:0".parse().unwrap()));
         let args = ServeArgs {
-            http_addr: Some("localhost:80".into()),
+            http_addr: Some("localhost".into()),
             ..Default::default()
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
