@@ -58,21 +58,7 @@ enum Command {
     /// Run the decision service.
     Serve(ServeArgs),
     /// Evaluate one input document offline and print the decision as JSON.
-    Eval {
-        /// Policy directory or OPA bundle (.tar.gz).
-        #[arg(long, default_value = "./policies", value_name = "DIR")]
-        policies: PathBuf,
-        /// JSON file holding the input document.
-        #[arg(long, value_name = "FILE")]
-        input: PathBuf,
-        /// The decision rule.
-        #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
-        entrypoint: String,
-        /// Evaluate with the interpreter even where the rule compiles to the RVM
-        /// (to cross-check the two engines).
-        #[arg(long)]
-        interpreter: bool,
-    },
+    Eval(EvalArgs),
     /// Compile and lint a policy directory or bundle; errors carry file:line.
     Check {
         /// Policy directory or OPA bundle (.tar.gz).
@@ -99,6 +85,32 @@ enum Command {
     },
 }
 
+/// `stepgate eval`.
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Policy directory or OPA bundle (.tar.gz).
+    #[arg(long, default_value = "./policies", value_name = "DIR")]
+    policies: PathBuf,
+    /// JSON file holding the input document; `-` reads it from standard input.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// The decision rule.
+    #[arg(long, default_value = "data.stepgate.decision", value_name = "RULE")]
+    entrypoint: String,
+    /// Evaluate with the interpreter even where the rule compiles to the RVM
+    /// (to cross-check the two engines).
+    #[arg(long)]
+    interpreter: bool,
+    /// Exit 1 when the decision denies (including an undefined or failed evaluation),
+    /// as `opa eval --fail` does on an undefined result.
+    #[arg(long, conflicts_with = "fail_defined")]
+    fail: bool,
+    /// Exit 1 when the decision allows, as `opa eval --fail-defined` does on a defined
+    /// result.
+    #[arg(long)]
+    fail_defined: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of decision-log files, given oldest first (e.g.
@@ -119,12 +131,7 @@ pub fn run() -> ExitCode {
     crate::policy::set_heap_limit(PolicyOptions::default().heap_limit);
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Eval {
-            policies,
-            input,
-            entrypoint,
-            interpreter,
-        } => eval(&policies, &input, entrypoint, interpreter),
+        Command::Eval(args) => eval(args),
         Command::Check { dir, entrypoint } => check(&dir, entrypoint),
         Command::Test { dir, verbose, run } => test(&dir, verbose, run.as_deref()),
         Command::Audit {
@@ -233,12 +240,18 @@ fn load(dir: &Path, entrypoint: String) -> Result<PolicySet, String> {
     PolicySet::load(source, &options, false).map_err(|e| e.to_string())
 }
 
-fn eval(policies: &Path, input: &Path, entrypoint: String, interpreter: bool) -> ExitCode {
-    let set = match load(policies, entrypoint) {
+fn eval(args: EvalArgs) -> ExitCode {
+    let set = match load(&args.policies, args.entrypoint) {
         Ok(set) => set,
         Err(err) => return fail(&err),
     };
-    let text = match std::fs::read_to_string(input) {
+    let input = &args.input;
+    let read = if input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(input)
+    };
+    let text = match read {
         Ok(text) => text,
         Err(err) => return fail(&format!("{}: {err}", input.display())),
     };
@@ -271,7 +284,7 @@ fn eval(policies: &Path, input: &Path, entrypoint: String, interpreter: bool) ->
         }
     }
     let started = Instant::now();
-    let outcome = if interpreter {
+    let outcome = if args.interpreter {
         set.evaluate_interpreted(Entrypoint::Decision, document)
     } else {
         set.evaluate(Entrypoint::Decision, document)
@@ -279,7 +292,11 @@ fn eval(policies: &Path, input: &Path, entrypoint: String, interpreter: bool) ->
     let decision =
         Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
     out!("{}", decision_json(&decision));
-    ExitCode::SUCCESS
+    if (args.fail && !decision.allow) || (args.fail_defined && decision.allow) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn decision_json(decision: &Decision) -> String {

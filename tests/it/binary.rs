@@ -328,6 +328,47 @@ fn eval_subcommand_prints_the_decision_as_json() {
     assert!(decision["reasons"][2].as_str().unwrap().ends_with('Z'));
 }
 
+/// `eval --input -` reads standard input; `--fail` exits 1 on a deny and
+/// `--fail-defined` on an allow, as `opa eval` does on undefined and defined results;
+/// without them a decision of either kind exits 0.
+#[test]
+fn eval_reads_stdin_and_fails_as_asked() {
+    use std::io::Write as _;
+    let dir = policy_dir(&[("p.rego", ECHO_POLICY)]);
+    let run = |action: &str, flag: Option<&str>| {
+        let mut child = Command::new(BIN)
+            .args(["eval", "--policies", dir.path().to_str().unwrap()])
+            .args(["--input", "-"])
+            .args(flag)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = format!(
+            r#"{{"action": "{action}", "step": "use", "caller": {{"id": "cli", "via": "tcp"}}, "subject": {{"id": "s"}}}}"#
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let decision: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (decision["allow"].as_bool().unwrap(), out.status.code())
+    };
+    let cases = [
+        ("read", None, (true, Some(0))),
+        ("write", None, (false, Some(0))),
+        ("read", Some("--fail"), (true, Some(0))),
+        ("write", Some("--fail"), (false, Some(1))),
+        ("read", Some("--fail-defined"), (true, Some(1))),
+        ("write", Some("--fail-defined"), (false, Some(0))),
+    ];
+    for (action, flag, expected) in cases {
+        assert_eq!(run(action, flag), expected, "{action} {flag:?}");
+    }
+}
+
 /// `benches/load.sh` can run `benches/policies/minimal` or `benches/policies/constant` in
 /// place of the example set (to tell evaluation's cost from the rest of the path): the
 /// minimal set must decide the harness's requests as the example set does, allowing a
