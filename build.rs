@@ -8,7 +8,8 @@
 //! `protoc-bin-vendored` build dependency, so no system install is needed.
 //!
 //! It also tells the tests whether OPA's npm client is installed (see
-//! [`opa_client_cfg`]).
+//! [`opa_client_cfg`]), and `--version` the commit and the regorus version (see
+//! [`long_version`]).
 
 use std::{
     env,
@@ -40,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile(&[envoy_authorization(), health()]);
     println!("cargo:rerun-if-changed=proto");
     opa_client_cfg();
+    long_version();
     Ok(())
 }
 
@@ -106,4 +108,45 @@ fn opa_client_cfg() {
     if !installed && env::var("CI").as_deref() != Ok("true") {
         println!("cargo:rustc-cfg=stepgate_opa_client_missing");
     }
+}
+
+/// Sets `STEPGATE_LONG_VERSION` for `stepgate --version`: the package version, the
+/// commit it was built from (`unknown commit` outside a git checkout, e.g. in the image
+/// build) and the regorus version from `Cargo.lock`. Re-runs when the checked-out commit
+/// changes, watching only git files that exist (a missing one would re-run every build).
+fn long_version() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    if commit.is_some() {
+        let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watched.push(git(&["rev-parse", "--git-path", &branch]));
+        }
+        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+        for path in watched.into_iter().flatten() {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+    }
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
+    let regorus = lock
+        .split("[[package]]")
+        .find(|package| package.contains("\nname = \"regorus\"\n"))
+        .and_then(|package| package.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!(
+        "cargo:rustc-env=STEPGATE_LONG_VERSION={} (commit {}, regorus {regorus})",
+        env::var("CARGO_PKG_VERSION").unwrap_or_default(),
+        commit.as_deref().unwrap_or("unknown"),
+    );
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use chrono::{SecondsFormat, Utc};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use regorus::Value;
 
 use crate::{
@@ -45,7 +45,7 @@ fn stdout_failed(err: &std::io::Error) -> ! {
 /// stepgate: a policy decision point sidecar that re-evaluates Rego at every step of an
 /// access workflow.
 #[derive(Debug, Parser)]
-#[command(name = "stepgate", version, about, long_about = None)]
+#[command(name = "stepgate", version = env!("STEPGATE_LONG_VERSION"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,6 +77,12 @@ enum Command {
         /// Only tests whose rule path contains this text.
         #[arg(long, value_name = "TEXT")]
         run: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `stepgate completions bash > /etc/bash_completion.d/stepgate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Decision-log tools.
     Audit {
@@ -134,6 +140,7 @@ pub fn run() -> ExitCode {
         Command::Eval(args) => eval(args),
         Command::Check { dir, entrypoint } => check(&dir, entrypoint),
         Command::Test { dir, verbose, run } => test(&dir, verbose, run.as_deref()),
+        Command::Completions { shell } => completions(shell),
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => audit_verify(&files),
@@ -229,6 +236,13 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "stepgate", &mut script);
+    out!("{}", String::from_utf8_lossy(&script).trim_end());
+    ExitCode::SUCCESS
 }
 
 fn load(dir: &Path, entrypoint: String) -> Result<PolicySet, String> {

@@ -369,6 +369,41 @@ fn eval_reads_stdin_and_fails_as_asked() {
     }
 }
 
+/// `--version` names the commit and the regorus engine; `completions SHELL` prints a
+/// script that knows every subcommand.
+#[test]
+fn version_and_completions() {
+    let out = stepgate(&["--version"]);
+    let version = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    let lock = std::fs::read_to_string("Cargo.lock").unwrap();
+    let regorus = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"regorus\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        version.starts_with(&format!("stepgate {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    assert!(
+        version
+            .trim_end()
+            .ends_with(&format!(", regorus {regorus})")),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = stepgate(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["serve", "eval", "check", "test", "audit", "policies"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    assert_eq!(stepgate(&["completions", "cmd.exe"]).status.code(), Some(2));
+}
+
 /// `benches/load.sh` can run `benches/policies/minimal` or `benches/policies/constant` in
 /// place of the example set (to tell evaluation's cost from the rest of the path): the
 /// minimal set must decide the harness's requests as the example set does, allowing a
