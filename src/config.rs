@@ -496,8 +496,8 @@ impl ServeConfig {
         };
 
         let grpc_addr_text = args.grpc_addr.or(file.grpc_addr);
-        let mut listen_addr = |name: &str, text: Option<&str>, default: Option<SocketAddr>| {
-            match text {
+        let mut listen_addr =
+            |name: &str, text: Option<&str>, default: Option<SocketAddr>| match text {
                 None => default,
                 Some("") => None,
                 Some(addr) => {
@@ -505,13 +505,12 @@ impl ServeConfig {
                     check(
                         parsed.is_some(),
                         format!(
-                            "{name}: {addr:?} is not HOST:PORT (an IP address or a host name that resolves, and a port)"
+                            "{name}: {addr:?} is not HOST:PORT (HOST an IP address or localhost)"
                         ),
                     );
                     parsed
                 }
-            }
-        };
+            };
         let grpc_addr = listen_addr("grpc_addr", grpc_addr_text.as_deref(), defaults.grpc_addr);
         let http_addr = listen_addr(
             "http_addr",
@@ -1037,21 +1036,16 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// The address a listener binds for `HOST:PORT`: an IP literal as written, else the
-/// host name resolved once at start (`localhost:9191`), its first IPv4 address
-/// preferred (a loopback name then means 127.0.0.1, as the default does).
+/// The address a listener binds for `HOST:PORT`: an IP literal as written, or
+/// `localhost`, which means 127.0.0.1 as the default does. Other host names are refused
+/// rather than resolved: validating the configuration does no I/O (a DNS lookup could
+/// stall startup, or bind an address that changes between restarts).
 fn listen_address(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse() {
         return Some(addr);
     }
-    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
-        .ok()?
-        .collect();
-    resolved
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(resolved.first())
-        .copied()
+    let port = text.strip_prefix("localhost:")?.parse().ok()?;
+    Some(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 #[cfg(test)]
@@ -1103,7 +1097,13 @@ mod tests {
         let config = ServeConfig::merge(args, FileConfig::default()).unwrap();
         assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
         assert_eq!(config.http_addr, Some("[::1]:8181".parse().unwrap()));
-        for bad in ["localhost", "127.0.0.1", ":9191", "localhost:port"] {
+        for bad in [
+            "localhost",
+            "127.0.0.1",
+            ":9191",
+            "localhost:port",
+            "example.com:80",
+        ] {
             let args = ServeArgs {
                 grpc_addr: Some(bad.into()),
                 ..Default::default()
