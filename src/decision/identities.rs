@@ -32,19 +32,13 @@ pub fn validate_identity(value: &str, field: &str) -> Result<(), InvalidField> {
 pub(super) fn validate_agent_identities(agent: &AgentCall) -> Result<(), InvalidField> {
     validate_identity(&agent.on_behalf_of, "agent.on_behalf_of")?;
     for (i, entry) in agent.delegation_chain.iter().enumerate() {
-        validate_identity(entry, &format!("agent.delegation_chain[{i}]"))?;
+        // The field's name is built only for a refusal: a chain is checked on every call.
+        identity::check(entry).map_err(|problem| {
+            InvalidField::new(format!("agent.delegation_chain[{i}]"), problem.to_string())
+        })?;
     }
     Ok(())
 }
-
-/// The identities of a raw input document (OPA REST) as `object.key` paths.
-const RAW_IDENTITIES: [(&str, &str); 5] = [
-    ("subject", "id"),
-    ("subject", "owner"),
-    ("workflow", "requester"),
-    ("approval", "approver"),
-    ("agent", "on_behalf_of"),
-];
 
 /// A raw input document (OPA REST) with the identities where a `Check` would carry
 /// them (`subject.id` and `owner`, `workflow.requester`, `approval.approver`,
@@ -52,43 +46,49 @@ const RAW_IDENTITIES: [(&str, &str); 5] = [
 /// canonical form, as every other adapter does. A value that is not a string is left
 /// for the policy to judge; nothing is copied unless a name changes.
 pub fn canonical_identities(mut input: Value) -> Result<Value, InvalidField> {
-    let mut paths: Vec<(Vec<Value>, String)> = RAW_IDENTITIES
-        .iter()
-        .map(|(object, key)| {
-            (
-                vec![Value::from(*object), Value::from(*key)],
-                format!("{object}.{key}"),
-            )
-        })
-        .collect();
-    if let Value::Array(chain) = &input[&KEYS.agent][&KEYS.delegation_chain] {
-        paths.extend((0..chain.len()).map(|i| {
-            (
-                vec![
-                    KEYS.agent.clone(),
-                    KEYS.delegation_chain.clone(),
-                    Value::from(i),
-                ],
-                format!("agent.delegation_chain[{i}]"),
-            )
-        }));
+    let k = &*KEYS;
+    let named = [
+        (&k.subject, &k.id, "subject.id"),
+        (&k.subject, &k.owner, "subject.owner"),
+        (&k.workflow, &k.requester, "workflow.requester"),
+        (&k.approval, &k.approver, "approval.approver"),
+        (&k.agent, &k.on_behalf_of, "agent.on_behalf_of"),
+    ];
+    for (object, key, field) in named {
+        canonicalize_at(&mut input, &[object, key], || field.to_string())?;
     }
-    for (path, field) in paths {
-        let Value::String(name) = path.iter().fold(&input, |v, key| &v[key]) else {
-            continue;
-        };
-        let canonical = identity::accept(name)
-            .map_err(|problem| InvalidField::new(field, problem.to_string()))?;
-        if let std::borrow::Cow::Owned(changed) = canonical {
-            let slot = path
-                .iter()
-                .try_fold(&mut input, |v, key| member_mut(v, key));
-            if let Some(slot) = slot {
-                *slot = Value::from(changed);
-            }
-        }
+    let chain_len = match &input[&k.agent][&k.delegation_chain] {
+        Value::Array(chain) => chain.len(),
+        _ => 0,
+    };
+    for i in 0..chain_len {
+        let index = Value::from(i);
+        canonicalize_at(&mut input, &[&k.agent, &k.delegation_chain, &index], || {
+            format!("agent.delegation_chain[{i}]")
+        })?;
     }
     Ok(input)
+}
+
+/// Checks the string at `path` in `input` (anything else is left for the policy) and
+/// writes back its canonical form if that differs; `field` names it in a refusal.
+fn canonicalize_at(
+    input: &mut Value,
+    path: &[&Value],
+    field: impl FnOnce() -> String,
+) -> Result<(), InvalidField> {
+    let Value::String(name) = path.iter().fold(&*input, |v, key| &v[*key]) else {
+        return Ok(());
+    };
+    let canonical = identity::accept(name)
+        .map_err(|problem| InvalidField::new(field(), problem.to_string()))?;
+    if let std::borrow::Cow::Owned(changed) = canonical {
+        let slot = path.iter().try_fold(input, |v, key| member_mut(v, key));
+        if let Some(slot) = slot {
+            *slot = Value::from(changed);
+        }
+    }
+    Ok(())
 }
 
 /// The member `key` of an object (or index of an array), unshared for writing.
