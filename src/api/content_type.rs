@@ -68,13 +68,11 @@ fn unsupported<B: Default>(content_type: Option<&HeaderValue>) -> Response<B> {
 impl<S, B, ResBody> Service<Request<B>> for CheckedContentType<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Checked<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
@@ -83,10 +81,41 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let content_type = request.headers().get(CONTENT_TYPE);
         if is_grpc(content_type) {
-            Box::pin(self.0.call(request))
+            Checked::Inner {
+                future: self.0.call(request),
+            }
         } else {
-            let response = unsupported(content_type);
-            Box::pin(std::future::ready(Ok(response)))
+            Checked::Refused {
+                response: Some(unsupported(content_type)),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future, or the 415 answer: no allocation per request.
+    #[project = CheckedProjection]
+    pub enum Checked<F, R> {
+        /// A gRPC request, passed on.
+        Inner { #[pin] future: F },
+        /// Refused; taken when polled.
+        Refused { response: Option<R> },
+    }
+}
+
+impl<F, R, E> Future for Checked<F, R>
+where
+    F: Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckedProjection::Inner { future } => future.poll(cx),
+            CheckedProjection::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
         }
     }
 }
