@@ -466,13 +466,21 @@ impl ServeConfig {
     /// `--config`, over the defaults, and validates the result.
     /// The standard `OTEL_*` variables rank between `STEPGATE_*` and the file.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        Self::from_args_and_otel_env(args, &|name| std::env::var(name).ok())
+    }
+
+    /// [`from_args`](Self::from_args) with `otel_env` in place of the process
+    /// environment as the source of the `OTEL_*` variables (an empty value counts as
+    /// unset), so a deployment's variables can be resolved as stepgate would.
+    pub fn from_args_and_otel_env(
+        args: ServeArgs,
+        otel_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::merge_env(args, file, &|name| {
-            std::env::var(name).ok().filter(|v| !v.is_empty())
-        })
+        Self::merge_env(args, file, &|name| otel_env(name).filter(|v| !v.is_empty()))
     }
 
     #[cfg(test)]
