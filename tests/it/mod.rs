@@ -20,6 +20,7 @@ mod opa_rest;
 mod peers;
 mod pki;
 mod process;
+mod readme;
 mod reload;
 mod support;
 mod telemetry;
