@@ -304,7 +304,7 @@ fn eval(args: EvalArgs) -> ExitCode {
         set.evaluate(Entrypoint::Decision, document)
     };
     let decision =
-        Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
+        Decision::from_evaluation(outcome, set.provenance(), now, started.elapsed());
     out!("{}", decision_json(&decision));
     if (args.fail && !decision.allow) || (args.fail_defined && decision.allow) {
         ExitCode::FAILURE
