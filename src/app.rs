@@ -30,8 +30,8 @@ use crate::{
     decision::{DecisionPipeline, GrantSteps},
     grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{
-        BundlePoller, BundleVerifier, ClientError, KeyError, LoadError, PolicyStore,
-        PolicyWatcher, spawn_poller, watch_policies,
+        BundlePoller, BundleVerifier, ClientError, KeyError, LoadError, PolicyStore, PolicyWatcher,
+        spawn_poller, watch_policies,
     },
     telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
 };
@@ -161,12 +161,8 @@ impl App {
             });
         }
         if let Some(key) = &config.bundle_verification {
-            let verifier = BundleVerifier::load(
-                &key.key,
-                key.alg,
-                key.key_id.clone(),
-                key.scope.clone(),
-            )?;
+            let verifier =
+                BundleVerifier::load(&key.key, key.alg, key.key_id.clone(), key.scope.clone())?;
             tracing::info!(key = %key.key.display(), alg = verifier.alg().name(), "bundles must be signed");
             config.policy.bundle_verifier = Some(Arc::new(verifier));
         }

@@ -59,7 +59,8 @@ async fn health(State(state): State<HttpState>) -> Response {
 
 /// The bundle server's state as `/health` shows it.
 fn bundle_status(status: &BundleStatus, active_revision: Option<&str>) -> serde_json::Value {
-    let time = |at: Option<DateTime<Utc>>| at.map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true));
+    let time =
+        |at: Option<DateTime<Utc>>| at.map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true));
     serde_json::json!({
         "url": status.url,
         "active_revision": active_revision,

@@ -224,7 +224,10 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     if call.params.provenance {
         body.insert(
             Value::from("provenance"),
-            provenance(&decision.policy_revision, decision.bundle_revision.as_deref()),
+            provenance(
+                &decision.policy_revision,
+                decision.bundle_revision.as_deref(),
+            ),
         );
     }
     encode(StatusCode::OK, &body.into_value(), call.params.pretty)

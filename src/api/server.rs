@@ -287,7 +287,6 @@ impl GrpcServer {
         ServingSwitch(self.health.clone())
     }
 
-
     /// Stops accepting calls and lets in-flight calls finish, for at most `grace`; calls
     /// still open then are closed.
     pub async fn shutdown(self, grace: Duration) -> Result<(), tonic::transport::Error> {

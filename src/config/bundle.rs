@@ -33,7 +33,8 @@ pub(super) fn bundle_options(
     problems: &mut Vec<String>,
 ) -> (Option<BundleServerOptions>, Option<BundleVerification>) {
     let pick = |arg: &Option<String>, key: &Option<String>| arg.clone().or_else(|| key.clone());
-    let pick_path = |arg: &Option<PathBuf>, key: &Option<PathBuf>| arg.clone().or_else(|| key.clone());
+    let pick_path =
+        |arg: &Option<PathBuf>, key: &Option<PathBuf>| arg.clone().or_else(|| key.clone());
     let mut duration = |name: &str, text: Option<String>, default: Duration| match text {
         None => default,
         Some(text) => positive_duration(name, &text).unwrap_or_else(|problem| {
@@ -47,7 +48,10 @@ pub(super) fn bundle_options(
     let poll_min = duration("bundle_poll_min", poll_min_text.clone(), POLL_MIN);
     let poll_max = duration("bundle_poll_max", poll_max_text.clone(), POLL_MAX);
     let timeout = duration("bundle_timeout", timeout_text.clone(), TIMEOUT);
-    let bearer_token_file = pick_path(&args.bundle_bearer_token_file, &file.bundle_bearer_token_file);
+    let bearer_token_file = pick_path(
+        &args.bundle_bearer_token_file,
+        &file.bundle_bearer_token_file,
+    );
     let ca_cert = pick_path(&args.bundle_ca_cert, &file.bundle_ca_cert);
     let url = pick(&args.bundle_url, &file.bundle_url).filter(|url| !url.is_empty());
 
@@ -90,20 +94,25 @@ pub(super) fn bundle_options(
         }
     };
 
-    let alg = pick(&args.bundle_verification_key_alg, &file.bundle_verification_key_alg).and_then(
-        |text| {
-            let alg = SigningAlg::parse(&text);
-            if alg.is_none() {
-                let known: Vec<_> = SigningAlg::ALL.iter().map(|a| a.name()).collect();
-                problems.push(format!(
-                    "bundle_verification_key_alg: {text:?} is not one of {}",
-                    known.join(", ")
-                ));
-            }
-            alg
-        },
+    let alg_text = pick(
+        &args.bundle_verification_key_alg,
+        &file.bundle_verification_key_alg,
     );
-    let key_id = pick(&args.bundle_verification_key_id, &file.bundle_verification_key_id);
+    let alg = alg_text.as_deref().and_then(|text| {
+        let alg = SigningAlg::parse(text);
+        if alg.is_none() {
+            let known: Vec<_> = SigningAlg::ALL.iter().map(|a| a.name()).collect();
+            problems.push(format!(
+                "bundle_verification_key_alg: {text:?} is not one of {}",
+                known.join(", ")
+            ));
+        }
+        alg
+    });
+    let key_id = pick(
+        &args.bundle_verification_key_id,
+        &file.bundle_verification_key_id,
+    );
     let scope = pick(&args.bundle_scope, &file.bundle_scope);
     let verification = match pick_path(&args.bundle_verification_key, &file.bundle_verification_key)
     {
@@ -115,7 +124,7 @@ pub(super) fn bundle_options(
         }),
         None => {
             for (name, set) in [
-                ("bundle_verification_key_alg", alg.is_some()),
+                ("bundle_verification_key_alg", alg_text.is_some()),
                 ("bundle_verification_key_id", key_id.is_some()),
                 ("bundle_scope", scope.is_some()),
             ] {
@@ -246,6 +255,9 @@ mod tests {
             ..ServeArgs::default()
         };
         let err = merge(args, "").unwrap_err();
-        assert!(err.to_string().contains("has no host") || err.to_string().contains("is not a URL"), "{err}");
+        assert!(
+            err.to_string().contains("has no host") || err.to_string().contains("is not a URL"),
+            "{err}"
+        );
     }
 }

@@ -414,7 +414,13 @@ mod tests {
         };
         let e = read(BundleTrust::RefuseSigned).unwrap_err();
         assert!(
-            matches!(e, LoadError::Signature { source: SignatureError::NoKey, .. }),
+            matches!(
+                e,
+                LoadError::Signature {
+                    source: SignatureError::NoKey,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert_eq!(read(BundleTrust::WarnSigned).unwrap().files.len(), 1);

@@ -142,12 +142,20 @@ mod tests {
             "\"\\u0001\\b\\f\\n\\r\\t\\u001f\u{7f}\\u2028\\u2029é/\""
         );
         // Keys are strings too, and sort by their bytes.
-        assert_eq!(canonical(r#"{"é": 1, "z": 2, "A": 3}"#), r#"{"A":3,"z":2,"é":1}"#);
+        assert_eq!(
+            canonical(r#"{"é": 1, "z": 2, "A": 3}"#),
+            r#"{"A":3,"z":2,"é":1}"#
+        );
     }
 
     #[test]
     fn only_opas_structured_names_are_hashed_as_documents() {
-        for name in ["data.json", "a/b/data.yaml", ".manifest", "x/signatures.json"] {
+        for name in [
+            "data.json",
+            "a/b/data.yaml",
+            ".manifest",
+            "x/signatures.json",
+        ] {
             assert!(is_structured(name), "{name}");
         }
         for name in ["data.yml", "policy.rego", "a/other.json", "manifest"] {

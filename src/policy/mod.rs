@@ -25,12 +25,12 @@ use std::{path::PathBuf, time::Duration};
 pub use bundle::BundleTrust;
 pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet, Provenance};
 pub use limits::{EvalError, EvalLimits, LimitKind, limit_hits, set_heap_limit};
-pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
 pub use remote::{
     BundleOutcome, BundlePoller, BundleServerOptions, BundleStats, BundleStatus, ClientError,
     spawn_poller,
 };
 pub use signature::{BundleVerifier, KeyError, SignatureError, SigningAlg};
+pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
 pub use store::{Activation, PolicyStore, ReloadCounts};
 pub use testing::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, watch_policies};

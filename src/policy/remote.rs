@@ -273,8 +273,8 @@ fn client(options: &BundleServerOptions) -> Result<reqwest::Client, ClientError>
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("stepgate/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &options.ca_cert {
-        let pem = std::fs::read(path)
-            .map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+        let pem =
+            std::fs::read(path).map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
         let ca = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
         builder = builder.add_root_certificate(ca);
@@ -346,7 +346,9 @@ impl Poller {
     fn retry_delay(&self, failures: u32) -> Duration {
         let doubled = FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(20));
         let capped = doubled.min(self.options.poll_max);
-        capped.mul_f64(0.9 + 0.2 * fastrand::f64()).min(self.options.poll_max)
+        capped
+            .mul_f64(0.9 + 0.2 * fastrand::f64())
+            .min(self.options.poll_max)
     }
 
     /// One poll: download (unless not modified), then activate; counted and recorded.
@@ -460,7 +462,12 @@ impl Poller {
             .and_then(|source| store.activate(source))
         })
         .await
-        .map_err(|e| (BundleOutcome::Rejected, format!("bundle loader failed: {e}")))?;
+        .map_err(|e| {
+            (
+                BundleOutcome::Rejected,
+                format!("bundle loader failed: {e}"),
+            )
+        })?;
         match activated {
             Ok(activation) => Ok(activation.changed),
             Err(err) => Err((BundleOutcome::of_refusal(&err), err.to_string())),
@@ -544,7 +551,10 @@ mod tests {
         let cases = [
             (signature(SignatureError::Unsigned), "unsigned"),
             (signature(SignatureError::NoKey), "bad_signature"),
-            (signature(SignatureError::Digest("p.rego".into())), "bad_digest"),
+            (
+                signature(SignatureError::Digest("p.rego".into())),
+                "bad_digest",
+            ),
             (
                 LoadError::Bundle {
                     path: "b".into(),

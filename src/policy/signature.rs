@@ -13,7 +13,9 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde::Deserialize;
 use x509_parser::{
-    oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION},
+    oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    },
     prelude::{FromDer, SubjectPublicKeyInfo, X509Certificate},
 };
 
@@ -168,9 +170,7 @@ impl SignatureError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unsigned => "unsigned",
-            Self::NoKey | Self::Invalid(_) | Self::KeyId { .. } | Self::Scope { .. } => {
-                "signature"
-            }
+            Self::NoKey | Self::Invalid(_) | Self::KeyId { .. } | Self::Scope { .. } => "signature",
             Self::Unlisted(_) | Self::Digest(_) | Self::Missing(_) => "digest",
         }
     }
@@ -210,7 +210,9 @@ impl BundleVerifier {
         scope: Option<String>,
     ) -> Result<Self, KeyError> {
         let at = |e: String| KeyError(format!("{}: {e}", path.display()));
-        let size = std::fs::metadata(path).map_err(|e| at(e.to_string()))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| at(e.to_string()))?
+            .len();
         if size > MAX_KEY_FILE_BYTES {
             return Err(at(format!(
                 "{size} bytes is too large for a public key file"
@@ -418,8 +420,8 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
 
 /// The kind of key in `pem` and the key as ring takes it.
 fn public_key(pem: &[u8]) -> Result<(KeyKind, Vec<u8>), KeyError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem)
-        .map_err(|_| KeyError("not a PEM file".into()))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|_| KeyError("not a PEM file".into()))?;
     match pem.label.as_str() {
         "PUBLIC KEY" => spki_key(&pem.contents),
         "RSA PUBLIC KEY" => {
@@ -442,8 +444,8 @@ fn public_key(pem: &[u8]) -> Result<(KeyKind, Vec<u8>), KeyError> {
 }
 
 fn spki_key(der: &[u8]) -> Result<(KeyKind, Vec<u8>), KeyError> {
-    let (_, spki) = SubjectPublicKeyInfo::from_der(der)
-        .map_err(|e| KeyError(format!("PUBLIC KEY: {e}")))?;
+    let (_, spki) =
+        SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError(format!("PUBLIC KEY: {e}")))?;
     let key = spki.subject_public_key.data.to_vec();
     let algorithm = &spki.algorithm;
     if algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {

@@ -105,8 +105,11 @@ impl PolicyStore {
             return Err(LoadError::NotADirectory(PathBuf::from(&self.origin)));
         };
         let _serialised = self.serialised();
-        let source =
-            PolicySource::read_trusting(root, &self.options.source_limits, self.options.local_bundle_trust());
+        let source = PolicySource::read_trusting(
+            root,
+            &self.options.source_limits,
+            self.options.local_bundle_trust(),
+        );
         self.settle(source.and_then(|source| self.swap_in(source)))
             .map(|activation| activation.revision)
     }
@@ -162,8 +165,12 @@ impl PolicyStore {
         let revision = set.revision().clone();
         for entry in set.entrypoints() {
             match (&entry.rvm_refusal, entry.engine) {
-                (_, "missing") => tracing::warn!(rule = %entry.rule, %revision, "entrypoint not defined by the policy set: its decisions will deny"),
-                (Some(why), _) => tracing::info!(rule = %entry.rule, reason = %why, "entrypoint runs on the interpreter"),
+                (_, "missing") => {
+                    tracing::warn!(rule = %entry.rule, %revision, "entrypoint not defined by the policy set: its decisions will deny")
+                }
+                (Some(why), _) => {
+                    tracing::info!(rule = %entry.rule, reason = %why, "entrypoint runs on the interpreter")
+                }
                 _ => {}
             }
         }
