@@ -356,7 +356,16 @@ impl Poller {
         let now = self.clock.now();
         self.stats.update(|s| s.last_request = Some(now));
         let (outcome, error) = match self.download().await {
-            Err((outcome, error)) => (outcome, Some(error)),
+            Err((outcome, error)) => {
+                // A refused bundle is logged by the store; a failed download here.
+                tracing::warn!(
+                    url = %self.options.url,
+                    outcome = outcome.label(),
+                    %error,
+                    "bundle download failed; the serving revision is unchanged"
+                );
+                (outcome, Some(error))
+            }
             Ok(None) => (BundleOutcome::NotModified, None),
             Ok(Some((bytes, etag))) => match self.activate(bytes).await {
                 Ok(changed) => {
@@ -388,17 +397,8 @@ impl Poller {
                 s.last_error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
             }
         });
-        match &error {
-            None if outcome == BundleOutcome::Activated => {
-                self.activated.send_replace(true);
-            }
-            None => {}
-            Some(error) => tracing::warn!(
-                url = %self.options.url,
-                outcome = outcome.label(),
-                %error,
-                "bundle poll failed; the serving revision is unchanged"
-            ),
+        if outcome == BundleOutcome::Activated {
+            self.activated.send_replace(true);
         }
         outcome
     }

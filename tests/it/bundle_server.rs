@@ -15,13 +15,15 @@ use stepgate::{
     config::{BundleVerification, ServeConfig},
     policy::{BundleOutcome, BundleServerOptions},
 };
+use tonic::Streaming;
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
 use super::{
     bundle_support::{BundleServer, Signer},
-    support::{Server, bundle_bytes, decide},
+    support::{Server, bundle_bytes, connect_uds, decide, eventually},
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -103,6 +105,25 @@ async fn first_activation(server: &Server) {
     .await;
 }
 
+/// The health watch stream of the whole server.
+async fn health_watch(server: &Server) -> Streaming<HealthCheckResponse> {
+    HealthClient::new(server.tcp_channel().await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until `watch` reports SERVING.
+async fn serving_reported(watch: &mut Streaming<HealthCheckResponse>) {
+    loop {
+        let status = within("SERVING", watch.message()).await.unwrap().unwrap();
+        if status.status == ServingStatus::Serving as i32 {
+            return;
+        }
+    }
+}
+
 /// The reason the serving policy gives, and the revision that decided.
 async fn serving(server: &Server) -> (String, String) {
     let decision = decide(&mut server.client().await, "read").await;
@@ -123,18 +144,8 @@ async fn a_signed_bundle_activates_and_every_decision_names_its_revision() {
     })
     .await;
     first_activation(&server).await;
-    let mut health = HealthClient::new(server.tcp_channel().await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let status = within("SERVING", watch.message()).await.unwrap().unwrap();
-        if status.status == ServingStatus::Serving as i32 {
-            break;
-        }
-    }
+    let mut watch = health_watch(&server).await;
+    serving_reported(&mut watch).await;
     let (reason, first_revision) = serving(&server).await;
     assert_eq!(reason, "v1");
     let reply = server.http_get("/health").await;
@@ -349,12 +360,7 @@ async fn a_bundle_server_down_at_start_leaves_stepgate_not_serving_until_it_come
         c.bundle.as_mut().unwrap().poll_min = Duration::from_millis(300);
     })
     .await;
-    let mut health = HealthClient::new(server.tcp_channel().await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = health_watch(&server).await;
     let first = within("health", watch.message()).await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::NotServing as i32);
     assert_eq!(poll(&server).await, BundleOutcome::DownloadFailed);
@@ -369,12 +375,7 @@ async fn a_bundle_server_down_at_start_leaves_stepgate_not_serving_until_it_come
     // The server comes up; the retry timer (not a test poll) finds it.
     let v1 = files("v1");
     let _bundles = BundleServer::start_on(addr, bundle_bytes(&refs(&v1)), "\"v1\"").await;
-    loop {
-        let status = within("SERVING", watch.message()).await.unwrap().unwrap();
-        if status.status == ServingStatus::Serving as i32 {
-            break;
-        }
-    }
+    serving_reported(&mut watch).await;
     assert_eq!(serving(&server).await.0, "v1");
     server.stop().await;
 }
@@ -468,4 +469,61 @@ async fn a_bundle_file_is_verified_when_a_key_is_configured() {
     let decision = decide(&mut server.client().await, "read").await;
     assert_eq!(decision.reasons, ["v1"]);
     server.stop().await;
+}
+
+/// The binary: a bad first bundle does not stop `serve` (it stays NOT_SERVING), and
+/// SIGHUP polls at once rather than waiting an hour for the next poll.
+#[tokio::test]
+async fn serve_waits_for_a_good_bundle_and_sighup_polls_at_once() {
+    let bundles = BundleServer::start(b"not a bundle".to_vec(), "\"bad\"").await;
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("sg.sock");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["serve", "--grpc-addr", "", "--http-addr", "", "--ephemeral"])
+        .args(["--bundle-url", &bundles.url()])
+        .args(["--bundle-poll-min", "1h", "--bundle-poll-max", "1h"])
+        .arg("--grpc-uds")
+        .arg(&socket)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = async || {
+        let channel = connect_uds(&socket).await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?;
+        Some(reply.into_inner().status)
+    };
+    let polled = eventually(LIMIT, async || bundles.counts().0 >= 1).await;
+    assert!(polled, "the first poll never came");
+    let not_serving = eventually(LIMIT, async || {
+        status().await == Some(ServingStatus::NotServing as i32)
+    })
+    .await;
+    assert!(not_serving, "not NOT_SERVING after a bad first bundle");
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+
+    let v1 = files("v1");
+    bundles.publish(bundle_bytes(&refs(&v1)), "\"v1\"");
+    let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(hup.unwrap().success());
+    let serving = eventually(LIMIT, async || {
+        status().await == Some(ServingStatus::Serving as i32)
+    })
+    .await;
+    assert!(serving, "SIGHUP did not poll");
+    assert_eq!(bundles.counts().0, 2, "one poll at start, one on SIGHUP");
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(term.unwrap().success());
+    let exit = within("exit", child.wait()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
