@@ -29,7 +29,10 @@ use crate::{
     config::ServeConfig,
     decision::{DecisionPipeline, GrantSteps},
     grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
-    policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
+    policy::{
+        BundlePoller, BundleVerifier, ClientError, KeyError, LoadError, PolicyStore, PolicyWatcher,
+        spawn_poller, watch_policies,
+    },
     telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
 };
 
@@ -61,6 +64,12 @@ pub enum AppError {
         /// What is wrong with it.
         source: LoadError,
     },
+    /// The bundle verification key could not be read.
+    #[error("bundle_verification_key: {0}")]
+    BundleKey(#[from] KeyError),
+    /// The bundle server client could not be built.
+    #[error(transparent)]
+    BundleClient(#[from] ClientError),
     /// The grant store could not be opened (journal unreadable or corrupt).
     #[error("cannot open the grant store in {}: {source}", dir.display())]
     Grants {
@@ -142,17 +151,26 @@ impl App {
     }
 
     /// As [`App::bind`], with parts supplied by the caller.
-    pub async fn bind_with(config: ServeConfig, overrides: Overrides) -> Result<Self, AppError> {
-        if !config.policies.exists() {
+    pub async fn bind_with(
+        mut config: ServeConfig,
+        overrides: Overrides,
+    ) -> Result<Self, AppError> {
+        if config.bundle.is_none() && !config.policies.exists() {
             return Err(AppError::NoPolicies {
                 dir: config.policies.clone(),
             });
         }
+        if let Some(key) = &config.bundle_verification {
+            let verifier =
+                BundleVerifier::load(&key.key, key.alg, key.key_id.clone(), key.scope.clone())?;
+            tracing::info!(key = %key.key.display(), alg = verifier.alg().name(), "bundles must be signed");
+            config.policy.bundle_verifier = Some(Arc::new(verifier));
+        }
         let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let policies = Arc::new(PolicyStore::new(
-            config.policies.clone(),
-            config.policy.clone(),
-        ));
+        let policies = Arc::new(match &config.bundle {
+            Some(bundle) => PolicyStore::remote(bundle.url.clone(), config.policy.clone()),
+            None => PolicyStore::new(config.policies.clone(), config.policy.clone()),
+        });
         let grants = open_grants(&config, clock.clone())?;
         let tracer_provider = match overrides.tracer_provider {
             Some(provider) => Some(provider),
@@ -211,18 +229,37 @@ impl App {
     }
 
     /// Starts serving (health NOT_SERVING until policies load) and sweeping grants.
+    /// With a bundle server, polling starts too, and health turns SERVING once its first
+    /// bundle activates.
     pub async fn start(self) -> Result<RunningApp, AppError> {
         // Reload triggers start before serving and before the first load, so that an
-        // early SIGHUP reloads rather than kills the process.
-        let watcher = watch_policies(
-            self.policies.clone(),
-            self.config.watch_policies,
-            RELOAD_DEBOUNCE,
-        )
-        .map_err(|source| AppError::Watch {
-            dir: self.config.policies.clone(),
-            source,
-        })?;
+        // early SIGHUP reloads (or polls) rather than kills the process.
+        let (watcher, bundles) = match &self.config.bundle {
+            Some(bundle) => {
+                let poller = spawn_poller(
+                    self.policies.clone(),
+                    bundle.clone(),
+                    self.pipeline.clock().clone(),
+                )?;
+                tracing::info!(url = %bundle.url, "polling the bundle server for policies");
+                self.pipeline
+                    .telemetry()
+                    .watch_bundles(poller.stats().clone());
+                (None, Some(poller))
+            }
+            None => {
+                let watcher = watch_policies(
+                    self.policies.clone(),
+                    self.config.watch_policies,
+                    RELOAD_DEBOUNCE,
+                )
+                .map_err(|source| AppError::Watch {
+                    dir: self.config.policies.clone(),
+                    source,
+                })?;
+                (Some(watcher), None)
+            }
+        };
         let admins = AdminCallers::from_config(self.config.admin_callers.as_deref());
         if self.config.admin_callers.is_none() {
             tracing::warn!(
@@ -307,6 +344,14 @@ impl App {
         let telemetry = self.pipeline.telemetry();
         telemetry.watch_sweeper(sweeper.stats().clone());
         let lifecycle = spawn_lifecycle_spans(telemetry.tracer().clone(), self.grants.subscribe());
+        let serve_on_first_bundle = bundles.as_ref().map(|poller| {
+            let switch = server.serving_switch();
+            let activated = poller.first_activation();
+            tokio::spawn(async move {
+                activated.await;
+                switch.set(true).await;
+            })
+        });
         Ok(RunningApp {
             config: self.config,
             policies: self.policies,
@@ -317,6 +362,8 @@ impl App {
             sweeper,
             lifecycle,
             tracer_provider: self.tracer_provider,
+            bundles,
+            serve_on_first_bundle,
             _watcher: watcher,
             _tls_watcher: tls_watcher,
         })
@@ -360,14 +407,28 @@ pub struct RunningApp {
     sweeper: Sweeper,
     lifecycle: Option<JoinHandle<()>>,
     tracer_provider: Option<SdkTracerProvider>,
-    _watcher: PolicyWatcher,
+    /// The bundle server's poller, when policies come from one.
+    bundles: Option<BundlePoller>,
+    /// Reports SERVING once the bundle server's first bundle activates.
+    serve_on_first_bundle: Option<JoinHandle<()>>,
+    _watcher: Option<PolicyWatcher>,
     _tls_watcher: Option<TlsWatcher>,
 }
 
 impl RunningApp {
     /// Loads the policy directory (off the async workers) and reports SERVING. Returns
-    /// the loaded revision.
+    /// the loaded revision. With a bundle server, waits until its first bundle is
+    /// activated instead (which may be never, while the server is down).
     pub async fn load_policies(&mut self) -> Result<Arc<str>, AppError> {
+        if let Some(poller) = &self.bundles {
+            poller.first_activation().await;
+            self.server.set_serving(true).await;
+            return Ok(self
+                .policies
+                .current()
+                .as_ref()
+                .map_or_else(|| Arc::from("none"), |set| set.revision().clone()));
+        }
         let policies = self.policies.clone();
         let loaded = tokio::task::spawn_blocking(move || policies.reload())
             .await
@@ -383,6 +444,11 @@ impl RunningApp {
     /// The policy store (to reload or inspect the serving revision).
     pub fn policies(&self) -> &Arc<PolicyStore> {
         &self.policies
+    }
+
+    /// The bundle server's poller, when policies come from one.
+    pub fn bundles(&self) -> Option<&BundlePoller> {
+        self.bundles.as_ref()
     }
 
     /// The grant store.
@@ -403,7 +469,12 @@ impl RunningApp {
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
     /// the configured grace period), then stops the sweeper, syncs the journal, flushes
     /// the decision log and exports the spans still buffered.
-    pub async fn shutdown(self) -> Result<(), AppError> {
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        // No poll and no late SERVING once shutdown has begun.
+        if let Some(task) = self.serve_on_first_bundle.take() {
+            task.abort();
+        }
+        drop(self.bundles.take());
         let grace = self.config.shutdown_grace;
         // Both listeners drain at once, so shutdown takes at most one grace period.
         let http = async {
@@ -441,7 +512,8 @@ impl RunningApp {
 }
 
 /// Runs `stepgate serve` until `shutdown` resolves: bind, serve, load policies (a bad
-/// initial set stops the server with an error), then drain on shutdown.
+/// initial set stops the server with an error; a bundle server's first bundle is waited
+/// for while serving NOT_SERVING), then drain on shutdown.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
@@ -457,7 +529,9 @@ pub async fn serve(
         tracing::info!(%addr, "HTTP listening (/health, /metrics)");
     }
     let mut running = app.start().await?;
-    if let Err(err) = running.load_policies().await {
+    if running.bundles().is_none()
+        && let Err(err) = running.load_policies().await
+    {
         let _ = running.shutdown().await;
         return Err(err);
     }

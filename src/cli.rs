@@ -303,8 +303,7 @@ fn eval(args: EvalArgs) -> ExitCode {
     } else {
         set.evaluate(Entrypoint::Decision, document)
     };
-    let decision =
-        Decision::from_evaluation(outcome, set.revision().clone(), now, started.elapsed());
+    let decision = Decision::from_evaluation(outcome, set.provenance(), now, started.elapsed());
     out!("{}", decision_json(&decision));
     if (args.fail && !decision.allow) || (args.fail_defined && decision.allow) {
         ExitCode::FAILURE

@@ -15,11 +15,15 @@ use serde::Deserialize;
 
 use chrono::TimeDelta;
 
+mod bundle;
+
+pub use bundle::BundleVerification;
+
 use crate::{
     api::TransportLimits,
     audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
-    policy::{EvalLimits, PolicyOptions, SourceLimits},
+    policy::{BundleServerOptions, EvalLimits, PolicyOptions, SourceLimits},
     telemetry::{OtlpExporter, OtlpProtocol, SamplerChoice, TracingOptions},
 };
 
@@ -251,6 +255,37 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED at once [default: 1024].
     #[arg(long, env = "STEPGATE_MAX_CONCURRENT_CALLS", value_name = "N")]
     pub max_concurrent_calls: Option<usize>,
+    /// Poll this OPA bundle server URL for policies instead of reading --policies
+    /// [default: off].
+    #[arg(long, env = "STEPGATE_BUNDLE_URL", value_name = "URL")]
+    pub bundle_url: Option<String>,
+    /// Shortest wait between bundle polls [default: 60s].
+    #[arg(long, env = "STEPGATE_BUNDLE_POLL_MIN", value_name = "DURATION")]
+    pub bundle_poll_min: Option<String>,
+    /// Longest wait between bundle polls [default: 120s].
+    #[arg(long, env = "STEPGATE_BUNDLE_POLL_MAX", value_name = "DURATION")]
+    pub bundle_poll_max: Option<String>,
+    /// Longest one bundle request may take [default: 30s].
+    #[arg(long, env = "STEPGATE_BUNDLE_TIMEOUT", value_name = "DURATION")]
+    pub bundle_timeout: Option<String>,
+    /// File holding the bearer token sent to the bundle server (re-read every poll).
+    #[arg(long, env = "STEPGATE_BUNDLE_BEARER_TOKEN_FILE", value_name = "FILE")]
+    pub bundle_bearer_token_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for an https bundle server, beside the system's.
+    #[arg(long, env = "STEPGATE_BUNDLE_CA_CERT", value_name = "FILE")]
+    pub bundle_ca_cert: Option<PathBuf>,
+    /// PEM public key bundles must be signed with; unsigned bundles are then refused.
+    #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY", value_name = "FILE")]
+    pub bundle_verification_key: Option<PathBuf>,
+    /// Signature algorithm of the key [default: RS256 for RSA, ES256/ES384 for EC].
+    #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY_ALG", value_name = "ALG")]
+    pub bundle_verification_key_alg: Option<String>,
+    /// Refuse signatures naming another key id [default: any key id].
+    #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY_ID", value_name = "ID")]
+    pub bundle_verification_key_id: Option<String>,
+    /// The scope a bundle signature must claim [default: none].
+    #[arg(long, env = "STEPGATE_BUNDLE_SCOPE", value_name = "SCOPE")]
+    pub bundle_scope: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -314,6 +349,16 @@ struct FileConfig {
     keepalive_timeout: Option<String>,
     max_buffered_request_bytes: Option<usize>,
     max_concurrent_calls: Option<usize>,
+    bundle_url: Option<String>,
+    bundle_poll_min: Option<String>,
+    bundle_poll_max: Option<String>,
+    bundle_timeout: Option<String>,
+    bundle_bearer_token_file: Option<PathBuf>,
+    bundle_ca_cert: Option<PathBuf>,
+    bundle_verification_key: Option<PathBuf>,
+    bundle_verification_key_alg: Option<String>,
+    bundle_verification_key_id: Option<String>,
+    bundle_scope: Option<String>,
 }
 
 /// How logs are written.
@@ -328,8 +373,12 @@ pub enum LogFormat {
 /// Validated configuration of `stepgate serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Policy directory.
+    /// Policy directory or bundle file (unused with `bundle`).
     pub policies: PathBuf,
+    /// Policies from an OPA bundle server instead of `policies`.
+    pub bundle: Option<BundleServerOptions>,
+    /// The key bundles (a bundle server's or a bundle file) are verified with.
+    pub bundle_verification: Option<BundleVerification>,
     /// gRPC TCP listener; `None` = off.
     pub grpc_addr: Option<SocketAddr>,
     /// gRPC Unix socket; `None` = off.
@@ -426,6 +475,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             policies: PathBuf::from("./policies"),
+            bundle: None,
+            bundle_verification: None,
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
             grpc_uds: None,
             http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8181))),
@@ -497,6 +548,9 @@ impl ServeConfig {
         let defaults = Self::default();
         let mut problems = Vec::new();
         let (tracing, tracing_problems) = tracing_options(&args, &file, otel_env);
+        let explicit_policies = args.policies.is_some() || file.policies.is_some();
+        let (bundle, bundle_verification) =
+            bundle::bundle_options(&args, &file, explicit_policies, &mut problems);
         let mut check = |ok: bool, problem: String| {
             if !ok {
                 problems.push(problem);
@@ -618,16 +672,10 @@ impl ServeConfig {
 
         let mut duration = |name: &str, value: Option<String>, default: Duration| match value {
             None => default,
-            Some(text) => match humantime::parse_duration(&text) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    check(
-                        false,
-                        format!("{name}: {text:?} is not a positive duration such as 500ms or 2s"),
-                    );
-                    default
-                }
-            },
+            Some(text) => positive_duration(name, &text).unwrap_or_else(|problem| {
+                check(false, problem);
+                default
+            }),
         };
         let timeout = duration(
             "eval_timeout",
@@ -875,6 +923,8 @@ impl ServeConfig {
         }
         Ok(Self {
             policies: args.policies.or(file.policies).unwrap_or(defaults.policies),
+            bundle,
+            bundle_verification,
             grpc_addr,
             grpc_uds,
             http_addr,
@@ -894,6 +944,7 @@ impl ServeConfig {
                 compile_timeout,
                 test_timeout,
                 heap_limit,
+                bundle_verifier: None,
             },
             log_format,
             max_message_bytes,
@@ -1015,6 +1066,17 @@ fn tracing_options(
         },
         problems,
     )
+}
+
+/// A positive duration such as `500ms` or `2s`, or the problem with `text`, naming the
+/// setting `name`.
+fn positive_duration(name: &str, text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "{name}: {text:?} is not a positive duration such as 500ms or 2s"
+        )),
+    }
 }
 
 /// A byte size: a positive integer with an optional `KiB`, `MiB` or `GiB` suffix.

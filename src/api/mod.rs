@@ -32,6 +32,6 @@ pub use limits::{
     fit_descriptor_limit,
 };
 pub use request_budget::{BudgetedBody, CallLimit, CallPermit, RequestBudget};
-pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits};
+pub use server::{GrpcServer, GrpcServices, Listeners, ServerLimits, ServingSwitch};
 pub use tls::{Alpn, ReloadingTls, TlsConnectInfo, TlsConnection, TlsError, TlsWatcher};
 pub use uds_authority::{Malformed, Rewriter, UdsAuthority};

@@ -224,7 +224,10 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     if call.params.provenance {
         body.insert(
             Value::from("provenance"),
-            provenance(&decision.policy_revision),
+            provenance(
+                &decision.policy_revision,
+                decision.bundle_revision.as_deref(),
+            ),
         );
     }
     encode(StatusCode::OK, &body.into_value(), call.params.pretty)
@@ -389,11 +392,13 @@ async fn policies(State(state): State<HttpState>, request: Request) -> Response 
     json_response(StatusCode::OK, bytes.unwrap_or_default())
 }
 
-fn provenance(revision: &str) -> Value {
+/// OPA's provenance: the bundle's own revision under `bundles` when the set came from a
+/// bundle, else the set's content hash.
+fn provenance(revision: &str, bundle_revision: Option<&str>) -> Value {
     let json = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "revision": revision,
-        "bundles": {"policies": {"revision": revision}},
+        "bundles": {"policies": {"revision": bundle_revision.unwrap_or(revision)}},
     });
     Value::from_json_str(&json.to_string()).unwrap_or_else(|_| Value::new_object())
 }

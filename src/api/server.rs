@@ -107,6 +107,24 @@ const HEALTH_NAMES: [&str; 4] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// Sets the health every service reports (SERVING or NOT_SERVING).
+#[derive(Debug, Clone)]
+pub struct ServingSwitch(HealthReporter);
+
+impl ServingSwitch {
+    /// Reports SERVING (`true`) or NOT_SERVING for the server and each service.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in HEALTH_NAMES {
+            self.0.set_service_status(name, status).await;
+        }
+    }
+}
+
 /// A running gRPC server: its serve tasks, its health reporter and its shutdown switch.
 #[derive(Debug)]
 pub struct GrpcServer {
@@ -260,14 +278,13 @@ impl GrpcServer {
 
     /// Reports SERVING (policies are loaded) or NOT_SERVING.
     pub async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        for name in HEALTH_NAMES {
-            self.health.set_service_status(name, status).await;
-        }
+        self.serving_switch().set(serving).await;
+    }
+
+    /// A handle that sets what health reports, for a task that decides it later (the
+    /// first bundle from a bundle server).
+    pub fn serving_switch(&self) -> ServingSwitch {
+        ServingSwitch(self.health.clone())
     }
 
     /// Stops accepting calls and lets in-flight calls finish, for at most `grace`; calls

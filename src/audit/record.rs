@@ -135,9 +135,10 @@ const RECORD_CAPACITY: usize = 4096;
 
 /// Renders `entry` with `masking` applied to its input, ready to be chained: the fields
 /// in a fixed order (`decision_id`, `time`, `trace_id` and `span_id` when known,
-/// `policy_revision`, `step`, `caller`, `subject`, `action`, `resource`, `allow`,
-/// `reasons`, `obligations`, `grant` when there is one, `eval_us`, `input`), then
-/// `prev_hash`, whose value the writer appends.
+/// `policy_revision`, `bundle_revision` when the set came from a bundle, `step`,
+/// `caller`, `subject`, `action`, `resource`, `allow`, `reasons`, `obligations`, `grant`
+/// when there is one, `eval_us`, `input`), then `prev_hash`, whose value the writer
+/// appends.
 pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     let input = entry.input;
     let decision = entry.decision;
@@ -160,6 +161,10 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     }
     out.push_str(",\"policy_revision\":");
     json::push_str(&mut out, &decision.policy_revision);
+    if let Some(bundle) = &decision.bundle_revision {
+        out.push_str(",\"bundle_revision\":");
+        json::push_str(&mut out, bundle);
+    }
     out.push_str(",\"step\":");
     push_text_or_null(&mut out, &input[&KEYS.step]);
     out.push_str(",\"caller\":");

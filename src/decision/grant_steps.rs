@@ -300,7 +300,7 @@ impl GrantSteps {
         }
         let Some(grant) = self.store.get(&req.grant_id) else {
             let now = self.store.now();
-            let revision = self.pipeline.serving_revision();
+            let revision = self.pipeline.serving_provenance();
             // The document the policy would have seen, naming the grant asked for.
             let k = &*KEYS;
             let mut named = regorus::value::Object::new();
@@ -332,7 +332,7 @@ impl GrantSteps {
         .build(&grant, now, &[]);
         if let Err(refusal) = grant.check_usable(now) {
             let decision =
-                Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
+                Decision::deny(refusal.to_string(), self.pipeline.serving_provenance(), now);
             let pending = self.pipeline.unevaluated(decision, input, parent);
             return self.record_denial(&req.grant_id, pending);
         }
@@ -552,7 +552,7 @@ impl GrantSteps {
             .get(&req.grant_id)
             .ok_or_else(|| GrantStepError::NotFound(req.grant_id.clone()))?;
         let now = self.store.now();
-        let revision = self.pipeline.serving_revision();
+        let revision = self.pipeline.serving_provenance();
         let input = GrantStepInput {
             step: "confirm_revocation",
             caller,

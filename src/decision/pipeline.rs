@@ -30,7 +30,7 @@ use crate::{
     audit::{DecisionLog, Entry, LOG_FULL_DENY, Slot},
     clock::Clock,
     grants::{Grant, GrantStore},
-    policy::{Entrypoint, EvalError, PolicyStore},
+    policy::{Entrypoint, EvalError, PolicyStore, Provenance},
     proto::v1::CheckRequest,
     telemetry::{ParentContext, Snapshot, Telemetry, attr, step_index},
 };
@@ -145,6 +145,8 @@ impl DecisionPipeline {
         let stats = self.grants.stats();
         let reloads = self.policies.reload_counts();
         let sweeper = self.telemetry.sweeper();
+        let bundles = self.telemetry.bundles();
+        let provenance = self.serving_provenance();
         let snapshot = Snapshot {
             grants_by_state: [
                 stats.pending,
@@ -159,13 +161,18 @@ impl DecisionPipeline {
             sweeps: sweeper.map_or(0, |s| s.sweeps()),
             last_sweep: sweeper.map_or(Default::default(), |s| s.last_duration()),
             reloads: (reloads.accepted, reloads.rejected),
-            revision: self.serving_revision().to_string(),
+            revision: provenance.revision.to_string(),
             log_records: self
                 .decision_log
                 .as_ref()
                 .map_or((0, 0, 0), |log| log.stats().counts()),
             eval_limits: crate::policy::limit_hits(),
             eval_waits: self.gate.waits(),
+            bundle_polls: bundles.map_or_else(Default::default, |b| b.polls()),
+            bundle_revision: provenance.bundle_revision.as_deref().map(str::to_string),
+            bundle_last_activation: bundles
+                .and_then(|b| b.status().last_successful_activation)
+                .map(|at| at.timestamp_millis() as f64 / 1000.0),
         };
         self.telemetry.metrics().render(&snapshot)
     }
@@ -175,12 +182,12 @@ impl DecisionPipeline {
         &self.grants
     }
 
-    /// The serving policy revision (`none` before the first load).
-    pub fn serving_revision(&self) -> Arc<str> {
+    /// The serving policy revision and bundle revision (`none` before the first load).
+    pub fn serving_provenance(&self) -> Provenance {
         self.policies
             .current()
             .as_ref()
-            .map_or_else(|| Arc::from("none"), |set| set.revision().clone())
+            .map_or_else(Provenance::none, |set| set.provenance())
     }
 
     /// The policy store decisions are made under.
@@ -260,7 +267,7 @@ impl DecisionPipeline {
                     let now = self.clock.now();
                     let len = ((t + 1) * chunk).min(checks.len()) - t * chunk;
                     decisions.extend((0..len).map(|_| {
-                        Decision::deny("internal error (fail closed)", "none".into(), now)
+                        Decision::deny("internal error (fail closed)", Provenance::none(), now)
                     }));
                 }
             }
@@ -319,17 +326,17 @@ impl DecisionPipeline {
     pub fn evaluate(&self, input: Value, now: DateTime<Utc>, parent: &ParentContext) -> Pending {
         let begun = self.begin();
         let decision = if begun.slot.is_none() && self.log_required() {
-            Decision::deny(LOG_FULL_DENY, self.serving_revision(), now)
+            Decision::deny(LOG_FULL_DENY, self.serving_provenance(), now)
         } else {
             let current = self.policies.current();
             match current.as_ref() {
-                None => Decision::deny(fail_closed::NO_POLICY, "none".into(), now),
+                None => Decision::deny(fail_closed::NO_POLICY, Provenance::none(), now),
                 Some(set) => {
                     let eval_started = Instant::now();
                     let outcome = set.evaluate(Entrypoint::Decision, input.clone());
                     Decision::from_evaluation(
                         outcome,
-                        set.revision().clone(),
+                        set.provenance(),
                         now,
                         eval_started.elapsed(),
                     )
@@ -422,15 +429,15 @@ impl DecisionPipeline {
         let now = self.clock.now();
         let begun = self.begin();
         let current = self.policies.current();
-        let (outcome, revision, eval_duration) = match current.as_ref() {
+        let (outcome, provenance, eval_duration) = match current.as_ref() {
             _ if begun.slot.is_none() && self.log_required() => (
                 Err(EvalError::Failed(LOG_FULL_DENY.into())),
-                self.serving_revision(),
+                self.serving_provenance(),
                 Duration::ZERO,
             ),
             None => (
                 Err(EvalError::Failed(fail_closed::NO_POLICY.into())),
-                Arc::from("none"),
+                Provenance::none(),
                 Duration::ZERO,
             ),
             Some(set) => {
@@ -441,7 +448,7 @@ impl DecisionPipeline {
                         set.evaluate_path(path, has_input.then(|| input.clone()))
                     }
                 };
-                (outcome, set.revision().clone(), eval_started.elapsed())
+                (outcome, set.provenance(), eval_started.elapsed())
             }
         };
         let (answer, allow, reasons) = read(outcome);
@@ -450,7 +457,8 @@ impl DecisionPipeline {
             allow,
             reasons,
             obligations: Value::new_object(),
-            policy_revision: revision,
+            policy_revision: provenance.revision,
+            bundle_revision: provenance.bundle_revision,
             decided_at: now,
             eval_duration,
         };
@@ -472,7 +480,7 @@ impl DecisionPipeline {
             Err(bad) => {
                 // Nothing to evaluate: recorded (and denied with 400) as it is.
                 let denied =
-                    Decision::deny(bad.to_string(), self.serving_revision(), self.clock.now());
+                    Decision::deny(bad.to_string(), self.serving_provenance(), self.clock.now());
                 let pending = self.unevaluated(denied, Value::new_object(), parent);
                 return EnvoyDecision {
                     decision: self.conclude(pending, None),
@@ -555,6 +563,12 @@ fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) ->
         attr::POLICY_REVISION,
         StringValue::from(decision.policy_revision.clone()),
     ));
+    if let Some(bundle) = &decision.bundle_revision {
+        attributes.push(KeyValue::new(
+            attr::BUNDLE_REVISION,
+            StringValue::from(bundle.clone()),
+        ));
+    }
     attributes.push(KeyValue::new(
         attr::EVAL_DURATION_US,
         i64::try_from(decision.eval_duration.as_micros()).unwrap_or(i64::MAX),

@@ -7,7 +7,7 @@ use regorus::Value;
 use uuid::Uuid;
 
 use super::input::{KEYS, text};
-use crate::policy::EvalError;
+use crate::policy::{EvalError, Provenance};
 
 /// One decision: the answer and its evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,9 @@ pub struct Decision {
     pub obligations: Value,
     /// The policy revision that decided (`none` when no policy was loaded).
     pub policy_revision: Arc<str>,
+    /// The revision of the OPA bundle that revision came from (its manifest's), when it
+    /// came from a bundle.
+    pub bundle_revision: Option<Arc<str>>,
     /// When the decision was made.
     pub decided_at: DateTime<Utc>,
     /// How long the policy evaluation took.
@@ -45,7 +48,7 @@ impl Decision {
     /// `{"allow": true, ...}` is a deny whose reasons say why.
     pub fn from_evaluation(
         outcome: Result<Value, EvalError>,
-        policy_revision: Arc<str>,
+        provenance: Provenance,
         decided_at: DateTime<Utc>,
         eval_duration: Duration,
     ) -> Self {
@@ -58,7 +61,8 @@ impl Decision {
             allow,
             reasons,
             obligations,
-            policy_revision,
+            policy_revision: provenance.revision,
+            bundle_revision: provenance.bundle_revision,
             decided_at,
             eval_duration,
         }
@@ -67,7 +71,7 @@ impl Decision {
     /// A deny made without evaluating (no policy loaded, grant missing, ...).
     pub fn deny(
         reason: impl Into<String>,
-        policy_revision: Arc<str>,
+        provenance: Provenance,
         decided_at: DateTime<Utc>,
     ) -> Self {
         Self {
@@ -75,7 +79,8 @@ impl Decision {
             allow: false,
             reasons: vec![reason.into()],
             obligations: Value::new_object(),
-            policy_revision,
+            policy_revision: provenance.revision,
+            bundle_revision: provenance.bundle_revision,
             decided_at,
             eval_duration: Duration::ZERO,
         }
@@ -86,12 +91,12 @@ impl Decision {
     /// A record made without evaluating that accepts a call (a confirmation of evidence).
     pub fn accepted(
         reason: impl Into<String>,
-        policy_revision: Arc<str>,
+        provenance: Provenance,
         decided_at: DateTime<Utc>,
     ) -> Self {
         Self {
             allow: true,
-            ..Self::deny(reason, policy_revision, decided_at)
+            ..Self::deny(reason, provenance, decided_at)
         }
     }
 

@@ -1,25 +1,55 @@
 //! OPA bundles: a gzipped tar of Rego modules and `data.json` / `data.yaml` files with an
 //! optional `.manifest`, read into the same [`PolicyFile`]s a directory gives, so a team
-//! moving from OPA can point `--policies` at the bundle its pipeline already builds.
+//! moving from OPA can point `--policies` at the bundle its pipeline already builds, or
+//! `--bundle-url` at the bundle server it already runs.
 //!
 //! A bundle comes from elsewhere (a build job, a bundle server), so it is read as
 //! untrusted input: every entry's path must stay inside the bundle, only regular files
 //! are accepted, and the archive is bounded while it is decompressed, so a decompression
 //! bomb stops at the bound instead of filling memory. What stepgate cannot honour is
-//! refused rather than half-applied: Rego v0 modules. Signatures (`.signatures.json`)
-//! are not verified, and a warning says so.
+//! refused rather than half-applied: Rego v0 modules. A signed bundle is verified as OPA
+//! verifies it (`signature.rs`) when a key is configured, and then every entry counts,
+//! including those stepgate does not load.
 
 use std::{
     collections::HashSet,
     fs::File,
     io::{self, Read},
     path::{Component, Path},
+    sync::Arc,
 };
 
 use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use super::{FileKind, LoadError, PolicyFile, SourceLimits};
+use super::{
+    FileKind, LoadError, PolicyFile, SourceLimits,
+    canonical::{is_structured, structured_sha256},
+    signature::{BundleVerifier, SignatureError},
+};
+
+/// How a bundle's signature is treated.
+#[derive(Debug, Clone, Copy)]
+pub enum BundleTrust<'a> {
+    /// Verify it with this key; an unsigned bundle is refused.
+    Verify(&'a BundleVerifier),
+    /// No key is configured: a signed bundle is refused, as OPA refuses it (a bundle
+    /// server's bundles).
+    RefuseSigned,
+    /// No key is configured: signatures are not verified, and a warning says so (a
+    /// bundle file given as `--policies`).
+    WarnSigned,
+}
+
+/// What a bundle holds: its policy and data files, and its manifest's revision.
+#[derive(Debug)]
+pub(super) struct Bundle {
+    /// The Rego modules and data files to load.
+    pub(super) files: Vec<PolicyFile>,
+    /// The `.manifest`'s `revision` (empty without one).
+    pub(super) revision: Arc<str>,
+}
 
 /// Whether `path` names a bundle (`.tar.gz` or `.tgz`) rather than a directory.
 pub(super) fn is_bundle(path: &Path) -> bool {
@@ -27,27 +57,42 @@ pub(super) fn is_bundle(path: &Path) -> bool {
     name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
-/// Reads the policy and data files of the bundle at `path`.
+/// Reads the bundle file at `path`.
 pub(super) fn read_bundle(
     path: &Path,
     limits: &SourceLimits,
-) -> Result<Vec<PolicyFile>, LoadError> {
-    let bad = |problem: String| LoadError::Bundle {
-        path: path.into(),
-        problem,
-    };
+    trust: BundleTrust<'_>,
+) -> Result<Bundle, LoadError> {
     let file = File::open(path).map_err(|source| LoadError::Io {
         path: path.into(),
         source,
     })?;
+    read_archive(file, path, limits, trust)
+}
+
+/// Reads a gzipped bundle from `archive`; `origin` names it in errors.
+pub(super) fn read_archive(
+    archive: impl Read,
+    origin: &Path,
+    limits: &SourceLimits,
+    trust: BundleTrust<'_>,
+) -> Result<Bundle, LoadError> {
+    let bad = |problem: String| LoadError::Bundle {
+        path: origin.into(),
+        problem,
+    };
     let mut archive = tar::Archive::new(Bounded {
-        inner: GzDecoder::new(file),
+        inner: GzDecoder::new(archive),
         limit: limits.max_bundle_bytes,
         left: limits.max_bundle_bytes,
     });
+    let verifying = matches!(trust, BundleTrust::Verify(_));
     let mut files = Vec::new();
     let mut seen = HashSet::new();
     let mut manifest = None;
+    let mut signatures = None;
+    // Every entry's digest as OPA signs it, when the signature is to be verified.
+    let mut digests: Vec<(String, [u8; 32])> = Vec::new();
     let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
@@ -66,42 +111,42 @@ pub(super) fn read_bundle(
         if !seen.insert(name.clone()) {
             return Err(bad(format!("entry \"{name}\" appears twice")));
         }
-        let kind = match name.as_str() {
-            ".manifest" => None,
-            ".signatures.json" => {
-                tracing::warn!(
-                    bundle = %path.display(),
-                    "bundle signatures are not verified by stepgate"
-                );
+        let role = role_of(&name);
+        if role == Role::Signatures {
+            signatures = Some(read_entry(&mut entry, &name, limits, &bad)?);
+            continue;
+        }
+        if role == Role::Skip && !(verifying && is_structured(&name)) {
+            if verifying {
+                let mut hasher = Sha256::new();
+                io::copy(&mut entry, &mut hasher)
+                    .map_err(|e| bad(format!("entry \"{name}\": {e}")))?;
+                digests.push((name, hasher.finalize().into()));
+            }
+            continue;
+        }
+        let bytes = read_entry(&mut entry, &name, limits, &bad)?;
+        let content = String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8(name.clone()))?;
+        if verifying {
+            let digest = if is_structured(&name) {
+                structured_sha256(&name, &content)
+                    .map_err(|problem| bad(format!("entry \"{name}\": {problem}")))?
+            } else {
+                Sha256::digest(content.as_bytes()).into()
+            };
+            digests.push((name.clone(), digest));
+        }
+        let kind = match role {
+            Role::Load(kind) => kind,
+            Role::Manifest => {
+                manifest = Some(content);
                 continue;
             }
-            _ if name.split('/').any(|part| part.starts_with('.')) => continue,
-            _ => match bundle_file_kind(&name) {
-                Some(kind) => Some(kind),
-                // Wasm modules and other files OPA itself would not load as Rego or data.
-                None => continue,
-            },
-        };
-        let size = entry.header().size().map_err(|e| bad(e.to_string()))?;
-        if size > limits.max_file_bytes {
-            return Err(LoadError::TooLarge {
-                path: name,
-                size,
-                limit: limits.max_file_bytes,
-            });
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("entry \"{name}\": {e}")))?;
-        let content = String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8(name.clone()))?;
-        let Some(kind) = kind else {
-            manifest = Some(content);
-            continue;
+            Role::Skip | Role::Signatures => continue,
         };
         if files.len() >= limits.max_files {
             return Err(LoadError::TooManyFiles {
-                root: path.into(),
+                root: origin.into(),
                 limit: limits.max_files,
             });
         }
@@ -111,10 +156,77 @@ pub(super) fn read_bundle(
             content,
         });
     }
-    if let Some(manifest) = manifest {
-        check_manifest(&manifest).map_err(|problem| bad(format!(".manifest: {problem}")))?;
+    let unverified = |source| LoadError::Signature {
+        bundle: origin.into(),
+        source,
+    };
+    match (trust, signatures) {
+        (BundleTrust::Verify(verifier), Some(signatures)) => verifier
+            .verify(&signatures)
+            .and_then(|signed| signed.check(digests.iter().map(|(n, d)| (n.as_str(), d))))
+            .map_err(unverified)?,
+        (BundleTrust::Verify(_), None) => return Err(unverified(SignatureError::Unsigned)),
+        (BundleTrust::RefuseSigned, Some(_)) => return Err(unverified(SignatureError::NoKey)),
+        (BundleTrust::WarnSigned, Some(_)) => tracing::warn!(
+            bundle = %origin.display(),
+            "bundle signatures are not verified: no verification key is configured"
+        ),
+        (BundleTrust::RefuseSigned | BundleTrust::WarnSigned, None) => {}
     }
-    Ok(files)
+    let revision = match manifest {
+        Some(manifest) => {
+            check_manifest(&manifest).map_err(|problem| bad(format!(".manifest: {problem}")))?
+        }
+        None => String::new(),
+    };
+    Ok(Bundle {
+        files,
+        revision: revision.into(),
+    })
+}
+
+/// What an entry is to the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A Rego module or data file to load.
+    Load(FileKind),
+    /// The `.manifest`.
+    Manifest,
+    /// The `.signatures.json`.
+    Signatures,
+    /// Anything OPA would not load as Rego or data (Wasm, hidden files, other files).
+    Skip,
+}
+
+fn role_of(name: &str) -> Role {
+    match name {
+        ".manifest" => Role::Manifest,
+        ".signatures.json" => Role::Signatures,
+        _ if name.split('/').any(|part| part.starts_with('.')) => Role::Skip,
+        _ => bundle_file_kind(name).map_or(Role::Skip, Role::Load),
+    }
+}
+
+/// Reads one entry whole, refusing it unread when its header says it is too large.
+fn read_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &str,
+    limits: &SourceLimits,
+    bad: &dyn Fn(String) -> LoadError,
+) -> Result<Vec<u8>, LoadError> {
+    let size = entry.header().size().map_err(|e| bad(e.to_string()))?;
+    if size > limits.max_file_bytes {
+        return Err(LoadError::TooLarge {
+            path: name.into(),
+            size,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("entry \"{name}\": {e}")))?;
+    Ok(bytes)
 }
 
 /// An entry's path inside the bundle, `/`-separated, without a leading `/` or `./`.
@@ -147,8 +259,9 @@ fn bundle_file_kind(name: &str) -> Option<FileKind> {
     }
 }
 
-/// Refuses manifests that ask for what stepgate does not do: Rego v0 modules.
-fn check_manifest(text: &str) -> Result<(), String> {
+/// The manifest's `revision`, refusing manifests that ask for what stepgate does not do:
+/// Rego v0 modules.
+fn check_manifest(text: &str) -> Result<String, String> {
     let manifest: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let Some(manifest) = manifest.as_object() else {
@@ -167,7 +280,11 @@ fn check_manifest(text: &str) -> Result<(), String> {
             "file_rego_versions marks \"{file}\" as Rego v0, which is not supported"
         ));
     }
-    Ok(())
+    match manifest.get("revision") {
+        None => Ok(String::new()),
+        Some(serde_json::Value::String(revision)) => Ok(revision.clone()),
+        Some(_) => Err("\"revision\" must be a string".into()),
+    }
 }
 
 /// A reader that fails once more than `limit` bytes have come through.
@@ -230,10 +347,13 @@ mod tests {
     }
 
     fn read_within(bytes: &[u8], limits: &SourceLimits) -> Result<Vec<PolicyFile>, LoadError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bundle.tar.gz");
-        std::fs::write(&path, bytes).unwrap();
-        read_bundle(&path, limits)
+        read_archive(
+            bytes,
+            Path::new("bundle.tar.gz"),
+            limits,
+            BundleTrust::WarnSigned,
+        )
+        .map(|bundle| bundle.files)
     }
 
     fn err(bytes: &[u8]) -> String {
@@ -259,6 +379,51 @@ mod tests {
                 ("authz/data.json", FileKind::Json)
             ]
         );
+    }
+
+    #[test]
+    fn the_manifest_revision_is_read_and_must_be_a_string() {
+        let read = |manifest: &[u8]| {
+            let bytes = bundle(&[(".manifest", manifest), ("p.rego", b"package p")]);
+            read_archive(
+                bytes.as_slice(),
+                Path::new("b.tar.gz"),
+                &SourceLimits::default(),
+                BundleTrust::RefuseSigned,
+            )
+        };
+        assert_eq!(&*read(br#"{"revision": "v42"}"#).unwrap().revision, "v42");
+        assert_eq!(&*read(b"{}").unwrap().revision, "");
+        let e = read(br#"{"revision": 42}"#).unwrap_err().to_string();
+        assert!(e.contains("\"revision\" must be a string"), "{e}");
+    }
+
+    #[test]
+    fn a_signed_bundle_without_a_key_is_refused_from_a_server_and_warned_about_locally() {
+        let bytes = bundle(&[
+            (".signatures.json", br#"{"signatures": ["x.y.z"]}"#),
+            ("p.rego", b"package p"),
+        ]);
+        let read = |trust| {
+            read_archive(
+                bytes.as_slice(),
+                Path::new("b.tar.gz"),
+                &SourceLimits::default(),
+                trust,
+            )
+        };
+        let e = read(BundleTrust::RefuseSigned).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::Signature {
+                    source: SignatureError::NoKey,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(read(BundleTrust::WarnSigned).unwrap().files.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::{
 use regorus::{Engine, Value, languages::rego::compiler::Compiler, rvm::program::Program};
 
 use super::{
-    EvalLimits, FileKind, LoadError, PolicySource, SourceLimits, TestReport,
+    BundleTrust, BundleVerifier, EvalLimits, FileKind, LoadError, PolicySource, SourceLimits,
+    TestReport,
     limits::{apply_engine_limits, bounded, classify_engine_error},
 };
 
@@ -49,6 +50,10 @@ pub struct PolicyOptions {
     /// tests exercise whole workflows, and a debug build on a busy node must not refuse
     /// a correct set.
     pub test_timeout: Duration,
+    /// The key bundles are verified with (`--bundle-verification-key`); `None`: a bundle
+    /// server's signed bundles are refused and a bundle file's signatures are not
+    /// verified.
+    pub bundle_verifier: Option<Arc<BundleVerifier>>,
     /// The process heap limit `stepgate serve` sets (see [`super::set_heap_limit`]);
     /// `None`: no limit. Process-wide, so it is applied by whoever owns the process, not
     /// by loading a set.
@@ -65,11 +70,27 @@ impl Default for PolicyOptions {
             compile_timeout: Duration::from_secs(10),
             test_timeout: Duration::from_secs(2),
             heap_limit: Some(192 << 20),
+            bundle_verifier: None,
         }
     }
 }
 
 impl PolicyOptions {
+    /// How a bundle file given as `--policies` is trusted: verified when a key is set.
+    pub fn local_bundle_trust(&self) -> BundleTrust<'_> {
+        self.bundle_verifier
+            .as_deref()
+            .map_or(BundleTrust::WarnSigned, BundleTrust::Verify)
+    }
+
+    /// How a bundle server's bundle is trusted: verified when a key is set, else a
+    /// signed one is refused (as OPA refuses it).
+    pub fn remote_bundle_trust(&self) -> BundleTrust<'_> {
+        self.bundle_verifier
+            .as_deref()
+            .map_or(BundleTrust::RefuseSigned, BundleTrust::Verify)
+    }
+
     fn rule(&self, entrypoint: Entrypoint) -> &Arc<str> {
         match entrypoint {
             Entrypoint::Decision => &self.decision_entrypoint,
@@ -108,11 +129,44 @@ pub struct EntrypointInfo {
     pub rvm_refusal: Option<String>,
 }
 
+/// Which policy a decision was made under: the set's content hash and, for a set from an
+/// OPA bundle, the revision its manifest names. Cloning it clones two `Arc`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// `sha256:<hex>` of the set's files (`none` when no set is loaded).
+    pub revision: Arc<str>,
+    /// The bundle's manifest revision; `None` unless the set came from a bundle.
+    pub bundle_revision: Option<Arc<str>>,
+}
+
+impl Provenance {
+    /// No set loaded.
+    pub fn none() -> Self {
+        Self::from("none")
+    }
+}
+
+impl From<Arc<str>> for Provenance {
+    fn from(revision: Arc<str>) -> Self {
+        Self {
+            revision,
+            bundle_revision: None,
+        }
+    }
+}
+
+impl From<&str> for Provenance {
+    fn from(revision: &str) -> Self {
+        Self::from(Arc::<str>::from(revision))
+    }
+}
+
 /// A compiled, immutable policy revision. Cheap to share (`Arc`); evaluation never
 /// takes a lock.
 #[derive(Debug)]
 pub struct PolicySet {
     pub(super) revision: Arc<str>,
+    pub(super) bundle_revision: Option<Arc<str>>,
     pub(super) files: Vec<String>,
     /// Modules and data, warmed by one evaluation so clones evaluate at full speed.
     pub(super) engine: Engine,
@@ -129,6 +183,19 @@ impl PolicySet {
     /// The revision: `sha256:<hex>` of the set's files.
     pub fn revision(&self) -> &Arc<str> {
         &self.revision
+    }
+
+    /// The bundle's manifest revision, for a set from a bundle.
+    pub fn bundle_revision(&self) -> Option<&Arc<str>> {
+        self.bundle_revision.as_ref()
+    }
+
+    /// The revision and bundle revision, as a decision records them.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            revision: self.revision.clone(),
+            bundle_revision: self.bundle_revision.clone(),
+        }
     }
 
     /// The files of the set, relative to its root.
@@ -223,6 +290,7 @@ impl PolicySet {
         }
         Ok(Self {
             revision: source.revision.clone(),
+            bundle_revision: source.bundle_revision.clone(),
             files: source.files.iter().map(|f| f.path.clone()).collect(),
             engine,
             data,

@@ -9,9 +9,12 @@
 //! [`Value`]: regorus::Value
 
 mod bundle;
+mod canonical;
 mod compile;
 mod eval;
 mod limits;
+mod remote;
+mod signature;
 mod source;
 mod store;
 mod testing;
@@ -19,10 +22,16 @@ mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet};
+pub use bundle::BundleTrust;
+pub use compile::{Entrypoint, EntrypointInfo, PolicyOptions, PolicySet, Provenance};
 pub use limits::{EvalError, EvalLimits, LimitKind, limit_hits, set_heap_limit};
+pub use remote::{
+    BundleOutcome, BundlePoller, BundleServerOptions, BundleStats, BundleStatus, ClientError,
+    spawn_poller,
+};
+pub use signature::{BundleVerifier, KeyError, SignatureError, SigningAlg};
 pub use source::{FileKind, PolicyFile, PolicySource, SourceLimits};
-pub use store::{PolicyStore, ReloadCounts};
+pub use store::{Activation, PolicyStore, ReloadCounts};
 pub use testing::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, watch_policies};
 
@@ -48,6 +57,14 @@ pub enum LoadError {
         path: PathBuf,
         /// What is wrong, naming the entry where there is one.
         problem: String,
+    },
+    /// A bundle's signature is missing, does not verify, or does not cover its files.
+    #[error("{}: {source}", bundle.display())]
+    Signature {
+        /// The bundle file or URL.
+        bundle: PathBuf,
+        /// What is wrong with the signature.
+        source: SignatureError,
     },
     /// The directory tree is nested too deeply (or loops through links).
     #[error("{}: directory tree nested too deeply", .0.display())]

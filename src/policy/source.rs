@@ -8,13 +8,14 @@
 
 use std::{
     fs,
+    io::Read,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use sha2::{Digest, Sha256};
 
-use super::{LoadError, bundle};
+use super::{BundleTrust, LoadError, bundle};
 
 /// Limits every policy file must stay within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,16 +84,51 @@ pub struct PolicySource {
     pub files: Vec<PolicyFile>,
     /// `sha256:<hex>` over every file's path and content.
     pub revision: Arc<str>,
+    /// For a set read from an OPA bundle, the revision its `.manifest` names (empty when
+    /// it names none); `None` for a directory.
+    pub bundle_revision: Option<Arc<str>>,
 }
 
 impl PolicySource {
     /// Reads the set at `path`: an OPA bundle (a `.tar.gz` or `.tgz` file) or a directory.
+    /// A bundle's signature is not verified (a warning says so when it has one).
     pub fn read(path: &Path, limits: &SourceLimits) -> Result<Self, LoadError> {
+        Self::read_trusting(path, limits, BundleTrust::WarnSigned)
+    }
+
+    /// As [`PolicySource::read`], treating a bundle's signature as `trust` says.
+    pub fn read_trusting(
+        path: &Path,
+        limits: &SourceLimits,
+        trust: BundleTrust<'_>,
+    ) -> Result<Self, LoadError> {
         if bundle::is_bundle(path) {
-            let files = bundle::read_bundle(path, limits)?;
-            return Self::from_files(path.into(), files, limits);
+            let bundle = bundle::read_bundle(path, limits, trust)?;
+            return Self::from_bundle(path.into(), bundle, limits);
         }
         Self::read_dir(path, limits)
+    }
+
+    /// Reads a gzipped OPA bundle from `archive` (a bundle server's response); `origin`
+    /// names it in errors.
+    pub fn read_archive(
+        origin: &Path,
+        archive: impl Read,
+        limits: &SourceLimits,
+        trust: BundleTrust<'_>,
+    ) -> Result<Self, LoadError> {
+        let bundle = bundle::read_archive(archive, origin, limits, trust)?;
+        Self::from_bundle(origin.into(), bundle, limits)
+    }
+
+    fn from_bundle(
+        root: PathBuf,
+        bundle: bundle::Bundle,
+        limits: &SourceLimits,
+    ) -> Result<Self, LoadError> {
+        let mut source = Self::from_files(root, bundle.files, limits)?;
+        source.bundle_revision = Some(bundle.revision);
+        Ok(source)
     }
 
     /// Reads every `.rego`, `.json`, `.yaml` and `.yml` file under `root`, recursively,
@@ -144,6 +180,7 @@ impl PolicySource {
             root,
             files,
             revision,
+            bundle_revision: None,
         })
     }
 }

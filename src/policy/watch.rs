@@ -30,10 +30,10 @@ pub fn watch_policies(
     debounce: Duration,
 ) -> Result<PolicyWatcher, notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let files = if watch_files {
+    let files = if watch_files && let Some(root) = store.root() {
         // A bundle is watched through its directory: a deploy that replaces it by rename
         // would end a watch on the file itself.
-        let root = store.root().to_path_buf();
+        let root = root.to_path_buf();
         let bundle = root.is_file().then(|| root.clone());
         let (watched, mode) = match &bundle {
             Some(file) => (

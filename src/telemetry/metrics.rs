@@ -6,6 +6,8 @@
 
 use std::{sync::Mutex, time::Duration};
 
+use crate::policy::BundleOutcome;
+
 use prometheus::{
     Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -59,6 +61,20 @@ pub struct Snapshot {
     pub eval_limits: [u64; 3],
     /// Evaluations that waited for their turn at the evaluation gate.
     pub eval_waits: u64,
+    /// Bundle-server polls by outcome, in [`BundleOutcome::ALL`] order.
+    pub bundle_polls: [u64; BundleOutcome::ALL.len()],
+    /// The serving set's bundle (manifest) revision, when it came from a bundle.
+    pub bundle_revision: Option<String>,
+    /// When a bundle server's bundle was last activated, in seconds since the epoch.
+    pub bundle_last_activation: Option<f64>,
+}
+
+/// The revision labels of the last scrape: their info series are replaced when they
+/// change.
+#[derive(Debug, Default)]
+struct Scraped {
+    revision: String,
+    bundle_revision: Option<String>,
 }
 
 /// The registry and its instruments.
@@ -84,8 +100,12 @@ pub struct Metrics {
     listeners: [ListenerMetrics; LISTENERS.len()],
     request_budget_refusals: IntCounter,
     call_limit_refusals: IntCounter,
+    /// `[outcome]`, in [`BundleOutcome::ALL`] order.
+    bundle_polls: [IntCounter; BundleOutcome::ALL.len()],
+    bundle_revision: IntGaugeVec,
+    bundle_last_activation: Gauge,
     /// Serialises scrapes (copying totals into counters is read-then-add).
-    scrape: Mutex<String>,
+    scrape: Mutex<Scraped>,
 }
 
 impl Default for Metrics {
@@ -239,6 +259,31 @@ impl Metrics {
             "stepgate_call_limit_refusals_total",
             "gRPC calls answered RESOURCE_EXHAUSTED at once because --max-concurrent-calls were in flight.",
         );
+        let polls_vec = IntCounterVec::new(
+            Opts::new(
+                "stepgate_bundle_polls_total",
+                "Bundle-server polls by outcome: activated, unchanged, not_modified, download_failed, too_large, malformed, unsigned, bad_signature, bad_digest, rejected (every refusal leaves the previous revision serving).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let bundle_polls = BundleOutcome::ALL.map(|o| polls_vec.with_label_values(&[o.label()]));
+        register(Box::new(polls_vec));
+        let bundle_revision = IntGaugeVec::new(
+            Opts::new(
+                "stepgate_bundle_revision_info",
+                "The manifest revision of the serving OPA bundle (value 1); absent when policies are not from a bundle.",
+            ),
+            &["revision"],
+        )
+        .expect("valid metric");
+        register(Box::new(bundle_revision.clone()));
+        let bundle_last_activation = Gauge::new(
+            "stepgate_bundle_last_activation_timestamp_seconds",
+            "When a bundle server's bundle was last activated (0: never).",
+        )
+        .expect("valid metric");
+        register(Box::new(bundle_last_activation.clone()));
         Self {
             registry,
             decisions,
@@ -258,7 +303,10 @@ impl Metrics {
             listeners,
             request_budget_refusals,
             call_limit_refusals,
-            scrape: Mutex::new(String::new()),
+            bundle_polls,
+            bundle_revision,
+            bundle_last_activation,
+            scrape: Mutex::new(Scraped::default()),
         }
     }
 
@@ -293,7 +341,7 @@ impl Metrics {
 
     /// Copies `snapshot` in and renders every series in the Prometheus text format.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let mut last_revision = self
+        let mut scraped = self
             .scrape
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -316,14 +364,28 @@ impl Metrics {
         self.last_sweep.set(snapshot.last_sweep.as_secs_f64());
         raise_to(&self.reloads[0], snapshot.reloads.0);
         raise_to(&self.reloads[1], snapshot.reloads.1);
-        if *last_revision != snapshot.revision {
+        if scraped.revision != snapshot.revision {
             // One series at a time: the old revision's goes away.
             self.revision.reset();
             self.revision
                 .with_label_values(&[snapshot.revision.as_str()])
                 .set(1);
-            *last_revision = snapshot.revision.clone();
+            scraped.revision = snapshot.revision.clone();
         }
+        if scraped.bundle_revision != snapshot.bundle_revision {
+            self.bundle_revision.reset();
+            if let Some(revision) = &snapshot.bundle_revision {
+                self.bundle_revision
+                    .with_label_values(&[revision.as_str()])
+                    .set(1);
+            }
+            scraped.bundle_revision = snapshot.bundle_revision.clone();
+        }
+        for (counter, total) in self.bundle_polls.iter().zip(snapshot.bundle_polls) {
+            raise_to(counter, total);
+        }
+        self.bundle_last_activation
+            .set(snapshot.bundle_last_activation.unwrap_or(0.0));
         raise_to(&self.log_records[0], snapshot.log_records.0);
         raise_to(&self.log_records[1], snapshot.log_records.1);
         raise_to(&self.log_records[2], snapshot.log_records.2);
@@ -454,5 +516,32 @@ mod tests {
             ..Snapshot::default()
         });
         assert!(!text.contains("sha256:ab"), "{text}");
+    }
+
+    #[test]
+    fn bundle_polls_and_the_bundle_revision_are_exported() {
+        let metrics = Metrics::new();
+        let text = metrics.render(&Snapshot::default());
+        assert!(text.contains("stepgate_bundle_polls_total{outcome=\"bad_digest\"} 0"));
+        assert!(!text.contains("stepgate_bundle_revision_info{"), "{text}");
+        let mut polls = [0; BundleOutcome::ALL.len()];
+        polls[0] = 2;
+        polls[2] = 5;
+        let text = metrics.render(&Snapshot {
+            bundle_polls: polls,
+            bundle_revision: Some("v42".into()),
+            bundle_last_activation: Some(1_800_000_000.0),
+            ..Snapshot::default()
+        });
+        assert!(text.contains("stepgate_bundle_polls_total{outcome=\"activated\"} 2"));
+        assert!(text.contains("stepgate_bundle_polls_total{outcome=\"not_modified\"} 5"));
+        assert!(text.contains("stepgate_bundle_revision_info{revision=\"v42\"} 1"));
+        assert!(text.contains("stepgate_bundle_last_activation_timestamp_seconds 1800000000"));
+        let text = metrics.render(&Snapshot {
+            bundle_polls: polls,
+            bundle_revision: Some("v43".into()),
+            ..Snapshot::default()
+        });
+        assert!(!text.contains("revision=\"v42\""), "{text}");
     }
 }

@@ -21,7 +21,7 @@ pub use spans::{
     TracingOptions, attr, spawn_lifecycle_spans, tracer_provider,
 };
 
-use crate::grants::SweeperStats;
+use crate::{grants::SweeperStats, policy::BundleStats};
 
 /// The spans and metrics decisions are recorded in.
 #[derive(Debug, Default)]
@@ -29,6 +29,7 @@ pub struct Telemetry {
     tracer: Tracer,
     metrics: Metrics,
     sweeper: OnceLock<Arc<SweeperStats>>,
+    bundles: OnceLock<Arc<BundleStats>>,
 }
 
 impl Telemetry {
@@ -63,5 +64,16 @@ impl Telemetry {
     /// The sweeper's counters, once it runs.
     pub fn sweeper(&self) -> Option<&Arc<SweeperStats>> {
         self.sweeper.get()
+    }
+
+    /// Lets scrapes and `/health` read the bundle poller's counts and status (set once,
+    /// when it starts).
+    pub fn watch_bundles(&self, stats: Arc<BundleStats>) {
+        let _ = self.bundles.set(stats);
+    }
+
+    /// The bundle poller's counts and status, when policies come from a bundle server.
+    pub fn bundles(&self) -> Option<&Arc<BundleStats>> {
+        self.bundles.get()
     }
 }

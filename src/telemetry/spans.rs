@@ -46,6 +46,8 @@ pub mod attr {
     pub const GRANT_ID: &str = "stepgate.grant.id";
     /// The policy revision that decided.
     pub const POLICY_REVISION: &str = "stepgate.policy.revision";
+    /// The manifest revision of the bundle that revision came from.
+    pub const BUNDLE_REVISION: &str = "stepgate.bundle.revision";
     /// Policy evaluation time in microseconds.
     pub const EVAL_DURATION_US: &str = "stepgate.eval.duration_us";
     /// A grant's state after a lifecycle change.

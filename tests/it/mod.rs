@@ -1,6 +1,8 @@
 mod audit;
 mod authzen;
 mod binary;
+mod bundle_server;
+mod bundle_support;
 mod check;
 mod deploy;
 mod deploy_run;

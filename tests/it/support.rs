@@ -276,6 +276,13 @@ pub fn my_uid() -> u32 {
 /// Writes an OPA bundle (gzipped tar) of `files` to `path`, through a temporary file
 /// renamed into place, as a deploy would replace it.
 pub fn write_bundle(path: &Path, files: &[(&str, &str)]) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, bundle_bytes(files)).unwrap();
+    std::fs::rename(staging, path).unwrap();
+}
+
+/// An OPA bundle (gzipped tar) of `files`, in that order.
+pub fn bundle_bytes(files: &[(&str, &str)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
         flate2::Compression::fast(),
@@ -289,10 +296,7 @@ pub fn write_bundle(path: &Path, files: &[(&str, &str)]) {
             .append_data(&mut header, name, text.as_bytes())
             .unwrap();
     }
-    let bytes = builder.into_inner().unwrap().finish().unwrap();
-    let staging = path.with_extension("staging");
-    std::fs::write(&staging, bytes).unwrap();
-    std::fs::rename(staging, path).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
 }
 
 /// An HTTP response as a test sees it.
