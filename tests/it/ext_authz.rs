@@ -90,7 +90,7 @@ fn struct_json(s: &pb::Struct) -> Json {
 }
 
 /// A CheckRequest as Envoy's HTTP ext_authz filter sends it (with_request_body on).
-fn envoy_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
+pub(super) fn envoy_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
     let peer = |ip: &str, port: u32, principal: &str| attribute_context::Peer {
         address: Some(Address {
             address: Some(address::Address::SocketAddress(SocketAddress {

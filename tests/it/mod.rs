@@ -1,6 +1,7 @@
 mod audit;
 mod authzen;
 mod binary;
+mod cases;
 mod check;
 mod deploy;
 mod engines;
