@@ -18,7 +18,8 @@ decision := {"allow": true, "obligations": ["x"]} if input.action == "bad_obliga
 
 decision := {"allow": true, "reasons": {"set", "of", "reasons"}} if input.action == "set_reasons"
 
-decision := {"allow": count([x | some x in numbers.range(1, 1000000)]) > 0} if input.action == "loop"
+# Many small steps (no large builtin result): the instruction limit stops it.
+decision := {"allow": count([1 | some x in numbers.range(1, 300); some y in numbers.range(1, 300); x == y]) > 0} if input.action == "loop"
 
 decision := {"allow": input.subject.attributes.n + "a"} if input.action == "type_error"
 

@@ -13,13 +13,13 @@ use stepgate::proto::v1::{
 };
 use tonic::transport::Channel;
 
+use super::super::support::http_request;
 use super::{
     Tally,
     model::{Adapter, Case, CaseFile},
     outcome::{Answer, Expect, Outcome, compare, toml_json},
     start,
 };
-use super::super::support::http_request;
 
 /// A case's input: stepgate's Check request, as the input document names its fields.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -169,7 +169,9 @@ pub async fn run_file(name: &str) {
             }
         }
         for adapter in [Adapter::BatchAll, Adapter::AuthzenBatchAll] {
-            endpoints.ask_all(&file, adapter, &prepared, &mut tally).await;
+            endpoints
+                .ask_all(&file, adapter, &prepared, &mut tally)
+                .await;
         }
         server.stop().await;
     }
@@ -288,7 +290,10 @@ impl Endpoints {
                 .iter()
                 .map(|a| authzen_answer(&(200, a.clone())))
                 .collect(),
-            _ => vec![Answer::unreadable(Some(200), format!("not {count} evaluations: {}", reply.1)); count],
+            _ => vec![
+                Answer::unreadable(Some(200), format!("not {count} evaluations: {}", reply.1));
+                count
+            ],
         }
     }
 }
@@ -424,7 +429,11 @@ fn authzen_evaluation(input: &Input) -> Result<Json, String> {
     if input.workflow.is_some() || input.agent.is_some() {
         return Err("AuthZEN has no workflow or agent call".into());
     }
-    if input.context.as_ref().is_some_and(|c| c.source_ip.is_some()) {
+    if input
+        .context
+        .as_ref()
+        .is_some_and(|c| c.source_ip.is_some())
+    {
         return Err("AuthZEN has no source IP".into());
     }
     let mut evaluation = Map::new();
@@ -432,7 +441,11 @@ fn authzen_evaluation(input: &Input) -> Result<Json, String> {
         let mut subject = Map::new();
         put(&mut subject, "id", s.id.as_ref().map(|id| json!(id)));
         put(&mut subject, "type", s.kind.as_ref().map(|k| json!(k)));
-        put(&mut subject, "properties", s.attributes.as_ref().map(json).transpose()?);
+        put(
+            &mut subject,
+            "properties",
+            s.attributes.as_ref().map(json).transpose()?,
+        );
         evaluation.insert("subject".into(), Json::Object(subject));
     }
     if let Some(action) = &input.action {
@@ -442,7 +455,11 @@ fn authzen_evaluation(input: &Input) -> Result<Json, String> {
         let mut resource = Map::new();
         put(&mut resource, "type", r.kind.as_ref().map(|k| json!(k)));
         put(&mut resource, "id", r.id.as_ref().map(|id| json!(id)));
-        put(&mut resource, "properties", r.attributes.as_ref().map(json).transpose()?);
+        put(
+            &mut resource,
+            "properties",
+            r.attributes.as_ref().map(json).transpose()?,
+        );
         evaluation.insert("resource".into(), Json::Object(resource));
     }
     let attributes = input.context.as_ref().and_then(|c| c.attributes.as_ref());
@@ -509,5 +526,10 @@ fn struct_json(s: &Struct) -> Json {
             Some(Kind::ListValue(l)) => Json::Array(l.values.iter().map(value).collect()),
         }
     }
-    Json::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+    Json::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
 }

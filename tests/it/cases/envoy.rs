@@ -9,13 +9,13 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use serde::Deserialize;
 
+use super::super::ext_authz::envoy_request;
 use super::{
     Tally,
     model::{Adapter, CaseFile},
     outcome::{code_name, grpc_code},
     start,
 };
-use super::super::ext_authz::envoy_request;
 
 /// The request Envoy asks about (the rest of the CheckRequest is `envoy_request`'s).
 #[derive(Debug, Deserialize)]
@@ -45,7 +45,7 @@ fn root() -> String {
 struct Expect {
     /// `status` OK (`true`) or PERMISSION_DENIED (`false`).
     allowed: Option<bool>,
-    /// `false`: no `http_response` at all (the policy returned a boolean).
+    /// Whether there is an `http_response` (none when the policy returned a boolean).
     http_response: Option<bool>,
     /// The denied response's HTTP status.
     http_status: Option<u16>,
@@ -90,9 +90,11 @@ fn compare(expect: &Expect, answer: &Result<CheckResponse, tonic::Status>) -> Re
     let response = match (answer, &expect.error) {
         (Err(status), Some(part)) => {
             let code = grpc_code(expect.code.as_deref().ok_or("an error needs its code")?)?;
-            if status.code() != code || !status.message().contains(part.as_str()) {
+            // An error names its decision, which the decision log keeps.
+            let named = status.message().starts_with("decision ");
+            if status.code() != code || !named || !status.message().contains(part.as_str()) {
                 return Err(format!(
-                    "expected {} containing {part:?}, got {} {:?}",
+                    "expected {} \"decision <id>: ...\" containing {part:?}, got {} {:?}",
                     code_name(code),
                     code_name(status.code()),
                     status.message()
@@ -108,7 +110,9 @@ fn compare(expect: &Expect, answer: &Result<CheckResponse, tonic::Status>) -> Re
             ));
         }
         (Ok(response), Some(part)) => {
-            return Err(format!("expected an error containing {part:?}, got {response:?}"));
+            return Err(format!(
+                "expected an error containing {part:?}, got {response:?}"
+            ));
         }
         (Ok(response), None) => response,
     };
@@ -122,8 +126,12 @@ fn compare(expect: &Expect, answer: &Result<CheckResponse, tonic::Status>) -> Re
         Some(HttpResponse::DeniedResponse(denied)) => Some(denied),
         _ => None,
     };
-    if expect.http_response == Some(false) && response.http_response.is_some() {
-        return Err(format!("expected no http_response, got {response:?}"));
+    if let Some(present) = expect.http_response
+        && present != response.http_response.is_some()
+    {
+        return Err(format!(
+            "expected an http_response: {present}, got {response:?}"
+        ));
     }
     if let Some(status) = expect.http_status {
         let got = denied.and_then(|d| d.status.as_ref()).map(|s| s.code);
@@ -134,7 +142,9 @@ fn compare(expect: &Expect, answer: &Result<CheckResponse, tonic::Status>) -> Re
     if let Some(part) = &expect.body
         && !denied.is_some_and(|d| d.body.contains(part.as_str()))
     {
-        return Err(format!("expected a denial body containing {part:?}, got {response:?}"));
+        return Err(format!(
+            "expected a denial body containing {part:?}, got {response:?}"
+        ));
     }
     let id = response
         .dynamic_metadata

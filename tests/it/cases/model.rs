@@ -188,14 +188,18 @@ impl<I: DeserializeOwned, E: DeserializeOwned> CaseFile<I, E> {
     /// Reads `tests/cases/<name>`; every adapter named in it must be one of `adapters`.
     pub fn load(name: &str, adapters: &[Adapter]) -> Self {
         let path = cases_dir().join(name);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let file: Self =
             toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!file.cases.is_empty(), "{name}: no cases");
         let mut names = std::collections::BTreeSet::new();
         for case in &file.cases {
-            assert!(names.insert(&case.name), "{name}: two cases named {:?}", case.name);
+            assert!(
+                names.insert(&case.name),
+                "{name}: two cases named {:?}",
+                case.name
+            );
             assert!(
                 case.policy.is_some() || file.policy.is_some(),
                 "{name}: case {:?} names no policy and the file gives none",
@@ -226,7 +230,11 @@ impl<I: DeserializeOwned, E: DeserializeOwned> CaseFile<I, E> {
         let mut groups: Vec<(ServerKey, Vec<&Case<I, E>>)> = Vec::new();
         for case in &self.cases {
             let key = ServerKey {
-                policy: case.policy.clone().or_else(|| self.policy.clone()).unwrap_or_default(),
+                policy: case
+                    .policy
+                    .clone()
+                    .or_else(|| self.policy.clone())
+                    .unwrap_or_default(),
                 settings: case.server.over(&self.server),
             };
             match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -253,8 +261,8 @@ pub fn policy_files(key: &ServerKey) -> Vec<(String, String)> {
     let spec = key.policy.trim();
     if spec.ends_with(".rego") && !spec.contains('\n') {
         let path = cases_dir().join("policies").join(spec);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         vec![(spec.to_string(), text)]
     } else {
         vec![("inline.rego".to_string(), key.policy.clone())]

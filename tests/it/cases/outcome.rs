@@ -66,9 +66,8 @@ pub enum Outcome {
 impl Expect {
     /// The outcome this expectation describes, or what is wrong with it.
     pub fn outcome(&self) -> Result<Outcome, String> {
-        let decision = self.reasons.is_some()
-            || self.reasons_contain.is_some()
-            || self.obligations.is_some();
+        let decision =
+            self.reasons.is_some() || self.reasons_contain.is_some() || self.obligations.is_some();
         let result = self.result.is_some() || self.undefined.is_some();
         let error = self.code.is_some() || self.status.is_some();
         let kinds = [
@@ -78,9 +77,7 @@ impl Expect {
             result,
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err(
-                "give exactly one of allow, refused, error and result/undefined".into(),
-            );
+            return Err("give exactly one of allow, refused, error and result/undefined".into());
         }
         let code = self.code.as_deref().map(grpc_code).transpose()?;
         if let Some(allow) = self.allow {
@@ -275,9 +272,7 @@ enum Transport {
 
 fn adapter_transport(adapter: Adapter) -> Transport {
     match adapter {
-        Adapter::Check | Adapter::Batch | Adapter::BatchAll | Adapter::ExtAuthz => {
-            Transport::Grpc
-        }
+        Adapter::Check | Adapter::Batch | Adapter::BatchAll | Adapter::ExtAuthz => Transport::Grpc,
         _ => Transport::Http,
     }
 }
@@ -339,7 +334,11 @@ impl fmt::Display for Outcome {
                 message,
                 code,
                 status,
-            } => write!(f, "a refusal {message:?} ({} / HTTP {status})", code_name(*code)),
+            } => write!(
+                f,
+                "a refusal {message:?} ({} / HTTP {status})",
+                code_name(*code)
+            ),
             Outcome::Failed { part, code, status } => write!(
                 f,
                 "an error containing {part:?} ({} / {})",
