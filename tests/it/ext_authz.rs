@@ -1,5 +1,7 @@
 //! Envoy ext_authz `Authorization/Check` over real gRPC with realistic Envoy
-//! CheckRequests, against OPA-Envoy style policies.
+//! CheckRequests, against OPA-Envoy style policies: the input document, the response
+//! fields, the decision log. (Allow, deny, failure and dry-run answers are API cases:
+//! `tests/cases/ext_authz.toml`.)
 
 use std::collections::HashMap;
 
@@ -15,7 +17,7 @@ use envoy_types::pb::{
 };
 use prost::Message;
 use serde_json::{Value as Json, json};
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 use super::support::{Server, strukt};
 
@@ -29,39 +31,8 @@ allow := {
 }
 "#;
 
-/// Exercises every response field of the object form.
-const SHAPING: &str = r#"package envoy.authz
-
-default allow := {"allowed": false, "http_status": 401, "body": "login first", "headers": {"www-authenticate": "Bearer"}}
-
-allow := {
-	"allowed": true,
-	"headers": [{"x-user": "alice"}, {"x-role": ["reader", "auditor"]}],
-	"request_headers_to_remove": ["x-debug"],
-	"response_headers_to_add": {"x-served-by": "stepgate"},
-	"query_parameters_to_set": {"tenant": "t1", "tag": ["a", "b"]},
-	"query_parameters_to_remove": ["debug"],
-	"dynamic_metadata": {"policy": "shaping"},
-} if input.attributes.request.http.headers.authorization == "Bearer good"
-"#;
-
-/// The boolean form, at a non-default entrypoint.
-const BOOLEAN: &str = r#"package gate
-
-default allow := false
-
-allow if input.attributes.request.http.method == "GET"
-"#;
-
-/// Results the plugin refuses, chosen by the request's method.
-const BROKEN: &str = r#"package envoy.authz
-
-allow := "yes" if input.attributes.request.http.method == "GET"
-
-allow := {"allowed": true, "request_headers_to_remove": "x-debug"} if input.attributes.request.http.method == "PUT"
-
-allow := {"allowed": false, "http_status": 999} if input.attributes.request.http.method == "DELETE"
-"#;
+/// Exercises every response field of the object form (also used by the API cases).
+const SHAPING: &str = include_str!("../cases/policies/envoy_shaping.rego");
 
 fn envoy_struct(value: Json) -> pb::Struct {
     pb::Struct::decode(strukt(value).encode_to_vec().as_slice()).unwrap()
@@ -384,92 +355,6 @@ async fn the_object_form_shapes_allowed_and_denied_responses() {
         "www-authenticate"
     );
     assert_ne!(decision_id(&denied), decision_id(&allowed));
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn the_boolean_form_at_a_configured_entrypoint() {
-    let server = Server::start_with(&[("gate.rego", BOOLEAN)], |config| {
-        config.policy.envoy_entrypoint = "data.gate.allow".into();
-    })
-    .await;
-    let allowed = check(&server, envoy_request("GET", "/x", &[], ""))
-        .await
-        .unwrap();
-    assert_eq!(code(&allowed), 0);
-    assert!(
-        allowed.http_response.is_none(),
-        "a boolean sets no HTTP response"
-    );
-    let denied = check(&server, envoy_request("POST", "/x", &[], ""))
-        .await
-        .unwrap();
-    assert_eq!(code(&denied), 7);
-    assert!(denied.http_response.is_none());
-    assert!(!decision_id(&denied).is_empty());
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn evaluation_errors_are_grpc_errors_and_bad_requests_are_400_denials() {
-    let server = Server::start(&[("envoy.rego", BROKEN)]).await;
-    for method in ["GET", "PUT", "DELETE", "PATCH"] {
-        // A string result, a malformed field, an invalid status, an undefined result.
-        let err = check(&server, envoy_request(method, "/x", &[], ""))
-            .await
-            .expect_err(method);
-        assert_eq!(err.code(), Code::Unknown, "{method}: {err:?}");
-        assert!(err.message().contains("decision "), "{}", err.message());
-    }
-    let bad_json = envoy_request(
-        "PUT",
-        "/x",
-        &[("content-type", "application/json")],
-        "{not json",
-    );
-    let response = check(&server, bad_json).await.unwrap();
-    assert_eq!(code(&response), 7);
-    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
-        panic!("{response:?}");
-    };
-    assert_eq!(denied.status.as_ref().unwrap().code, 400);
-    assert!(
-        denied.body.contains("attributes.request.http.body"),
-        "{}",
-        denied.body
-    );
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn no_policy_is_an_error_and_dry_run_allows_but_still_decides() {
-    let server = Server::start_with(&[("envoy.rego", SHAPING)], |config| {
-        config.envoy_dry_run = true;
-    })
-    .await;
-    let response = check(&server, envoy_request("GET", "/books", &[], ""))
-        .await
-        .unwrap();
-    assert_eq!(code(&response), 0, "dry run lets a denied request pass");
-    assert!(matches!(
-        &response.http_response,
-        Some(HttpResponse::OkResponse(ok)) if ok.headers.is_empty()
-    ));
-    assert!(!decision_id(&response).is_empty());
-    server.stop().await;
-
-    // A policy set without the Envoy entrypoint: evaluation fails, Envoy's failure
-    // mode applies.
-    let server = Server::start(&[("other.rego", "package other\nx := 1\n")]).await;
-    let err = check(&server, envoy_request("GET", "/books", &[], ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unknown);
-    assert!(
-        err.message().contains("data.envoy.authz.allow"),
-        "{}",
-        err.message()
-    );
     server.stop().await;
 }
 

@@ -15,7 +15,7 @@ use stepgate::proto::v1::{
 };
 use tonic::{Code, Streaming, transport::Channel};
 
-use super::support::{Server, my_uid, strukt};
+use super::support::{Server, my_uid, request, strukt};
 
 /// Grant mechanics under a small policy: approvals and uses come from the resource's
 /// attributes; separation of duties and eligible roles at `approve`; `close` refused for
@@ -276,13 +276,8 @@ async fn the_whole_lifecycle_with_separation_of_duties() {
     let mut decisions = DecisionServiceClient::new(server.tcp_channel().await);
     let check = CheckRequest {
         step: "issue".into(),
-        subject: Some(Subject {
-            id: "svc-a".into(),
-            ..Default::default()
-        }),
-        action: "issue_credential".into(),
         grant_id: id.clone(),
-        ..Default::default()
+        ..request("issue_credential")
     };
     assert!(
         decisions

@@ -1,19 +1,19 @@
-//! Identities against the real server: malformed names are refused naming the field and
-//! change nothing, policies see the NFKC form, lookalike approvers count as one person
-//! and the requester's lookalikes cannot approve; and Reject works with the example
-//! policies over the Unix socket.
+//! Identities in the grant steps against the real server: malformed names are refused
+//! naming the field and change nothing, grants keep the NFKC form, lookalike approvers
+//! count as one person and the requester's lookalikes cannot approve; and Reject works
+//! with the example policies over the Unix socket. (A Check's identities, on every
+//! adapter, are API cases: `tests/cases/identities.toml`.)
 
 use serde_json::json;
 use stepgate::proto::v1::{
-    AgentCall, ApproveRequest, CheckRequest, GetGrantRequest, GrantResponse, GrantState,
-    ListGrantsRequest, RejectRequest, RevalidateRequest, RevokeRequest, Subject, Workflow,
-    decision_service_client::DecisionServiceClient, grant_service_client::GrantServiceClient,
-    revoke_request::Target,
+    AgentCall, ApproveRequest, GetGrantRequest, GrantResponse, GrantState, ListGrantsRequest,
+    RejectRequest, RequestGrantRequest, RevalidateRequest, RevokeRequest, Subject, Workflow,
+    grant_service_client::GrantServiceClient, revoke_request::Target,
 };
 use tonic::{Code, transport::Channel};
 
 use super::example_policies::production_request;
-use super::support::{Server, http_request, strukt};
+use super::support::{Server, strukt};
 
 async fn example_server() -> Server {
     let repo_policies = std::env::current_dir().unwrap().join("policies");
@@ -184,66 +184,54 @@ const BAD_NAMES: [(&str, &str); 11] = [
     ("bo\u{2066}b", "invisible or format character U+2066"),
 ];
 
+/// Every grant step refuses a malformed identity naming the field, and changes nothing
+/// (a Check's refusals, on every adapter, are API cases: `tests/cases/identities.toml`).
 #[tokio::test]
 async fn malformed_identities_are_invalid_argument_naming_the_field_and_change_nothing() {
     let server = example_server().await;
     let mut uds = GrantServiceClient::new(server.uds_channel().await);
-    let mut decisions = DecisionServiceClient::new(server.uds_channel().await);
     let id = pending_grant(&mut uds, "high").await;
     let before = all_grants(&mut uds).await;
 
     for (name, problem) in BAD_NAMES {
         let named = |field: &str| format!("{field}: {problem}");
-        let check = |mutate: fn(&mut CheckRequest, &str)| {
-            let mut check = CheckRequest {
-                step: "use".into(),
-                subject: Some(Subject {
-                    id: "svc".into(),
-                    kind: "agent".into(),
-                    ..Default::default()
-                }),
-                action: "read".into(),
-                workflow: Some(Workflow::default()),
-                agent: Some(AgentCall::default()),
+        let grant_request = |mutate: fn(&mut RequestGrantRequest, &str)| {
+            let mut request = production_request();
+            request.subject = Some(Subject {
+                id: "svc".into(),
+                kind: "agent".into(),
                 ..Default::default()
-            };
-            mutate(&mut check, name);
-            check
+            });
+            request.agent = Some(AgentCall::default());
+            mutate(&mut request, name);
+            request
         };
-        let checks: [(CheckRequest, &str); 5] = [
+        let requests: [(RequestGrantRequest, &str); 5] = [
             (
-                check(|c, n| c.subject.as_mut().unwrap().id = n.into()),
+                grant_request(|r, n| r.subject.as_mut().unwrap().id = n.into()),
                 "subject.id",
             ),
             (
-                check(|c, n| c.subject.as_mut().unwrap().owner = n.into()),
+                grant_request(|r, n| r.subject.as_mut().unwrap().owner = n.into()),
                 "subject.owner",
             ),
             (
-                check(|c, n| c.workflow.as_mut().unwrap().requester = n.into()),
+                grant_request(|r, n| r.workflow.as_mut().unwrap().requester = n.into()),
                 "workflow.requester",
             ),
             (
-                check(|c, n| c.agent.as_mut().unwrap().on_behalf_of = n.into()),
+                grant_request(|r, n| r.agent.as_mut().unwrap().on_behalf_of = n.into()),
                 "agent.on_behalf_of",
             ),
             (
-                check(|c, n| {
-                    c.agent.as_mut().unwrap().delegation_chain = vec!["alice".into(), n.into()]
+                grant_request(|r, n| {
+                    r.agent.as_mut().unwrap().delegation_chain = vec!["alice".into(), n.into()]
                 }),
                 "agent.delegation_chain[1]",
             ),
         ];
         let mut refusals: Vec<(tonic::Status, String)> = Vec::new();
-        for (check, field) in checks {
-            let mut request = production_request();
-            request.subject = check.subject.clone();
-            request.workflow = check.workflow.clone().filter(|w| !w.requester.is_empty());
-            request.agent = check.agent.clone();
-            if request.workflow.is_none() {
-                request.workflow = production_request().workflow;
-            }
-            refusals.push((decisions.check(check).await.unwrap_err(), named(field)));
+        for (request, field) in requests {
             refusals.push((uds.request_grant(request).await.unwrap_err(), named(field)));
         }
         refusals.push((
@@ -317,10 +305,11 @@ decision := {"allow": true, "reasons": [
 ], "obligations": {"max_ttl_seconds": 60}}
 "#;
 
+/// A grant keeps the NFKC form and is found by it (what a Check's policy sees is an API
+/// case: `tests/cases/identities.toml`).
 #[tokio::test]
 async fn policies_and_grants_see_the_nfkc_form() {
     let server = Server::start(&[("p.rego", ECHO)]).await;
-    let mut decisions = DecisionServiceClient::new(server.uds_channel().await);
     let mut grants = GrantServiceClient::new(server.uds_channel().await);
     let subject = Subject {
         id: "ｓｖｃ-ａ".into(),
@@ -339,22 +328,6 @@ async fn policies_and_grants_see_the_nfkc_form() {
         ..Default::default()
     };
     let expected = ["svc-a", "team-ops", "alice", "bob", "bob,josé,fiona"];
-    let decision = decisions
-        .check(CheckRequest {
-            step: "use".into(),
-            subject: Some(subject.clone()),
-            action: "read".into(),
-            workflow: Some(workflow.clone()),
-            agent: Some(agent.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
-    assert_eq!(decision.reasons, expected);
-
     let mut request = production_request();
     request.subject = Some(subject);
     request.workflow = Some(workflow);
@@ -382,67 +355,6 @@ async fn policies_and_grants_see_the_nfkc_form() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.grants.len(), 1);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn authzen_and_opa_rest_refuse_a_malformed_subject_naming_the_field() {
-    let server = Server::start(&[("p.rego", ECHO)]).await;
-    let http = server.http.unwrap();
-    let post = async |path: &str, body: serde_json::Value| {
-        http_request(
-            http,
-            "POST",
-            path,
-            &[("content-type", "application/json")],
-            &body.to_string(),
-        )
-        .await
-    };
-    for (name, problem) in BAD_NAMES {
-        let evaluation = json!({
-            "subject": {"type": "user", "id": name},
-            "action": {"name": "read"},
-            "resource": {"type": "doc", "id": "1"},
-        });
-        let reply = post("/access/v1/evaluation", evaluation.clone()).await;
-        assert_eq!(reply.status, 400, "{name:?} {reply:?}");
-        assert!(
-            reply.body.contains(&format!("subject.id: {problem}")),
-            "{name:?} {}",
-            reply.body
-        );
-        let batch = json!({"evaluations": [evaluation]});
-        let reply = post("/access/v1/evaluations", batch).await;
-        assert_eq!(reply.status, 400, "{name:?} {reply:?}");
-        assert!(
-            reply
-                .body
-                .contains(&format!("evaluations[0].subject.id: {problem}")),
-            "{name:?} {}",
-            reply.body
-        );
-
-        let input = json!({"input": {"subject": {"id": "svc"}, "workflow": {"requester": name}}});
-        let reply = post("/v1/data/stepgate/decision", input).await;
-        assert_eq!(reply.status, 400, "{name:?} {reply:?}");
-        assert!(
-            reply
-                .body
-                .contains(&format!("input.workflow.requester: {problem}")),
-            "{name:?} {}",
-            reply.body
-        );
-    }
-    // And a well-formed fullwidth name reaches the policy in NFKC.
-    let input = json!({"input": {"subject": {"id": "ｓvc", "owner": "o"}, "workflow": {"requester": "ａlice"},
-        "agent": {"on_behalf_of": "ｂob", "delegation_chain": ["ｂob"]}}});
-    let reply = post("/v1/data/stepgate/decision", input).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(
-        reply.json()["result"]["reasons"],
-        json!(["svc", "o", "alice", "bob", "bob"])
-    );
     server.stop().await;
 }
 

@@ -3,6 +3,7 @@ mod authzen;
 mod binary;
 mod bundle_server;
 mod bundle_support;
+mod cases;
 mod check;
 mod deploy;
 mod deploy_run;
