@@ -1347,12 +1347,18 @@ mod tests {
             otlp_endpoint: Some("http://collector:4318".into()),
             ..args()
         };
-        let config = ServeConfig::merge(args_with_endpoint, file("otlp_protocol = \"grpc\"\n"))
-            .unwrap();
+        let config =
+            ServeConfig::merge(args_with_endpoint, file("otlp_protocol = \"grpc\"\n")).unwrap();
         let otlp = config.audit.otlp.unwrap();
-        assert_eq!(otlp.exporter.endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(
+            otlp.exporter.endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
         assert_eq!(otlp.exporter.protocol, OtlpProtocol::Grpc);
-        assert_eq!(config.tracing.exporter.unwrap().endpoint, otlp.exporter.endpoint);
+        assert_eq!(
+            config.tracing.exporter.unwrap().endpoint,
+            otlp.exporter.endpoint
+        );
         let config = ServeConfig::merge(args(), FileConfig::default()).unwrap();
         assert_eq!(
             config.audit.otlp.unwrap().exporter,
@@ -1368,9 +1374,7 @@ mod tests {
                 ephemeral: Some(true),
                 ..Default::default()
             },
-            file(
-                "decision_log_otlp = true\ndecision_log_otlp_queue = 16\naudit_required = true\n",
-            ),
+            file("decision_log_otlp = true\ndecision_log_otlp_queue = 16\naudit_required = true\n"),
         )
         .unwrap();
         assert_eq!(config.audit.destination, Destination::Off);
@@ -1386,7 +1390,8 @@ mod tests {
         let err = ServeConfig::merge(args_bad, FileConfig::default()).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(
-            err.0.contains(&"decision_log_otlp_queue: must be between 1 and 1048576".into()),
+            err.0
+                .contains(&"decision_log_otlp_queue: must be between 1 and 1048576".into()),
             "{err}"
         );
     }

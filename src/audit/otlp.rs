@@ -93,6 +93,10 @@ impl Queued {
 
 /// What the export thread receives.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are the traffic; boxing one would allocate per decision"
+)]
 pub(crate) enum Export {
     /// A chained record line and its place in the queue.
     Record(String, Queued),
@@ -156,7 +160,9 @@ impl OtlpSink {
             .name("stepgate-audit-otlp".into())
             .spawn(move || thread.run(&rx))?;
         Ok(Self {
-            room: Arc::new(Semaphore::new(options.queue.clamp(1, Semaphore::MAX_PERMITS))),
+            room: Arc::new(Semaphore::new(
+                options.queue.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             feed,
             worker: Mutex::new(Some(worker)),
         })
@@ -356,7 +362,12 @@ impl Exporting {
 /// The log record of one decision: the record's line as the body (masked as the file
 /// has it), the decision's `stepgate.*` attributes, severity INFO for an allow and WARN
 /// for a deny, the decision's time, and its span's (else its caller's) trace context.
-fn log_record(logger: &SdkLogger, line: String, queued: &Queued, observed: SystemTime) -> SdkLogRecord {
+fn log_record(
+    logger: &SdkLogger,
+    line: String,
+    queued: &Queued,
+    observed: SystemTime,
+) -> SdkLogRecord {
     let mut record = logger.create_log_record();
     record.set_event_name(EVENT_NAME);
     record.set_timestamp(SystemTime::from(queued.decided_at));

@@ -329,3 +329,49 @@ fn a_log_refuses_masks_it_cannot_apply() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("is not a JSON pointer"), "{err}");
 }
+
+/// With its OTLP queue full, a record is still written to the file (and counted as
+/// dropped from OTLP) unless the log is required or OTLP is its only sink: then it has
+/// no slot at all (counted as dropped from the log), and a required log denies.
+#[test]
+fn a_full_otlp_queue_leaves_the_file_unless_required_or_it_is_the_only_sink() {
+    use crate::telemetry::{OtlpExporter, OtlpProtocol};
+    let options = |destination, required| AuditOptions {
+        destination,
+        required,
+        otlp: Some(OtlpSinkOptions {
+            exporter: OtlpExporter {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                protocol: OtlpProtocol::HttpProtobuf,
+            },
+            service_name: "stepgate".into(),
+            queue: 1,
+        }),
+        ..AuditOptions::default()
+    };
+    let written = |required| {
+        DecisionLog::to_writer(
+            Box::new(std::io::sink()),
+            &options(Destination::Stdout, required),
+        )
+        .unwrap()
+    };
+    let only_otlp = DecisionLog::open(&options(Destination::Off, false))
+        .unwrap()
+        .unwrap();
+    for (log, second_has_a_slot, dropped) in [
+        (written(false), true, 0),
+        (written(true), false, 1),
+        (only_otlp, false, 1),
+    ] {
+        let first = log.reserve().unwrap();
+        assert!(first.otlp.is_some());
+        let second = log.reserve();
+        assert_eq!(second.is_some(), second_has_a_slot);
+        assert!(second.is_none_or(|slot| slot.otlp.is_none()));
+        assert_eq!(log.stats().counts(), (0, dropped, 0));
+        assert_eq!(log.stats().otlp_counts(), (0, 1, 0));
+        drop(first);
+        assert!(log.reserve().unwrap().otlp.is_some(), "a place is freed");
+    }
+}

@@ -25,6 +25,10 @@ use super::{
 
 /// What the writer thread receives.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are the traffic; boxing a record's OTLP place would allocate per decision"
+)]
 pub(crate) enum Message {
     /// A record to chain and write, and its place in the OTLP queue if it has one.
     Record(Unchained, Option<Queued>),

@@ -150,4 +150,3 @@ pub(super) fn decision_log_otlp(
         queue,
     })
 }
-

@@ -229,7 +229,8 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let log_otlp_records = ["exported", "dropped"].map(|o| log_otlp_vec.with_label_values(&[o]));
+        let log_otlp_records =
+            ["exported", "dropped"].map(|o| log_otlp_vec.with_label_values(&[o]));
         register(Box::new(log_otlp_vec));
         let log_otlp_export_failures = counter(
             "stepgate_decision_log_otlp_export_failures_total",

@@ -2,6 +2,7 @@ mod audit;
 mod authzen;
 mod binary;
 mod check;
+mod decision_log_otlp;
 mod deploy;
 mod engines;
 mod eval_bounds;
