@@ -211,17 +211,21 @@ impl DecisionLog {
         if self.tx.send(Message::Stop(ack)).await.is_ok() {
             let _ = done.await;
         }
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        }
+        join(&self.worker).await;
         if let Some(otlp) = &self.otlp {
             otlp.drain().await;
         }
+    }
+}
+
+/// Waits, off the async workers, for the thread `worker` holds (once) to end.
+async fn join(worker: &Mutex<Option<JoinHandle<()>>>) {
+    let worker = worker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(worker) = worker {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     }
 }
 

@@ -25,18 +25,18 @@ use opentelemetry::{
     logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity},
     trace::{SpanId, TraceId},
 };
-use opentelemetry_otlp::{LogExporter, WithExportConfig};
+use opentelemetry_otlp::LogExporter;
 use opentelemetry_sdk::logs::{
     LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{Entry, LogStats};
+use super::{Entry, LogStats, join};
 use crate::{
     decision::DecisionAttributes,
     telemetry::{
         OtlpExporter,
-        otlp::{Builders, OwnExporter, build_exporter, resource},
+        otlp::{OwnExporter, build_exporter, builders_of, resource},
     },
 };
 
@@ -121,27 +121,8 @@ pub(crate) struct OtlpSink {
 impl OtlpSink {
     /// Builds the exporter `options` name and starts the export thread.
     pub(crate) fn start(options: &OtlpSinkOptions, stats: Arc<LogStats>) -> io::Result<Self> {
-        let mut exporter = build_exporter(
-            &options.exporter,
-            Builders {
-                grpc: |endpoint: Option<&str>| {
-                    let builder = LogExporter::builder().with_tonic();
-                    match endpoint {
-                        Some(endpoint) => builder.with_endpoint(endpoint).build(),
-                        None => builder.build(),
-                    }
-                },
-                http: |url: Option<String>| {
-                    let builder = LogExporter::builder().with_http();
-                    match url {
-                        Some(url) => builder.with_endpoint(url).build(),
-                        None => builder.build(),
-                    }
-                },
-                http_path: "/v1/logs",
-            },
-        )
-        .map_err(io::Error::other)?;
+        let mut exporter = build_exporter(&options.exporter, builders_of!(LogExporter, "/v1/logs"))
+            .map_err(io::Error::other)?;
         exporter
             .exporter
             .set_resource(&resource(&options.service_name));
@@ -197,14 +178,7 @@ impl OtlpSink {
             );
             return;
         }
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        }
+        join(&self.worker).await;
     }
 }
 
@@ -397,7 +371,10 @@ fn log_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Decision;
+    use crate::{
+        audit::tests::{trace, traced},
+        decision::Decision,
+    };
     use regorus::Value;
 
     fn attribute<'a>(record: &'a SdkLogRecord, key: &str) -> Option<&'a AnyValue> {
@@ -417,16 +394,7 @@ mod tests {
         )
         .unwrap();
         let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
-        let trace = (
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-        );
-        let entry = Entry {
-            decision: &decision,
-            input: &input,
-            trace: Some(trace),
-            grant: None,
-        };
+        let entry = traced(&decision, &input);
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let queued = Queued::new(&entry, room);
         let line = String::from(r#"{"decision_id":"x","prev_hash":"y"}"#);
@@ -441,7 +409,7 @@ mod tests {
         assert_eq!(log.timestamp(), Some(SystemTime::from(decision.decided_at)));
         assert_eq!(log.observed_timestamp(), Some(observed));
         let context = log.trace_context().unwrap();
-        assert_eq!((context.trace_id, context.span_id), trace);
+        assert_eq!((context.trace_id, context.span_id), trace());
         let text = |key| match attribute(&log, key) {
             Some(AnyValue::String(s)) => s.as_str().to_owned(),
             other => panic!("{key}: {other:?}"),

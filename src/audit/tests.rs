@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
 
 use super::*;
@@ -25,6 +26,24 @@ fn entry(subject: &str) -> (Value, Decision) {
     .unwrap();
     let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
     (input, decision)
+}
+
+/// The trace and span of the `traceparent` header tests send.
+pub(crate) fn trace() -> (TraceId, SpanId) {
+    (
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+    )
+}
+
+/// The entry of `decision` on `input`, in [`trace`], about no grant.
+pub(crate) fn traced<'a>(decision: &'a Decision, input: &'a Value) -> Entry<'a> {
+    Entry {
+        decision,
+        input,
+        trace: Some(trace()),
+        grant: None,
+    }
 }
 
 fn file_options(path: &Path) -> AuditOptions {
@@ -234,23 +253,13 @@ fn log_one(masks: Masks, entry: &Entry<'_>) -> String {
 
 #[test]
 fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
-    use opentelemetry::trace::{SpanId, TraceId};
     // A Check naming a grant: the grant is in its input only.
     let input = Value::from_json_str(
         r#"{"step": "issue", "grant": {"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE"}}"#,
     )
     .unwrap();
     let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
-    let trace = (
-        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-    );
-    let entry = Entry {
-        decision: &decision,
-        input: &input,
-        trace: Some(trace),
-        grant: None,
-    };
+    let entry = traced(&decision, &input);
     let record: serde_json::Value =
         serde_json::from_str(&log_one(Masks::default(), &entry)).unwrap();
     assert_eq!(record["decision_id"], decision.id.to_string());

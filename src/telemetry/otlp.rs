@@ -76,6 +76,36 @@ pub(crate) struct Builders<G, H> {
     pub(crate) http_path: &'static str,
 }
 
+/// The [`Builders`] of one of opentelemetry-otlp's exporter types (`SpanExporter`,
+/// `LogExporter`), whose builders share no trait to be generic over.
+macro_rules! builders_of {
+    ($exporter:ty, $http_path:literal) => {
+        $crate::telemetry::otlp::Builders {
+            grpc: |endpoint: Option<&str>| {
+                let builder = <$exporter>::builder().with_tonic();
+                match endpoint {
+                    Some(endpoint) => {
+                        opentelemetry_otlp::WithExportConfig::with_endpoint(builder, endpoint)
+                            .build()
+                    }
+                    None => builder.build(),
+                }
+            },
+            http: |url: Option<String>| {
+                let builder = <$exporter>::builder().with_http();
+                match url {
+                    Some(url) => {
+                        opentelemetry_otlp::WithExportConfig::with_endpoint(builder, url).build()
+                    }
+                    None => builder.build(),
+                }
+            },
+            http_path: $http_path,
+        }
+    };
+}
+pub(crate) use builders_of;
+
 /// Builds the exporter `otlp` asks for with `builders`.
 pub(crate) fn build_exporter<E, G, H>(
     otlp: &OtlpExporter,

@@ -15,7 +15,7 @@ use opentelemetry::{
     Context, KeyValue,
     trace::{Span, SpanContext, SpanKind, Tracer as _, TracerProvider as _},
 };
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -23,7 +23,9 @@ use opentelemetry_sdk::{
 };
 use tokio::{sync::broadcast, task::JoinHandle};
 
-use super::otlp::{Builders, ExporterError, OtlpExporter, OwnExporter, build_exporter, resource};
+use super::otlp::{
+    ExporterError, OtlpExporter, OwnExporter, build_exporter, builders_of, resource,
+};
 use crate::grants::{GrantEvent, GrantEventKind};
 
 /// Name of the span every decision gets.
@@ -137,26 +139,7 @@ pub fn tracer_provider(
     let Some(otlp) = &options.exporter else {
         return Ok(None);
     };
-    let exporter = build_exporter(
-        otlp,
-        Builders {
-            grpc: |endpoint: Option<&str>| {
-                let builder = SpanExporter::builder().with_tonic();
-                match endpoint {
-                    Some(endpoint) => builder.with_endpoint(endpoint).build(),
-                    None => builder.build(),
-                }
-            },
-            http: |url: Option<String>| {
-                let builder = SpanExporter::builder().with_http();
-                match url {
-                    Some(url) => builder.with_endpoint(url).build(),
-                    None => builder.build(),
-                }
-            },
-            http_path: "/v1/traces",
-        },
-    )?;
+    let exporter = build_exporter(otlp, builders_of!(SpanExporter, "/v1/traces"))?;
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)

@@ -25,7 +25,7 @@ use stepgate::{
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::support::{Server, decide, eventually, request, strukt};
+use super::support::{Server, decide, eventually, policy_dir, request, serving_channel, strukt};
 
 const POLICY: &str = r#"package stepgate
 
@@ -427,4 +427,57 @@ async fn without_audit_required_a_full_otlp_queue_drops_and_counts() {
     let (exported, dropped, _) = log.stats().otlp_counts();
     assert_eq!((exported, dropped), (0, 5));
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+}
+
+/// The binary as deployed: `STEPGATE_DECISION_LOG_OTLP` with the collector named only
+/// by the standard logs variables (no span export: no traces endpoint), audit required
+/// with OTLP as the only sink; SIGTERM exports before exiting.
+#[tokio::test]
+async fn the_binary_exports_to_the_logs_collector_the_otel_variables_name() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (mut received, collector) = grpc_receiver(listener);
+    let policies = policy_dir(&[("p.rego", POLICY)]);
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("sg.sock");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["serve", "--grpc-addr", "", "--http-addr", "", "--ephemeral"])
+        .arg("--policies")
+        .arg(policies.path())
+        .arg("--grpc-uds")
+        .arg(&socket)
+        .env("STEPGATE_DECISION_LOG_OTLP", "true")
+        .env("STEPGATE_AUDIT_REQUIRED", "true")
+        .env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", format!("http://{addr}"))
+        .env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc")
+        .env("OTEL_SERVICE_NAME", "pdp")
+        .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let channel = serving_channel(&socket, Duration::from_secs(30))
+        .await
+        .expect("never SERVING");
+    let mut client =
+        stepgate::proto::v1::decision_service_client::DecisionServiceClient::new(channel);
+    let decision = decide(&mut client, "read").await;
+    assert!(decision.allow, "{decision:?}");
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let record = &receive(&mut received, 1, Duration::from_secs(1)).await[0];
+    assert_eq!(record.text("stepgate.decision.id"), decision.decision_id);
+    assert_eq!(record.service, "pdp");
+    collector.abort();
 }
