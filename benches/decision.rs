@@ -2,7 +2,8 @@
 //! policy evaluation per step on the RVM and the interpreter (and, for scale, the
 //! prototype-size set in `benches/policies/minimal`), input building, and a
 //! whole `Check` through the service layer without the network (telemetry off, with
-//! spans, with the decision log), and one decision-log record.
+//! spans, with the decision log, with the decision log also exported over OTLP to a
+//! receiver in this process), and one decision-log record (with and without OTLP).
 //!
 //! Run: `cargo bench --bench decision` (add `-- --quick` for a fast pass).
 
@@ -10,6 +11,10 @@ use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    logs_service_server::{LogsService, LogsServiceServer},
+};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{SdkTracerProvider, SpanData, SpanExporter},
@@ -17,7 +22,7 @@ use opentelemetry_sdk::{
 use regorus::Value;
 use stepgate::{
     api::DecisionApi,
-    audit::{AuditOptions, DecisionLog, Entry},
+    audit::{AuditOptions, DecisionLog, Entry, OtlpSinkOptions},
     clock::SystemClock,
     decision::{Caller, Decision, DecisionPipeline, Transport, check_input},
     grants::MemoryGrantStore,
@@ -26,7 +31,7 @@ use stepgate::{
         CheckRequest, Context, Resource, Subject, Workflow,
         decision_service_server::DecisionService,
     },
-    telemetry::{Telemetry, Tracer},
+    telemetry::{OtlpExporter, OtlpProtocol, Telemetry, Tracer},
 };
 
 fn load_set(dir: &str) -> PolicySet {
@@ -151,6 +156,62 @@ impl SpanExporter for DiscardSpans {
     }
 }
 
+/// An OTLP/gRPC logs receiver that takes every export and keeps nothing.
+struct DiscardLogs;
+
+#[tonic::async_trait]
+impl LogsService for DiscardLogs {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+/// Decision-log options that also export over OTLP/gRPC to a [`DiscardLogs`] receiver
+/// on loopback, served by a thread and runtime of its own.
+fn exported_over_otlp(options: AuditOptions) -> AuditOptions {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("loopback");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("bench waits");
+            let _ = tonic::transport::Server::builder()
+                .add_service(LogsServiceServer::new(DiscardLogs))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+    });
+    let addr = addr_rx.recv().expect("receiver address");
+    AuditOptions {
+        otlp: Some(OtlpSinkOptions {
+            exporter: OtlpExporter {
+                endpoint: Some(format!("http://{addr}")),
+                protocol: OtlpProtocol::Grpc,
+            },
+            service_name: "bench".into(),
+            queue: 1 << 16,
+        }),
+        ..options
+    }
+}
+
+/// Says how many records the OTLP sink exported and dropped (with no room in its
+/// queue a record is only written, the cheaper path; the counts show which was timed).
+fn report_otlp(name: &str, log: &DecisionLog) {
+    let (exported, dropped, failures) = log.stats().otlp_counts();
+    eprintln!("{name}: OTLP exported {exported}, dropped {dropped}, failed exports {failures}");
+}
+
 /// `Check` through the gRPC adapter in process: telemetry off (metrics only, the
 /// default), with every span sampled and batch-exported, and with the decision log on.
 fn check_through_service(c: &mut Criterion) {
@@ -165,6 +226,13 @@ fn check_through_service(c: &mut Criterion) {
         .build();
     let log = DecisionLog::to_writer(Box::new(std::io::sink()), &AuditOptions::default())
         .expect("decision log");
+    let exported = Arc::new(
+        DecisionLog::to_writer(
+            Box::new(std::io::sink()),
+            &exported_over_otlp(AuditOptions::default()),
+        )
+        .expect("decision log"),
+    );
     let variants = [
         ("check/service", pipeline()),
         (
@@ -176,6 +244,10 @@ fn check_through_service(c: &mut Criterion) {
         (
             "check/service+decision_log",
             pipeline().with_decision_log(Some(Arc::new(log))),
+        ),
+        (
+            "check/service+decision_log+otlp",
+            pipeline().with_decision_log(Some(exported.clone())),
         ),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -194,6 +266,7 @@ fn check_through_service(c: &mut Criterion) {
         });
     }
     let _ = provider.shutdown();
+    report_otlp("check/service+decision_log+otlp", &exported);
 }
 
 /// One decision-log record: rendering the masked record (`benches/inputs/issue.json`,
@@ -227,6 +300,17 @@ fn decision_log_record(c: &mut Criterion) {
             )
         })
     });
+    let exported = DecisionLog::to_writer(Box::new(std::io::sink()), &exported_over_otlp(options))
+        .expect("decision log");
+    c.bench_function("audit/record+otlp", |b| {
+        b.iter(|| {
+            exported.send(
+                exported.reserve().expect("the writer keeps up"),
+                black_box(&entry),
+            )
+        })
+    });
+    report_otlp("audit/record+otlp", &exported);
     // The same record with its workflow in other scripts: every non-ASCII character is
     // looked up (is it a format character?), the cost the ASCII fast path avoids.
     let mut text = std::fs::read_to_string("benches/inputs/issue.json").expect("bench input");

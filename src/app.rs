@@ -468,7 +468,8 @@ impl RunningApp {
 
     /// Reports NOT_SERVING, stops accepting calls and drains in-flight ones (for at most
     /// the configured grace period), then stops the sweeper, syncs the journal, flushes
-    /// the decision log and exports the spans still buffered.
+    /// the decision log (and exports its OTLP queue, for a bounded time) and exports the
+    /// spans still buffered.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         // No poll and no late SERVING once shutdown has begun.
         if let Some(task) = self.serve_on_first_bundle.take() {
@@ -542,21 +543,41 @@ pub async fn serve(
 
 /// Opens the decision log the configuration names (`None` when off).
 fn open_decision_log(config: &ServeConfig) -> Result<Option<DecisionLog>, AppError> {
-    let log = DecisionLog::open(&config.audit).map_err(|source| AppError::DecisionLog {
-        what: match &config.audit.destination {
+    let audit = &config.audit;
+    let log = DecisionLog::open(audit).map_err(|source| AppError::DecisionLog {
+        what: match &audit.destination {
             Destination::File(path) => path.display().to_string(),
+            Destination::Off => "OTLP sink".into(),
             other => format!("{other:?}"),
         },
         source,
     })?;
-    match (&log, &config.audit.destination) {
-        (Some(_), Destination::File(path)) => tracing::info!(
+    if log.is_none() {
+        return Ok(None);
+    }
+    match &audit.destination {
+        Destination::File(path) => tracing::info!(
             path = %path.display(),
-            required = config.audit.required,
+            required = audit.required,
             "decision log"
         ),
-        (Some(_), _) => tracing::info!(required = config.audit.required, "decision log on stdout"),
-        (None, _) => {}
+        Destination::Stdout => {
+            tracing::info!(required = audit.required, "decision log on stdout");
+        }
+        Destination::Off => {}
+    }
+    if let Some(otlp) = &audit.otlp {
+        tracing::info!(
+            endpoint = otlp
+                .exporter
+                .endpoint
+                .as_deref()
+                .unwrap_or("OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT, else localhost"),
+            protocol = ?otlp.exporter.protocol,
+            queue = otlp.queue,
+            required = audit.required,
+            "decision records exported over OTLP"
+        );
     }
     Ok(log)
 }

@@ -16,15 +16,17 @@ use serde::Deserialize;
 use chrono::TimeDelta;
 
 mod bundle;
+mod otlp;
 
 pub use bundle::BundleVerification;
+use otlp::{decision_log_otlp, tracing_options};
 
 use crate::{
     api::TransportLimits,
     audit::{AuditOptions, Destination, Masks},
     grants::{JournalOptions, StoreOptions},
     policy::{BundleServerOptions, EvalLimits, PolicyOptions, SourceLimits},
-    telemetry::{OtlpExporter, OtlpProtocol, SamplerChoice, TracingOptions},
+    telemetry::TracingOptions,
 };
 
 /// Flags of `stepgate serve`; each is also `STEPGATE_<NAME>` in the environment and
@@ -155,8 +157,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub decision_log_mask_keys: Option<Vec<String>>,
-    /// OTLP collector URL; '' turns span export off [default: OTEL_EXPORTER_OTLP_ENDPOINT,
-    /// else no export].
+    /// Also export each decision record as an OpenTelemetry log record over OTLP (to
+    /// --otlp-endpoint, else OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT,
+    /// else the collector on localhost) [default: false].
+    #[arg(long, env = "STEPGATE_DECISION_LOG_OTLP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub decision_log_otlp: Option<bool>,
+    /// Decision records the OTLP queue holds (from the decision until exported) before
+    /// it is full: then records are dropped from OTLP, or with --audit-required decisions
+    /// deny [default: 8192].
+    #[arg(long, env = "STEPGATE_DECISION_LOG_OTLP_QUEUE", value_name = "RECORDS")]
+    pub decision_log_otlp_queue: Option<usize>,
+    /// OTLP collector URL (spans, and decision records with --decision-log-otlp); ''
+    /// turns span export off [default: OTEL_EXPORTER_OTLP_ENDPOINT, else no span export].
     #[arg(long, env = "STEPGATE_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// OTLP protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_PROTOCOL, else
@@ -324,6 +336,8 @@ struct FileConfig {
     audit_required: Option<bool>,
     decision_log_mask: Option<Vec<String>>,
     decision_log_mask_keys: Option<Vec<String>>,
+    decision_log_otlp: Option<bool>,
+    decision_log_otlp_queue: Option<usize>,
     otlp_endpoint: Option<String>,
     otlp_protocol: Option<String>,
     otel_service_name: Option<String>,
@@ -547,7 +561,8 @@ impl ServeConfig {
     ) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let mut problems = Vec::new();
-        let (tracing, tracing_problems) = tracing_options(&args, &file, otel_env);
+        let (tracing, mut tracing_problems) = tracing_options(&args, &file, otel_env);
+        let otlp_sink = decision_log_otlp(&args, &file, otel_env, &tracing, &mut tracing_problems);
         let explicit_policies = args.policies.is_some() || file.policies.is_some();
         let (bundle, bundle_verification) =
             bundle::bundle_options(&args, &file, explicit_policies, &mut problems);
@@ -891,8 +906,11 @@ impl ServeConfig {
             },
         };
         let audit_required = args.audit_required.or(file.audit_required).unwrap_or(false);
-        if audit_required && destination == Destination::Off {
-            problems.push("audit_required: needs a decision log (decision_log is off)".into());
+        if audit_required && destination == Destination::Off && otlp_sink.is_none() {
+            problems.push(
+                "audit_required: needs a decision log (decision_log is off and decision_log_otlp is false)"
+                    .into(),
+            );
         }
         let pointers = args
             .decision_log_mask
@@ -970,6 +988,7 @@ impl ServeConfig {
             tracing,
             audit: AuditOptions {
                 destination,
+                otlp: otlp_sink,
                 required: audit_required,
                 masks,
                 ..AuditOptions::default()
@@ -984,88 +1003,6 @@ impl ServeConfig {
             transport,
         })
     }
-}
-
-/// Tracing from flags/`STEPGATE_*`, then the standard `OTEL_*` variables, then the file.
-fn tracing_options(
-    args: &ServeArgs,
-    file: &FileConfig,
-    otel_env: &dyn Fn(&str) -> Option<String>,
-) -> (TracingOptions, Vec<String>) {
-    let mut problems = Vec::new();
-    let defaults = TracingOptions::default();
-    let disabled = args
-        .otel_sdk_disabled
-        .or_else(|| otel_env("OTEL_SDK_DISABLED").map(|v| v.eq_ignore_ascii_case("true")))
-        .or(file.otel_sdk_disabled)
-        .unwrap_or(false);
-    let env_endpoint = otel_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    // `Some(None)`: export, to the endpoint the exporter reads from OTEL_* itself.
-    let endpoint: Option<Option<String>> = match (&args.otlp_endpoint, env_endpoint) {
-        (Some(url), _) => Some(Some(url.clone())),
-        (None, Some(_)) => Some(None),
-        (None, None) => file.otlp_endpoint.clone().map(Some),
-    };
-    let endpoint = endpoint.filter(|e| e.as_deref() != Some(""));
-    if let Some(Some(url)) = &endpoint
-        && !url.starts_with("http://")
-    {
-        problems.push(format!(
-            "otlp_endpoint: {url:?} must be an http:// URL (send to a collector beside stepgate; TLS to a remote one is the collector's job)"
-        ));
-    }
-    let protocol_text = args
-        .otlp_protocol
-        .clone()
-        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-        .or_else(|| otel_env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .or_else(|| file.otlp_protocol.clone());
-    let protocol = match protocol_text.as_deref() {
-        None => OtlpProtocol::HttpProtobuf,
-        Some(text) => OtlpProtocol::parse(text).unwrap_or_else(|| {
-            problems.push(format!(
-                "otlp_protocol: {text:?} is not 'grpc' or 'http/protobuf'"
-            ));
-            OtlpProtocol::HttpProtobuf
-        }),
-    };
-    let service_name = args
-        .otel_service_name
-        .clone()
-        .or_else(|| otel_env("OTEL_SERVICE_NAME"))
-        .or_else(|| file.otel_service_name.clone())
-        .unwrap_or(defaults.service_name);
-    let (sampler_name, sampler_arg) = match &args.otel_traces_sampler {
-        Some(name) => (Some(name.clone()), args.otel_traces_sampler_arg.clone()),
-        None => match otel_env("OTEL_TRACES_SAMPLER") {
-            Some(name) => (Some(name), otel_env("OTEL_TRACES_SAMPLER_ARG")),
-            None => (
-                file.otel_traces_sampler.clone(),
-                file.otel_traces_sampler_arg.clone(),
-            ),
-        },
-    };
-    let sampler = match sampler_name {
-        None => defaults.sampler,
-        Some(name) => SamplerChoice::parse(&name, sampler_arg.as_deref()).unwrap_or_else(|e| {
-            problems.push(format!("otel_traces_sampler: {e}"));
-            defaults.sampler
-        }),
-    };
-    let exporter = if disabled {
-        None
-    } else {
-        endpoint.map(|endpoint| OtlpExporter { endpoint, protocol })
-    };
-    (
-        TracingOptions {
-            exporter,
-            service_name,
-            sampler,
-        },
-        problems,
-    )
 }
 
 /// A positive duration such as `500ms` or `2s`, or the problem with `text`, naming the
@@ -1121,6 +1058,10 @@ fn listen_address(text: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        audit::{DEFAULT_OTLP_QUEUE, OtlpSinkOptions},
+        telemetry::{OtlpExporter, OtlpProtocol, SamplerChoice},
+    };
 
     fn file(toml: &str) -> FileConfig {
         toml::from_str(toml).unwrap()
@@ -1431,6 +1372,96 @@ mod tests {
         };
         let err = ServeConfig::merge(args, FileConfig::default()).unwrap_err();
         assert_eq!(err.0, ["decision_log_mask: at most 64 pointers"]);
+    }
+
+    #[test]
+    fn decision_records_go_over_otlp_to_the_logs_collector_when_asked() {
+        let config = ServeConfig::merge(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.audit.otlp, None, "off by default");
+
+        // The logs signal's own variables win over the shared ones; OTEL_SDK_DISABLED
+        // turns spans off, not an audit destination.
+        let env = |name: &str| -> Option<String> {
+            match name {
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => Some("http://logs:4317".into()),
+                "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL" => Some("grpc".into()),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
+                "OTEL_SERVICE_NAME" => Some("pdp".into()),
+                "OTEL_SDK_DISABLED" => Some("true".into()),
+                _ => None,
+            }
+        };
+        let args = || ServeArgs {
+            decision_log_otlp: Some(true),
+            ..Default::default()
+        };
+        let config = ServeConfig::merge_env(args(), FileConfig::default(), &env).unwrap();
+        assert_eq!(config.tracing.exporter, None);
+        assert_eq!(
+            config.audit.otlp,
+            Some(OtlpSinkOptions {
+                exporter: OtlpExporter {
+                    endpoint: None,
+                    protocol: OtlpProtocol::Grpc,
+                },
+                service_name: "pdp".into(),
+                queue: DEFAULT_OTLP_QUEUE,
+            })
+        );
+
+        // The flag's collector (spans go there too), the file's protocol; nothing set
+        // at all leaves the exporter's default (the collector on localhost).
+        let args_with_endpoint = ServeArgs {
+            otlp_endpoint: Some("http://collector:4318".into()),
+            ..args()
+        };
+        let config =
+            ServeConfig::merge(args_with_endpoint, file("otlp_protocol = \"grpc\"\n")).unwrap();
+        let otlp = config.audit.otlp.unwrap();
+        assert_eq!(
+            otlp.exporter.endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(otlp.exporter.protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            config.tracing.exporter.unwrap().endpoint,
+            otlp.exporter.endpoint
+        );
+        let config = ServeConfig::merge(args(), FileConfig::default()).unwrap();
+        assert_eq!(
+            config.audit.otlp.unwrap().exporter,
+            OtlpExporter {
+                endpoint: None,
+                protocol: OtlpProtocol::HttpProtobuf,
+            }
+        );
+
+        // The OTLP sink alone is a decision log that audit can require.
+        let config = ServeConfig::merge(
+            ServeArgs {
+                ephemeral: Some(true),
+                ..Default::default()
+            },
+            file("decision_log_otlp = true\ndecision_log_otlp_queue = 16\naudit_required = true\n"),
+        )
+        .unwrap();
+        assert_eq!(config.audit.destination, Destination::Off);
+        assert!(config.audit.required);
+        assert_eq!(config.audit.otlp.unwrap().queue, 16);
+
+        // A bad collector URL is one problem, though both signals read it.
+        let args_bad = ServeArgs {
+            otlp_endpoint: Some("collector:4317".into()),
+            decision_log_otlp_queue: Some(0),
+            ..args()
+        };
+        let err = ServeConfig::merge(args_bad, FileConfig::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0
+                .contains(&"decision_log_otlp_queue: must be between 1 and 1048576".into()),
+            "{err}"
+        );
     }
 
     #[test]

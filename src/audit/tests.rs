@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
 
 use super::*;
@@ -25,6 +26,24 @@ fn entry(subject: &str) -> (Value, Decision) {
     .unwrap();
     let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
     (input, decision)
+}
+
+/// The trace and span of the `traceparent` header tests send.
+pub(crate) fn trace() -> (TraceId, SpanId) {
+    (
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+    )
+}
+
+/// The entry of `decision` on `input`, in [`trace`], about no grant.
+pub(crate) fn traced<'a>(decision: &'a Decision, input: &'a Value) -> Entry<'a> {
+    Entry {
+        decision,
+        input,
+        trace: Some(trace()),
+        grant: None,
+    }
 }
 
 fn file_options(path: &Path) -> AuditOptions {
@@ -234,23 +253,13 @@ fn log_one(masks: Masks, entry: &Entry<'_>) -> String {
 
 #[test]
 fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
-    use opentelemetry::trace::{SpanId, TraceId};
     // A Check naming a grant: the grant is in its input only.
     let input = Value::from_json_str(
         r#"{"step": "issue", "grant": {"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE"}}"#,
     )
     .unwrap();
     let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
-    let trace = (
-        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-    );
-    let entry = Entry {
-        decision: &decision,
-        input: &input,
-        trace: Some(trace),
-        grant: None,
-    };
+    let entry = traced(&decision, &input);
     let record: serde_json::Value =
         serde_json::from_str(&log_one(Masks::default(), &entry)).unwrap();
     assert_eq!(record["decision_id"], decision.id.to_string());
@@ -328,4 +337,50 @@ fn a_log_refuses_masks_it_cannot_apply() {
     let err = DecisionLog::to_writer(Box::new(std::io::sink()), &options).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("is not a JSON pointer"), "{err}");
+}
+
+/// With its OTLP queue full, a record is still written to the file (and counted as
+/// dropped from OTLP) unless the log is required or OTLP is its only sink: then it has
+/// no slot at all (counted as dropped from the log), and a required log denies.
+#[test]
+fn a_full_otlp_queue_leaves_the_file_unless_required_or_it_is_the_only_sink() {
+    use crate::telemetry::{OtlpExporter, OtlpProtocol};
+    let options = |destination, required| AuditOptions {
+        destination,
+        required,
+        otlp: Some(OtlpSinkOptions {
+            exporter: OtlpExporter {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                protocol: OtlpProtocol::HttpProtobuf,
+            },
+            service_name: "stepgate".into(),
+            queue: 1,
+        }),
+        ..AuditOptions::default()
+    };
+    let written = |required| {
+        DecisionLog::to_writer(
+            Box::new(std::io::sink()),
+            &options(Destination::Stdout, required),
+        )
+        .unwrap()
+    };
+    let only_otlp = DecisionLog::open(&options(Destination::Off, false))
+        .unwrap()
+        .unwrap();
+    for (log, second_has_a_slot, dropped) in [
+        (written(false), true, 0),
+        (written(true), false, 1),
+        (only_otlp, false, 1),
+    ] {
+        let first = log.reserve().unwrap();
+        assert!(first.otlp.is_some());
+        let second = log.reserve();
+        assert_eq!(second.is_some(), second_has_a_slot);
+        assert!(second.is_none_or(|slot| slot.otlp.is_none()));
+        assert_eq!(log.stats().counts(), (0, dropped, 0));
+        assert_eq!(log.stats().otlp_counts(), (0, 1, 0));
+        drop(first);
+        assert!(log.reserve().unwrap().otlp.is_some(), "a place is freed");
+    }
 }

@@ -1,7 +1,8 @@
 //! The writer thread and its sinks: records rendered where their decisions were made are
 //! chained and written here, off the decision path; a file sink rotates at a size limit,
 //! keeping a fixed number of files, and the chain continues across rotations and
-//! restarts.
+//! restarts. A record with a place in the OTLP queue is then handed, line and all, to
+//! the export thread (`otlp.rs`).
 
 use std::{
     fs::{File, OpenOptions},
@@ -18,24 +19,35 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     chain::{self, Hash},
+    otlp::{Export, Feed, Queued},
     record::Unchained,
 };
 
 /// What the writer thread receives.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are the traffic; boxing a record's OTLP place would allocate per decision"
+)]
 pub(crate) enum Message {
-    /// A record to chain and write.
-    Record(Unchained),
+    /// A record to chain and write, and its place in the OTLP queue if it has one.
+    Record(Unchained, Option<Queued>),
     /// Flush, acknowledge, and stop.
     Stop(oneshot::Sender<()>),
 }
 
-/// Records written, dropped (buffer full) and failed (write errors).
+/// The decision log's counts: records written (to the file or stdout), dropped (logged
+/// nowhere: no room), failed (write errors); and of the OTLP sink, records exported,
+/// dropped (no room in its queue, or still queued when shutdown's export ended) and
+/// export attempts that failed (the records stay queued and are sent again).
 #[derive(Debug, Default)]
 pub struct LogStats {
     pub(crate) written: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) otlp_exported: AtomicU64,
+    pub(crate) otlp_dropped: AtomicU64,
+    pub(crate) otlp_export_failures: AtomicU64,
 }
 
 impl LogStats {
@@ -45,6 +57,15 @@ impl LogStats {
             self.written.load(Ordering::Relaxed),
             self.dropped.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The OTLP sink's (exported, dropped, export failures).
+    pub fn otlp_counts(&self) -> (u64, u64, u64) {
+        (
+            self.otlp_exported.load(Ordering::Relaxed),
+            self.otlp_dropped.load(Ordering::Relaxed),
+            self.otlp_export_failures.load(Ordering::Relaxed),
         )
     }
 }
@@ -208,44 +229,72 @@ fn rotated_last_hash(path: &Path) -> Option<Hash> {
 /// more than writing). Bounds how stale the file is behind the decisions.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
 
-/// The writer thread's loop: wait for a record, let a batch gather, then chain and
-/// write all of it and flush once.
-pub(crate) fn run(
-    mut rx: mpsc::Receiver<Message>,
-    mut sink: Sink,
-    mut prev: Hash,
-    stats: Arc<LogStats>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        std::thread::sleep(BATCH_WAIT);
-        let mut next = Some(first);
-        while let Some(message) = next.take().or_else(|| rx.try_recv().ok()) {
-            match message {
-                Message::Record(record) => {
-                    let (line, hash) = record.chain(&prev);
-                    match sink.write_line(&line) {
-                        Ok(()) => {
-                            prev = hash;
-                            stats.written.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(err) => {
-                            stats.failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %err, "decision log write failed; record lost");
-                        }
+/// What the writer thread holds: where lines go and the hash the next record chains to.
+pub(crate) struct Writer {
+    /// The file or stream; `None` when records go to the OTLP sink alone.
+    pub(crate) sink: Option<Sink>,
+    /// The OTLP export thread's queue, when that sink is on.
+    pub(crate) feed: Option<Feed>,
+    /// The last record's hash.
+    pub(crate) prev: Hash,
+    /// Where outcomes are counted.
+    pub(crate) stats: Arc<LogStats>,
+}
+
+impl Writer {
+    /// The writer thread's loop: wait for a record, let a batch gather, then chain and
+    /// write all of it and flush once.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        while let Some(first) = rx.blocking_recv() {
+            std::thread::sleep(BATCH_WAIT);
+            let mut next = Some(first);
+            while let Some(message) = next.take().or_else(|| rx.try_recv().ok()) {
+                match message {
+                    Message::Record(record, queued) => self.record(record, queued),
+                    Message::Stop(ack) => {
+                        self.flush();
+                        let _ = ack.send(());
+                        return;
                     }
-                }
-                Message::Stop(ack) => {
-                    if let Err(err) = sink.flush() {
-                        tracing::error!(error = %err, "decision log flush failed");
-                    }
-                    let _ = ack.send(());
-                    return;
                 }
             }
+            self.flush();
         }
-        if let Err(err) = sink.flush() {
+        self.flush();
+    }
+
+    /// Chains `record`, writes it, and hands the line to the OTLP sink if it has a place
+    /// there. The chain follows the file: a record the file did not take is not chained
+    /// to (the collector still gets it, so its gap shows there as a repeated
+    /// `prev_hash`).
+    fn record(&mut self, record: Unchained, queued: Option<Queued>) {
+        let (line, hash) = record.chain(&self.prev);
+        match &mut self.sink {
+            None => self.prev = hash,
+            Some(sink) => match sink.write_line(&line) {
+                Ok(()) => {
+                    self.prev = hash;
+                    self.stats.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %err, "decision log write failed; record lost");
+                }
+            },
+        }
+        if let (Some(queued), Some(feed)) = (queued, &self.feed)
+            && feed.send(Export::Record(line, queued)).is_err()
+        {
+            // The export thread is gone (it only stops when the log closes).
+            self.stats.otlp_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(sink) = &mut self.sink
+            && let Err(err) = sink.flush()
+        {
             tracing::error!(error = %err, "decision log flush failed");
         }
     }
-    let _ = sink.flush();
 }

@@ -5,6 +5,7 @@
 //! transport's [`Caller`] to [`DecisionPipeline`], which builds the input, evaluates the
 //! policy and maps the result to a fail-closed [`Decision`].
 
+mod attributes;
 mod caller;
 mod envoy;
 mod gate;
@@ -15,6 +16,7 @@ mod pipeline;
 mod record;
 mod spec_values;
 
+pub(crate) use attributes::DecisionAttributes;
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use gate::{EvalGate, EvalPermit};

@@ -12,13 +12,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use opentelemetry::{KeyValue, StringValue};
-
 use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField, check_input,
+    Caller, Decision, InvalidField,
+    attributes::DecisionAttributes,
+    check_input,
     envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
     gate::{EvalGate, EvalPermit},
     grant_value,
@@ -32,7 +32,7 @@ use crate::{
     grants::{Grant, GrantStore},
     policy::{Entrypoint, EvalError, PolicyStore, Provenance},
     proto::v1::CheckRequest,
-    telemetry::{ParentContext, Snapshot, Telemetry, attr, step_index},
+    telemetry::{ParentContext, Snapshot, Telemetry, step_index},
 };
 
 /// Below this many checks per worker a batch is not worth spreading across threads.
@@ -166,6 +166,10 @@ impl DecisionPipeline {
                 .decision_log
                 .as_ref()
                 .map_or((0, 0, 0), |log| log.stats().counts()),
+            log_otlp: self
+                .decision_log
+                .as_ref()
+                .map_or((0, 0, 0), |log| log.stats().otlp_counts()),
             eval_limits: crate::policy::limit_hits(),
             eval_waits: self.gate.waits(),
             bundle_polls: bundles.map_or_else(Default::default, |b| b.polls()),
@@ -393,7 +397,7 @@ impl DecisionPipeline {
             self.telemetry
                 .tracer()
                 .decision_span(parent.context(), start, start + elapsed, || {
-                    span_attributes(&decision, &input, grant.as_deref())
+                    DecisionAttributes::of(&decision, &input, grant.as_deref()).key_values()
                 })
         });
         if let Some((slot, log)) = slot.zip(self.decision_log.as_ref()) {
@@ -528,52 +532,6 @@ impl Begun {
             slot: self.slot,
         }
     }
-}
-
-/// The `stepgate.*` attributes of a decision span; built only for sampled spans.
-fn span_attributes(decision: &Decision, input: &Value, grant: Option<&Grant>) -> Vec<KeyValue> {
-    // Shares the string with the input (no copy).
-    let string_value = |value: &Value| match value {
-        Value::String(s) => Some(StringValue::from(s.clone())),
-        _ => None,
-    };
-    let k = &*KEYS;
-    let mut attributes = Vec::with_capacity(9);
-    attributes.push(KeyValue::new(attr::DECISION_ID, decision.id.to_string()));
-    attributes.push(KeyValue::new(attr::DECISION_ALLOW, decision.allow));
-    for (key, value) in [
-        (attr::STEP, &input[&k.step]),
-        (attr::ACTION, &input[&k.action]),
-        (attr::SUBJECT_KIND, &input[&k.subject][&k.kind]),
-        (attr::RESOURCE_TYPE, &input[&k.resource][&k.type_]),
-    ] {
-        if let Some(value) = string_value(value) {
-            attributes.push(KeyValue::new(key, value));
-        }
-    }
-    match grant {
-        Some(grant) => attributes.push(KeyValue::new(attr::GRANT_ID, grant.id().to_string())),
-        None => {
-            if let Some(id) = string_value(&input[&k.grant][&k.id]) {
-                attributes.push(KeyValue::new(attr::GRANT_ID, id));
-            }
-        }
-    }
-    attributes.push(KeyValue::new(
-        attr::POLICY_REVISION,
-        StringValue::from(decision.policy_revision.clone()),
-    ));
-    if let Some(bundle) = &decision.bundle_revision {
-        attributes.push(KeyValue::new(
-            attr::BUNDLE_REVISION,
-            StringValue::from(bundle.clone()),
-        ));
-    }
-    attributes.push(KeyValue::new(
-        attr::EVAL_DURATION_US,
-        i64::try_from(decision.eval_duration.as_micros()).unwrap_or(i64::MAX),
-    ));
-    attributes
 }
 
 /// What a raw evaluation evaluates.

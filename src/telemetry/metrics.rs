@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub revision: String,
     /// Decision-log records written, dropped (buffer full), failed (write errors).
     pub log_records: (u64, u64, u64),
+    /// Decision-log records exported over OTLP, dropped from that sink, and failed
+    /// export attempts.
+    pub log_otlp: (u64, u64, u64),
     /// Evaluations stopped by a limit: time, instructions, memory.
     pub eval_limits: [u64; 3],
     /// Evaluations that waited for their turn at the evaluation gate.
@@ -94,6 +97,9 @@ pub struct Metrics {
     reloads: [IntCounter; 2],
     revision: IntGaugeVec,
     log_records: [IntCounter; 3],
+    /// `[exported, dropped]`.
+    log_otlp_records: [IntCounter; 2],
+    log_otlp_export_failures: IntCounter,
     /// `[time, instructions, memory]`.
     eval_limits: [IntCounter; 3],
     eval_waits: IntCounter,
@@ -235,6 +241,21 @@ impl Metrics {
             log_vec.with_label_values(&["failed"]),
         ];
         register(Box::new(log_vec));
+        let log_otlp_vec = IntCounterVec::new(
+            Opts::new(
+                "stepgate_decision_log_otlp_records_total",
+                "Decision-log records sent over OTLP by outcome: exported, dropped (no room in the OTLP queue, or still queued when shutdown's export ended).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let log_otlp_records =
+            ["exported", "dropped"].map(|o| log_otlp_vec.with_label_values(&[o]));
+        register(Box::new(log_otlp_vec));
+        let log_otlp_export_failures = counter(
+            "stepgate_decision_log_otlp_export_failures_total",
+            "Failed OTLP export requests of decision-log records (their records stay queued and are sent again).",
+        );
         let limits_vec = IntCounterVec::new(
             Opts::new(
                 "stepgate_eval_limit_exceeded_total",
@@ -298,6 +319,8 @@ impl Metrics {
             reloads,
             revision,
             log_records,
+            log_otlp_records,
+            log_otlp_export_failures,
             eval_limits,
             eval_waits,
             listeners,
@@ -389,6 +412,9 @@ impl Metrics {
         raise_to(&self.log_records[0], snapshot.log_records.0);
         raise_to(&self.log_records[1], snapshot.log_records.1);
         raise_to(&self.log_records[2], snapshot.log_records.2);
+        raise_to(&self.log_otlp_records[0], snapshot.log_otlp.0);
+        raise_to(&self.log_otlp_records[1], snapshot.log_otlp.1);
+        raise_to(&self.log_otlp_export_failures, snapshot.log_otlp.2);
         for (counter, total) in self.eval_limits.iter().zip(snapshot.eval_limits) {
             raise_to(counter, total);
         }

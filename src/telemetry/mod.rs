@@ -1,5 +1,6 @@
 //! Telemetry: OpenTelemetry spans (one `stepgate.decision` span per decision, grant
-//! lifecycle spans, OTLP export) and Prometheus metrics.
+//! lifecycle spans), OTLP export (spans here, decision-log records for `audit`) and
+//! Prometheus metrics.
 //!
 //! The decision pipeline is the only caller on the decision path: adapters hand it a
 //! [`ParentContext`] extracted from their headers and never record spans or metrics
@@ -7,6 +8,7 @@
 //! per-decision cost is a few atomic adds.
 
 mod metrics;
+pub(crate) mod otlp;
 mod propagation;
 mod spans;
 
@@ -15,10 +17,11 @@ use std::sync::{Arc, OnceLock};
 pub use metrics::{
     CONTENT_TYPE, LISTENERS, ListenerMetrics, Metrics, STEP_LABELS, Snapshot, step_index,
 };
+pub use otlp::{ExporterError, OtlpExporter, OtlpProtocol};
 pub use propagation::ParentContext;
 pub use spans::{
-    DECISION_SPAN, ExporterError, OtlpExporter, OtlpProtocol, SamplerChoice, Tracer,
-    TracingOptions, attr, spawn_lifecycle_spans, tracer_provider,
+    DECISION_SPAN, SamplerChoice, Tracer, TracingOptions, attr, spawn_lifecycle_spans,
+    tracer_provider,
 };
 
 use crate::{grants::SweeperStats, policy::BundleStats};

@@ -15,7 +15,7 @@ use opentelemetry::{
     Context, KeyValue,
     trace::{Span, SpanContext, SpanKind, Tracer as _, TracerProvider as _},
 };
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -23,6 +23,9 @@ use opentelemetry_sdk::{
 };
 use tokio::{sync::broadcast, task::JoinHandle};
 
+use super::otlp::{
+    ExporterError, OtlpExporter, OwnExporter, build_exporter, builders_of, resource,
+};
 use crate::grants::{GrantEvent, GrantEventKind};
 
 /// Name of the span every decision gets.
@@ -52,37 +55,6 @@ pub mod attr {
     pub const EVAL_DURATION_US: &str = "stepgate.eval.duration_us";
     /// A grant's state after a lifecycle change.
     pub const GRANT_STATE: &str = "stepgate.grant.state";
-}
-
-/// How the OTLP exporter sends spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    /// OTLP/gRPC (`grpc`).
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
-    HttpProtobuf,
-}
-
-impl OtlpProtocol {
-    /// Parses `OTEL_EXPORTER_OTLP_PROTOCOL` values (`http/json` is not supported).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "grpc" => Some(Self::Grpc),
-            "http/protobuf" => Some(Self::HttpProtobuf),
-            _ => None,
-        }
-    }
-}
-
-/// Where spans go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpExporter {
-    /// The collector's base URL (`http://host:4317` for gRPC, `http://host:4318` for
-    /// HTTP, where `/v1/traces` is appended); `None` lets the exporter read the standard
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` variables itself.
-    pub endpoint: Option<String>,
-    /// gRPC or HTTP.
-    pub protocol: OtlpProtocol,
 }
 
 /// Which spans are kept (the `OTEL_TRACES_SAMPLER` values).
@@ -162,11 +134,6 @@ impl Default for TracingOptions {
     }
 }
 
-/// The exporter could not be built (a bad endpoint).
-#[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter: {0}")]
-pub struct ExporterError(String);
-
 /// Builds the tracer provider `options` ask for: `None` when no exporter is configured.
 pub fn tracer_provider(
     options: &TracingOptions,
@@ -174,82 +141,17 @@ pub fn tracer_provider(
     let Some(otlp) = &options.exporter else {
         return Ok(None);
     };
-    let exporter = match otlp.protocol {
-        OtlpProtocol::Grpc => OtlpSpanExporter::grpc(otlp.endpoint.as_deref())?,
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = SpanExporter::builder().with_http();
-            if let Some(endpoint) = &otlp.endpoint {
-                // As with OTEL_EXPORTER_OTLP_ENDPOINT, the signal's path is appended.
-                let base = endpoint.trim_end_matches('/');
-                builder = builder.with_endpoint(format!("{base}/v1/traces"));
-            }
-            OtlpSpanExporter {
-                exporter: builder.build().map_err(|e| ExporterError(e.to_string()))?,
-                _runtime: None,
-            }
-        }
-    };
+    let exporter = build_exporter(otlp, builders_of!(SpanExporter, "/v1/traces"))?;
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(options.sampler.sampler())
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(options.service_name.clone())
-                    .build(),
-            )
+            .with_resource(resource(&options.service_name))
             .build(),
     ))
 }
 
-/// The OTLP span exporter, and for gRPC the runtime its channel lives on.
-///
-/// A tonic channel runs its connection as tasks of the runtime it was built in. Built
-/// in the serving runtime, those tasks would encode and send each batch (512 spans, a
-/// few hundred microseconds of work in one poll) on a serving worker, stalling the
-/// requests queued behind it there. On a runtime of its own the work has its own
-/// thread, which the OS schedules around the workers. The batch processor's thread owns
-/// the exporter and drops it, runtime and all, when the provider shuts down.
-#[derive(Debug)]
-struct OtlpSpanExporter {
-    // Dropped first: the channel closes before its runtime stops.
-    exporter: SpanExporter,
-    _runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl OtlpSpanExporter {
-    /// An OTLP/gRPC exporter to `endpoint` (else the OTEL_* variables' or the default).
-    fn grpc(endpoint: Option<&str>) -> Result<Self, ExporterError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("stepgate-otlp")
-            .enable_all()
-            .build()
-            .map_err(|e| ExporterError(format!("export runtime: {e}")))?;
-        let mut builder = SpanExporter::builder().with_tonic();
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let built = {
-            let _in_runtime = runtime.enter();
-            builder.build()
-        };
-        match built {
-            Ok(exporter) => Ok(Self {
-                exporter,
-                _runtime: Some(runtime),
-            }),
-            Err(e) => {
-                // The caller may be async, where dropping a runtime (which waits for its
-                // thread) is refused with a panic.
-                runtime.shutdown_background();
-                Err(ExporterError(e.to_string()))
-            }
-        }
-    }
-}
-
-impl opentelemetry_sdk::trace::SpanExporter for OtlpSpanExporter {
+impl opentelemetry_sdk::trace::SpanExporter for OwnExporter<SpanExporter> {
     fn export(
         &self,
         batch: Vec<SpanData>,
@@ -387,6 +289,7 @@ pub fn spawn_lifecycle_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::OtlpProtocol;
 
     #[test]
     fn sampler_names_and_ratios_parse_or_are_refused() {
@@ -400,8 +303,6 @@ mod tests {
         );
         assert!(SamplerChoice::parse("traceidratio", Some("2")).is_err());
         assert!(SamplerChoice::parse("sometimes", None).is_err());
-        assert_eq!(OtlpProtocol::parse("grpc"), Some(OtlpProtocol::Grpc));
-        assert_eq!(OtlpProtocol::parse("http/json"), None);
     }
 
     /// A bad endpoint is an error, also where the provider is built: in the server's

@@ -7,10 +7,9 @@ use std::{
 };
 
 use stepgate::proto::v1::decision_service_client::DecisionServiceClient;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::support::{
-    ECHO_POLICY, connect_uds, decide, eventually, policy_dir, write_bundle, write_policy,
+    ECHO_POLICY, decide, eventually, policy_dir, serving_channel, write_bundle, write_policy,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
@@ -163,23 +162,11 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .spawn()
         .unwrap();
 
-    let mut channel = None;
-    let serving = eventually(Duration::from_secs(20), async || {
-        let Some(connected) = connect_uds(&socket).await else {
-            return false;
-        };
-        let status = HealthClient::new(connected.clone())
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
-        channel = Some(connected);
-        status.is_ok_and(|s| s.into_inner().status == 1)
-    })
-    .await;
-    assert!(serving, "the server never reported SERVING");
+    let channel = serving_channel(&socket, Duration::from_secs(20))
+        .await
+        .expect("the server never reported SERVING");
 
-    let mut client = DecisionServiceClient::new(channel.unwrap());
+    let mut client = DecisionServiceClient::new(channel);
     let first = decide(&mut client, "read").await;
     assert!(first.allow);
 

@@ -634,6 +634,7 @@ pub(crate) mod manifests {
         let collector = &yaml_docs("deploy/otel-collector.yaml")[0];
         let pipelines = collector["service"]["pipelines"].as_object().unwrap();
         assert!(pipelines.contains_key("traces"));
+        assert!(pipelines.contains_key("logs"), "decision records over OTLP");
         for (name, pipeline) in pipelines {
             for section in ["receivers", "processors", "exporters"] {
                 for component in pipeline[section].as_array().into_iter().flatten() {

@@ -14,9 +14,10 @@ use stepgate::proto::v1::{Decision, decision_service_client::DecisionServiceClie
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::support::{connect_uds, eventually, http_request, policy_dir, request, write_policy};
+use super::support::{
+    eventually, http_request, policy_dir, request, serving_channel, write_policy,
+};
 
 /// The binary under test; `STEPGATE_BIN` points the `measure_` run at another build.
 fn bin() -> String {
@@ -87,19 +88,12 @@ impl Child {
             "no HTTP listener logged: {:?}",
             lines.lock().unwrap()
         );
-        let mut channel = None;
-        let serving = eventually(Duration::from_secs(30), async || {
-            let Some(connected) = connect_uds(&socket).await else {
-                return false;
-            };
-            let status = HealthClient::new(connected.clone())
-                .check(HealthCheckRequest::default())
-                .await;
-            channel = Some(connected);
-            status.is_ok_and(|s| s.into_inner().status == 1)
-        })
-        .await;
-        assert!(serving, "never SERVING: {:?}", lines.lock().unwrap());
+        let channel = serving_channel(&socket, Duration::from_secs(30)).await;
+        assert!(
+            channel.is_some(),
+            "never SERVING: {:?}",
+            lines.lock().unwrap()
+        );
         Self {
             process,
             pid,

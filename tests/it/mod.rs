@@ -5,6 +5,7 @@ mod bundle_server;
 mod bundle_support;
 mod cases;
 mod check;
+mod decision_log_otlp;
 mod deploy;
 mod deploy_run;
 mod engines;

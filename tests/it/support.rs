@@ -254,6 +254,25 @@ pub async fn eventually(limit: Duration, mut probe: impl AsyncFnMut() -> bool) -
     false
 }
 
+/// A channel over the Unix socket at `path` once the server there reports SERVING (its
+/// policies loaded), waiting at most `limit`; `None` if it never does.
+pub async fn serving_channel(path: &Path, limit: Duration) -> Option<Channel> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut channel = None;
+    let serving = eventually(limit, async || {
+        let Some(connected) = connect_uds(path).await else {
+            return false;
+        };
+        let status = HealthClient::new(connected.clone())
+            .check(HealthCheckRequest::default())
+            .await;
+        channel = Some(connected);
+        status.is_ok_and(|s| s.into_inner().status == 1)
+    })
+    .await;
+    channel.filter(|_| serving)
+}
+
 /// A gRPC channel over the Unix socket at `path`, or `None` while nothing listens there.
 pub async fn connect_uds(path: &Path) -> Option<Channel> {
     let path = path.to_path_buf();
