@@ -31,3 +31,15 @@ pub mod identity;
 pub mod policy;
 pub mod proto;
 pub mod telemetry;
+
+/// Makes ring the process's default rustls provider (once). reqwest, which the bundle
+/// client and the OTLP HTTP exporter share with one set of features, takes the process
+/// default and panics when there is none (`rustls-no-provider`: no second crypto library
+/// is built); the listeners name their provider explicitly.
+pub(crate) fn install_rustls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err only when another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

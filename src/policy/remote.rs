@@ -265,8 +265,7 @@ pub fn spawn_poller(
 /// The HTTP client: rustls (with ring, as the listeners) over the system's roots and the
 /// configured CA, the request timeout, a few redirects at most.
 fn client(options: &BundleServerOptions) -> Result<reqwest::Client, ClientError> {
-    // reqwest takes the process's default rustls provider; the listeners name theirs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_rustls_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(options.timeout)
         .connect_timeout(options.timeout)

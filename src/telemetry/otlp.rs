@@ -141,6 +141,7 @@ where
             }
         }
         OtlpProtocol::HttpProtobuf => {
+            crate::install_rustls_provider();
             // As with OTEL_EXPORTER_OTLP_ENDPOINT, the signal's path is appended.
             let url = otlp.endpoint.as_ref().map(|endpoint| {
                 format!("{}{}", endpoint.trim_end_matches('/'), builders.http_path)
