@@ -75,7 +75,8 @@ fn value_to_proto(value: &Value) -> prost_types::Value {
 /// The double nearest a number regorus holds no exact double for (an integer past ±2^53,
 /// or past the 64-bit range): a protobuf number is a double, and the nearest is the most
 /// it can carry. Only a number beyond the doubles' range becomes infinite (refused where
-/// inputs are validated).
+/// inputs are validated). It takes the value because regorus does not export its number
+/// type.
 #[cold]
 fn nearest_double(value: &Value) -> f64 {
     let Value::Number(n) = value else {

@@ -174,7 +174,7 @@ async fn malformed_requests_name_the_field() {
 async fn a_batch_is_refused_before_any_of_it_is_decided() {
     let server = Server::start(&[("p.rego", POLICY)]).await;
     let allowed = json!({
-        "subject": {"id": "alice@acmecorp.com"},
+        "subject": {"type": "user", "id": "alice@acmecorp.com"},
         "action": {"name": "can_read"},
         "resource": {"id": "123"},
     });
@@ -206,10 +206,13 @@ async fn a_batch_is_refused_before_any_of_it_is_decided() {
     )
     .await;
     let scrape = server.http_get("/metrics").await.body;
-    assert!(
-        scrape.contains("stepgate_decisions_total{result=\"allow\",step=\"use\"} 0\n"),
-        "nothing refused was decided: {scrape}"
-    );
+    for result in ["allow", "deny"] {
+        let none = format!("stepgate_decisions_total{{result=\"{result}\",step=\"use\"}} 0\n");
+        assert!(
+            scrape.contains(&none),
+            "nothing refused was decided: {scrape}"
+        );
+    }
 
     let reply = post(
         &server,
@@ -218,6 +221,8 @@ async fn a_batch_is_refused_before_any_of_it_is_decided() {
     )
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.json()["evaluations"].as_array().unwrap().len(), 8);
+    let answers = reply.json()["evaluations"].clone();
+    assert_eq!(answers.as_array().unwrap().len(), 8);
+    assert_eq!(answers[7]["decision"], json!(true), "{answers}");
     server.stop().await;
 }
