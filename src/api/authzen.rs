@@ -24,7 +24,7 @@ use regorus::Value;
 
 use super::{caller::http_caller, convert::value_to_struct, http::HttpState};
 use crate::{
-    decision::{Decision, InvalidField, validate_check},
+    decision::{Decision, InvalidField},
     proto::v1::{CheckRequest, Context, Resource, Subject},
     telemetry::ParentContext,
 };
@@ -92,7 +92,7 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
         let items = match field(&body, "evaluations") {
             None => None,
             Some(Value::Array(items)) if items.is_empty() => None,
-            Some(Value::Array(items)) => Some(items.clone()),
+            Some(Value::Array(items)) => Some(items),
             Some(_) => {
                 return Err(InvalidField::new("evaluations", "must be an array").into());
             }
@@ -105,15 +105,13 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
                 &state.pipeline.check(&check, &caller, &parent)?,
             ));
         };
-        let mut checks = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let check = check_from(&body, Some(item))
-                .and_then(|check| validate_check(&check).map(|()| check))
-                .map_err(|e| e.within(&format!("evaluations[{i}]")))?;
-            checks.push(check);
-        }
-        let mut decisions = state.pipeline.batch_check(checks, caller, parent).await?;
-        if let Some(semantic) = semantic(&body)? {
+        let semantic = semantic(&body)?;
+        let checks = items.iter().map(|item| check_from(&body, Some(item)));
+        let mut decisions = state
+            .pipeline
+            .batch_check("evaluations", checks, caller, parent)
+            .await?;
+        if let Some(semantic) = semantic {
             // Short-circuit semantics: the answers end at the first deny / permit.
             let stop = decisions
                 .iter()
@@ -167,14 +165,13 @@ async fn read(
             message: format!("caller {} may not ask for decisions", caller.id),
         });
     }
-    let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
-        .await
-        .map_err(|e| InvalidField::new("body", e.to_string()))?;
-    let text = std::str::from_utf8(&body).map_err(|_| InvalidField::new("body", "not UTF-8"))?;
+    let body = state.read_body(request.into_body()).await?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| InvalidField::new("request body", "not UTF-8"))?;
     match Value::from_json_str(text) {
         Ok(value @ Value::Object(_)) => Ok((caller, value)),
-        Ok(_) => Err(InvalidField::new("body", "must be a JSON object").into()),
-        Err(e) => Err(InvalidField::new("body", format!("not JSON: {e}")).into()),
+        Ok(_) => Err(InvalidField::new("request body", "must be a JSON object").into()),
+        Err(e) => Err(InvalidField::new("request body", format!("not JSON: {e}")).into()),
     }
 }
 
@@ -221,12 +218,12 @@ fn object<'a>(value: Option<&'a Value>, path: &str) -> Result<Option<&'a Value>,
     }
 }
 
-/// The Check an AuthZEN evaluation stands for (Appendix C).
+/// The Check an AuthZEN evaluation stands for (Appendix C). What a Check requires (a
+/// subject, an action) is left to the pipeline's validation, which words it as it does
+/// for every adapter.
 fn check_from(defaults: &Value, item: Option<&Value>) -> Result<CheckRequest, InvalidField> {
-    let subject = object(pick(defaults, item, "subject"), "subject")?
-        .ok_or_else(|| InvalidField::new("subject", "is required"))?;
-    let action = object(pick(defaults, item, "action"), "action")?
-        .ok_or_else(|| InvalidField::new("action", "is required"))?;
+    let subject = object(pick(defaults, item, "subject"), "subject")?;
+    let action = object(pick(defaults, item, "action"), "action")?;
     let resource = object(pick(defaults, item, "resource"), "resource")?;
     let context = object(pick(defaults, item, "context"), "context")?;
     let step = match context.and_then(|c| field(c, "step")) {
@@ -236,13 +233,20 @@ fn check_from(defaults: &Value, item: Option<&Value>) -> Result<CheckRequest, In
     };
     Ok(CheckRequest {
         step,
-        subject: Some(Subject {
-            id: string_field(subject, "id", "subject")?,
-            kind: string_field(subject, "type", "subject")?,
-            owner: String::new(),
-            attributes: properties(subject, "subject")?,
-        }),
-        action: string_field(action, "name", "action")?,
+        subject: subject
+            .map(|s| {
+                Ok::<_, InvalidField>(Subject {
+                    id: string_field(s, "id", "subject")?,
+                    kind: string_field(s, "type", "subject")?,
+                    owner: String::new(),
+                    attributes: properties(s, "subject")?,
+                })
+            })
+            .transpose()?,
+        action: action
+            .map(|a| string_field(a, "name", "action"))
+            .transpose()?
+            .unwrap_or_default(),
         resource: resource
             .map(|r| {
                 Ok::<_, InvalidField>(Resource {

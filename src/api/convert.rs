@@ -59,7 +59,7 @@ fn value_to_proto(value: &Value) -> prost_types::Value {
     let kind = match value {
         Value::Null | Value::Undefined => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_else(|| nearest_double(value))),
         Value::String(s) => Kind::StringValue(s.to_string()),
         Value::Array(items) => Kind::ListValue(ListValue {
             values: items.iter().map(value_to_proto).collect(),
@@ -70,6 +70,23 @@ fn value_to_proto(value: &Value) -> prost_types::Value {
         Value::Object(_) => Kind::StructValue(value_to_struct(value)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// The double nearest a number regorus holds no exact double for (an integer past ±2^53,
+/// or past the 64-bit range): a protobuf number is a double, and the nearest is the most
+/// it can carry. Only a number beyond the doubles' range becomes infinite (refused where
+/// inputs are validated). It takes the value because regorus does not export its number
+/// type.
+#[cold]
+fn nearest_double(value: &Value) -> f64 {
+    let Value::Number(n) = value else {
+        return f64::NAN;
+    };
+    // `as` rounds an integer to the nearest double; Rust's parser rounds a decimal to it.
+    n.as_i64()
+        .map(|i| i as f64)
+        .or_else(|| n.as_u64().map(|u| u as f64))
+        .unwrap_or_else(|| n.format_decimal().parse().unwrap_or(f64::NAN))
 }
 
 #[cfg(test)]
@@ -91,5 +108,23 @@ mod tests {
         assert!(
             matches!(&s.fields["nested"].kind, Some(Kind::StructValue(n)) if n.fields.len() == 2)
         );
+    }
+
+    #[test]
+    fn integers_without_an_exact_double_become_the_nearest() {
+        for (json, nearest) in [
+            ("9007199254740993", 9_007_199_254_740_992.0),
+            ("-9007199254740993", -9_007_199_254_740_992.0),
+            ("1795428000000000000", 1.795_428e18),
+            ("18446744073709551615", 18_446_744_073_709_551_615.0),
+            ("123456789012345678901234567890", 1.234_567_890_123_456_8e29),
+        ] {
+            let v = Value::from_json_str(&format!(r#"{{"n": {json}}}"#)).unwrap();
+            assert_eq!(
+                value_to_struct(&v).fields["n"].kind,
+                Some(Kind::NumberValue(nearest)),
+                "{json}"
+            );
+        }
     }
 }

@@ -55,7 +55,7 @@ impl DecisionService for DecisionApi {
         let checks = request.into_inner().checks;
         let decisions = self
             .pipeline
-            .batch_check(checks, caller, parent)
+            .batch_check("checks", checks.into_iter().map(Ok), caller, parent)
             .await
             .map_err(invalid_argument)?;
         Ok(Response::new(BatchCheckResponse {

@@ -8,7 +8,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::ConnectInfo, response::IntoResponse};
+use axum::{Router, body::Bytes, extract::ConnectInfo, response::IntoResponse};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -27,7 +27,10 @@ use super::{
     request_budget::{BudgetedBody, RequestBudget},
     tls::{Alpn, ReloadingTls, TlsConnectInfo},
 };
-use crate::{decision::DecisionPipeline, telemetry::ListenerMetrics};
+use crate::{
+    decision::{DecisionPipeline, InvalidField},
+    telemetry::ListenerMetrics,
+};
 
 /// What HTTP handlers share: cheap to clone (reference counts only).
 #[derive(Debug, Clone)]
@@ -38,6 +41,16 @@ pub struct HttpState {
     pub decision_callers: CallerAllowList,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+}
+
+impl HttpState {
+    /// A request's body, refused past `max_body_bytes` (`request body: length limit
+    /// exceeded`) in the same words by every adapter.
+    pub(crate) async fn read_body(&self, body: axum::body::Body) -> Result<Bytes, InvalidField> {
+        axum::body::to_bytes(body, self.max_body_bytes)
+            .await
+            .map_err(|e| InvalidField::new("request body", e.to_string()))
+    }
 }
 
 /// Every HTTP route, one router per concern.

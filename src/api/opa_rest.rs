@@ -25,7 +25,9 @@ use regorus::Value;
 
 use super::{caller::http_caller, http::HttpState};
 use crate::{
-    decision::{Caller, Decision, RawTarget, canonical_identities, with_server_facts},
+    decision::{
+        Caller, Decision, RawTarget, canonical_identities, validate_input_depth, with_server_facts,
+    },
     policy::Entrypoint,
     telemetry::ParentContext,
 };
@@ -129,9 +131,10 @@ async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response
     }
     let params = Params::parse(request.uri().query());
     let parent = ParentContext::from_headers(request.headers());
-    let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
+    let body = state
+        .read_body(request.into_body())
         .await
-        .map_err(|e| OpaError::invalid(format!("request body: {e}")).into_response())?;
+        .map_err(|field| OpaError::invalid(field.to_string()).into_response())?;
     Ok(Call {
         caller,
         parent,
@@ -235,23 +238,31 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
 
 /// The input of a v1 Data API call: `{"input": ...}` in a POST body, `?input=` on GET.
 fn v1_input(call: &Call, is_get: bool) -> Result<Option<Value>, OpaError> {
-    if is_get {
-        return call
-            .params
+    let input = if is_get {
+        call.params
             .input
             .as_deref()
             .map(|text| parse_json(text.as_bytes(), "input parameter"))
-            .transpose();
-    }
-    if call.body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    match parse_json(&call.body, "body")? {
-        Value::Object(object) => Ok(object.get(&Value::from("input")).cloned()),
-        _ => Err(OpaError::invalid(
-            "body contains malformed input document: not an object",
-        )),
-    }
+            .transpose()?
+    } else if call.body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match parse_json(&call.body, "body")? {
+            Value::Object(object) => object.get(&Value::from("input")).cloned(),
+            _ => {
+                return Err(OpaError::invalid(
+                    "body contains malformed input document: not an object",
+                ));
+            }
+        }
+    };
+    input.map(bounded).transpose()
+}
+
+/// The input, if it nests no deeper than a Check's could (see [`validate_input_depth`]).
+fn bounded(input: Value) -> Result<Value, OpaError> {
+    validate_input_depth(&input).map_err(|field| OpaError::invalid(field.to_string()))?;
+    Ok(input)
 }
 
 /// `POST /v0/data/{path}`: the body is the input, the answer the bare document.
@@ -304,7 +315,8 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     if call.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let input = with_server_facts(parse_json(&call.body, "body")?, &call.caller, call.now);
+    let input = bounded(parse_json(&call.body, "body")?)?;
+    let input = with_server_facts(input, &call.caller, call.now);
     canonical_identities(input)
         .map(Some)
         .map_err(|field| OpaError::invalid(field.to_string()))

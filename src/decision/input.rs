@@ -13,6 +13,7 @@ use regorus::{Value, value::Object};
 use super::{
     Caller,
     identities::{validate_agent_identities, validate_identity},
+    nesting::validate_struct,
     spec_values::SpecValues,
 };
 use crate::{
@@ -58,8 +59,6 @@ impl std::error::Error for InvalidField {}
 
 /// Longest accepted step name.
 const MAX_STEP_BYTES: usize = 64;
-/// Deepest accepted nesting of `attributes` / `arguments` structs.
-const MAX_STRUCT_DEPTH: usize = 32;
 
 /// Checks what every decision needs: a step, a subject id, an action, and attribute
 /// values that JSON can carry.
@@ -117,36 +116,6 @@ pub(crate) fn validate_step(step: &str) -> Result<(), InvalidField> {
         ));
     }
     Ok(())
-}
-
-fn validate_struct(value: Option<&Struct>, field: &str) -> Result<(), InvalidField> {
-    fn walk(kind: Option<&Kind>, depth: usize) -> Result<(), &'static str> {
-        match kind {
-            Some(Kind::NumberValue(n)) if !n.is_finite() => Err("numbers must be finite"),
-            Some(Kind::StructValue(s)) => walk_fields(s, depth + 1),
-            Some(Kind::ListValue(l)) => {
-                if depth >= MAX_STRUCT_DEPTH {
-                    return Err("nested too deeply");
-                }
-                l.values
-                    .iter()
-                    .try_for_each(|v| walk(v.kind.as_ref(), depth + 1))
-            }
-            _ => Ok(()),
-        }
-    }
-    fn walk_fields(s: &Struct, depth: usize) -> Result<(), &'static str> {
-        if depth > MAX_STRUCT_DEPTH {
-            return Err("nested too deeply");
-        }
-        s.fields
-            .values()
-            .try_for_each(|v| walk(v.kind.as_ref(), depth))
-    }
-    match value {
-        Some(s) => walk_fields(s, 1).map_err(|problem| InvalidField::new(field, problem)),
-        None => Ok(()),
-    }
 }
 
 macro_rules! keys {

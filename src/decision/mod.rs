@@ -12,6 +12,7 @@ mod gate;
 mod grant_steps;
 mod identities;
 mod input;
+mod nesting;
 mod pipeline;
 mod record;
 mod spec_values;
@@ -27,5 +28,6 @@ pub use input::{
     with_server_facts,
 };
 pub(crate) use input::{KEYS, text};
+pub use nesting::validate_input_depth;
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

@@ -216,27 +216,34 @@ impl DecisionPipeline {
     }
 
     /// Many independent decisions, evaluated in parallel across the runtime's workers,
-    /// returned in request order. Every check is validated before any is evaluated;
-    /// each gets its own span under `parent`.
+    /// returned in request order; each gets its own span under `parent`.
+    ///
+    /// `items` makes the checks in order (an adapter's conversion, which may refuse an
+    /// item). Their number is checked against the maximum before any is made, each is
+    /// validated as it is made, and none is evaluated until all are valid. Refusals name
+    /// the request's list, `list` (`checks`, `evaluations`): `checks: 9 checks is over the
+    /// maximum of 8`, `checks[2].action: required`.
     pub async fn batch_check(
         self: &Arc<Self>,
-        checks: Vec<CheckRequest>,
+        list: &str,
+        items: impl ExactSizeIterator<Item = Result<CheckRequest, InvalidField>>,
         caller: Caller,
         parent: ParentContext,
     ) -> Result<Vec<Decision>, InvalidField> {
-        if checks.len() > self.max_batch {
+        let count = items.len();
+        if count > self.max_batch {
             return Err(InvalidField::new(
-                "checks",
-                format!(
-                    "{} checks is over the maximum of {}",
-                    checks.len(),
-                    self.max_batch
-                ),
+                list,
+                format!("{count} {list} is over the maximum of {}", self.max_batch),
             ));
         }
-        for (i, check) in checks.iter().enumerate() {
-            validate_check(check).map_err(|e| e.within(&format!("checks[{i}]")))?;
-        }
+        let checks = items
+            .enumerate()
+            .map(|(i, item)| {
+                item.and_then(|check| validate_check(&check).map(|()| check))
+                    .map_err(|e| e.within(&format!("{list}[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let workers = tokio::runtime::Handle::try_current()
             .map(|h| h.metrics().num_workers())
             .unwrap_or(1);

@@ -167,3 +167,62 @@ async fn malformed_requests_name_the_field() {
     assert_eq!(reply.status, 400);
     server.stop().await;
 }
+
+/// A batch is refused before any of it is decided: its size first (named as AuthZEN
+/// names the list), before an evaluation is read; then each evaluation and the options.
+#[tokio::test]
+async fn a_batch_is_refused_before_any_of_it_is_decided() {
+    let server = Server::start(&[("p.rego", POLICY)]).await;
+    let allowed = json!({
+        "subject": {"type": "user", "id": "alice@acmecorp.com"},
+        "action": {"name": "can_read"},
+        "resource": {"id": "123"},
+    });
+    let refused = |body: Value, message: &'static str| {
+        let server = &server;
+        async move {
+            let reply = post(server, "/access/v1/evaluations", &body).await;
+            assert_eq!(reply.status, 400, "{body}: {reply:?}");
+            assert_eq!(reply.json()["message"], message, "{body}");
+        }
+    };
+    // The test server's maximum is 8; the malformed first item is never read.
+    let mut evaluations = vec![allowed.clone(); 9];
+    evaluations[0] = json!({"subject": "alice"});
+    refused(
+        json!({ "evaluations": evaluations }),
+        "evaluations: 9 evaluations is over the maximum of 8",
+    )
+    .await;
+    evaluations.pop();
+    refused(
+        json!({ "evaluations": evaluations }),
+        "evaluations[0].subject: must be an object",
+    )
+    .await;
+    refused(
+        json!({"evaluations": vec![allowed.clone(); 8], "options": {"evaluations_semantic": "all"}}),
+        "options.evaluations_semantic: must be execute_all, deny_on_first_deny or permit_on_first_permit",
+    )
+    .await;
+    let scrape = server.http_get("/metrics").await.body;
+    for result in ["allow", "deny"] {
+        let none = format!("stepgate_decisions_total{{result=\"{result}\",step=\"use\"}} 0\n");
+        assert!(
+            scrape.contains(&none),
+            "nothing refused was decided: {scrape}"
+        );
+    }
+
+    let reply = post(
+        &server,
+        "/access/v1/evaluations",
+        &json!({"evaluations": vec![allowed; 8]}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let answers = reply.json()["evaluations"].clone();
+    assert_eq!(answers.as_array().unwrap().len(), 8);
+    assert_eq!(answers[7]["decision"], json!(true), "{answers}");
+    server.stop().await;
+}

@@ -513,12 +513,16 @@ fn toml_proto(value: &toml::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// A protobuf `Struct` as JSON, whole numbers as integers (as policies wrote them).
+/// A protobuf `Struct` as JSON, whole numbers as integers (as policies wrote them): a
+/// whole double in the 64-bit range is an integer exactly.
 fn struct_json(s: &Struct) -> Json {
     fn value(v: &prost_types::Value) -> Json {
+        const I64_RANGE: f64 = 9_223_372_036_854_775_808.0; // 2^63
         match &v.kind {
             None | Some(Kind::NullValue(_)) => Json::Null,
-            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9e15 => json!(*n as i64),
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < I64_RANGE => {
+                json!(*n as i64)
+            }
             Some(Kind::NumberValue(n)) => json!(n),
             Some(Kind::StringValue(s)) => json!(s),
             Some(Kind::BoolValue(b)) => json!(b),
