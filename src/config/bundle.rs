@@ -3,8 +3,46 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{FileConfig, ServeArgs, positive_duration};
+use super::{duration, options::options};
 use crate::policy::{BundleServerOptions, SigningAlg};
+
+options! {
+    /// Policies from an OPA bundle server, and the key bundles are verified with.
+    #[command(next_help_heading = "Bundles")]
+    pub struct BundleArgs {
+        /// Poll this OPA bundle server URL for policies instead of reading --policies
+        /// [default: off].
+        #[arg(long, env = "STEPGATE_BUNDLE_URL", value_name = "URL")]
+        pub bundle_url: String,
+        /// Shortest wait between bundle polls [default: 60s].
+        #[arg(long, env = "STEPGATE_BUNDLE_POLL_MIN", value_name = "DURATION")]
+        pub bundle_poll_min: String,
+        /// Longest wait between bundle polls [default: 120s].
+        #[arg(long, env = "STEPGATE_BUNDLE_POLL_MAX", value_name = "DURATION")]
+        pub bundle_poll_max: String,
+        /// Longest one bundle request may take [default: 30s].
+        #[arg(long, env = "STEPGATE_BUNDLE_TIMEOUT", value_name = "DURATION")]
+        pub bundle_timeout: String,
+        /// File holding the bearer token sent to the bundle server (re-read every poll).
+        #[arg(long, env = "STEPGATE_BUNDLE_BEARER_TOKEN_FILE", value_name = "FILE")]
+        pub bundle_bearer_token_file: PathBuf,
+        /// PEM CA certificates trusted for an https bundle server, beside the system's.
+        #[arg(long, env = "STEPGATE_BUNDLE_CA_CERT", value_name = "FILE")]
+        pub bundle_ca_cert: PathBuf,
+        /// PEM public key bundles must be signed with; unsigned bundles are then refused.
+        #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY", value_name = "FILE")]
+        pub bundle_verification_key: PathBuf,
+        /// Signature algorithm of the key [default: RS256 for RSA, ES256/ES384 for EC].
+        #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY_ALG", value_name = "ALG")]
+        pub bundle_verification_key_alg: String,
+        /// Refuse signatures naming another key id [default: any key id].
+        #[arg(long, env = "STEPGATE_BUNDLE_VERIFICATION_KEY_ID", value_name = "ID")]
+        pub bundle_verification_key_id: String,
+        /// The scope a bundle signature must claim [default: none].
+        #[arg(long, env = "STEPGATE_BUNDLE_SCOPE", value_name = "SCOPE")]
+        pub bundle_scope: String,
+    }
+}
 
 /// The key bundles are verified with, as configured (the file is read at startup).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,36 +62,23 @@ const POLL_MIN: Duration = Duration::from_secs(60);
 const POLL_MAX: Duration = Duration::from_secs(120);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The bundle server and verification settings, each problem pushed to `problems`.
-/// `explicit_policies`: `policies` was set (flag, environment or file).
-pub(super) fn bundle_options(
-    args: &ServeArgs,
-    file: &FileConfig,
-    explicit_policies: bool,
-    problems: &mut Vec<String>,
-) -> (Option<BundleServerOptions>, Option<BundleVerification>) {
-    let pick = |arg: &Option<String>, key: &Option<String>| arg.clone().or_else(|| key.clone());
-    let pick_path =
-        |arg: &Option<PathBuf>, key: &Option<PathBuf>| arg.clone().or_else(|| key.clone());
-    let mut duration = |name: &str, text: Option<String>, default: Duration| match text {
-        None => default,
-        Some(text) => positive_duration(name, &text).unwrap_or_else(|problem| {
-            problems.push(problem);
-            default
-        }),
-    };
-    let poll_min_text = pick(&args.bundle_poll_min, &file.bundle_poll_min);
-    let poll_max_text = pick(&args.bundle_poll_max, &file.bundle_poll_max);
-    let timeout_text = pick(&args.bundle_timeout, &file.bundle_timeout);
-    let poll_min = duration("bundle_poll_min", poll_min_text.clone(), POLL_MIN);
-    let poll_max = duration("bundle_poll_max", poll_max_text.clone(), POLL_MAX);
-    let timeout = duration("bundle_timeout", timeout_text.clone(), TIMEOUT);
-    let bearer_token_file = pick_path(
-        &args.bundle_bearer_token_file,
-        &file.bundle_bearer_token_file,
-    );
-    let ca_cert = pick_path(&args.bundle_ca_cert, &file.bundle_ca_cert);
-    let url = pick(&args.bundle_url, &file.bundle_url).filter(|url| !url.is_empty());
+impl BundleArgs {
+    /// The bundle server and verification settings, each problem pushed to `problems`.
+    /// `explicit_policies`: `policies` was set (flag, environment or file).
+    pub(super) fn resolve(
+        self,
+        explicit_policies: bool,
+        problems: &mut Vec<String>,
+    ) -> (Option<BundleServerOptions>, Option<BundleVerification>) {
+        let poll_min_text = self.bundle_poll_min;
+        let poll_max_text = self.bundle_poll_max;
+        let timeout_text = self.bundle_timeout;
+        let poll_min = duration(problems, "bundle_poll_min", poll_min_text.clone(), POLL_MIN);
+        let poll_max = duration(problems, "bundle_poll_max", poll_max_text.clone(), POLL_MAX);
+        let timeout = duration(problems, "bundle_timeout", timeout_text.clone(), TIMEOUT);
+        let bearer_token_file = self.bundle_bearer_token_file;
+        let ca_cert = self.bundle_ca_cert;
+        let url = self.bundle_url.filter(|url| !url.is_empty());
 
     let bundle = match url {
         None => {
@@ -94,10 +119,7 @@ pub(super) fn bundle_options(
         }
     };
 
-    let alg_text = pick(
-        &args.bundle_verification_key_alg,
-        &file.bundle_verification_key_alg,
-    );
+    let alg_text = self.bundle_verification_key_alg;
     let alg = alg_text.as_deref().and_then(|text| {
         let alg = SigningAlg::parse(text);
         if alg.is_none() {
@@ -109,13 +131,9 @@ pub(super) fn bundle_options(
         }
         alg
     });
-    let key_id = pick(
-        &args.bundle_verification_key_id,
-        &file.bundle_verification_key_id,
-    );
-    let scope = pick(&args.bundle_scope, &file.bundle_scope);
-    let verification = match pick_path(&args.bundle_verification_key, &file.bundle_verification_key)
-    {
+    let key_id = self.bundle_verification_key_id;
+    let scope = self.bundle_scope;
+    let verification = match self.bundle_verification_key {
         Some(key) => Some(BundleVerification {
             key,
             alg,
@@ -136,6 +154,7 @@ pub(super) fn bundle_options(
         }
     };
     (bundle, verification)
+    }
 }
 
 /// What is wrong with a bundle URL, if anything.
@@ -154,32 +173,27 @@ fn url_problem(url: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ServeConfig;
+    use super::super::tests::{merge, merge_err};
     use super::*;
-
-    fn merge(args: ServeArgs, toml: &str) -> Result<ServeConfig, super::super::ConfigError> {
-        ServeConfig::merge(args, toml::from_str(toml).unwrap())
-    }
 
     #[test]
     fn no_bundle_server_by_default() {
-        let config = merge(ServeArgs::default(), "").unwrap();
+        let config = merge(&[], "");
         assert_eq!(config.bundle, None);
         assert_eq!(config.bundle_verification, None);
     }
 
     #[test]
     fn a_bundle_url_with_opas_polling_defaults_and_the_file_below_flags() {
-        let args = ServeArgs {
-            bundle_url: Some("https://bundles:8888/bundles/stepgate.tar.gz".into()),
-            bundle_poll_min: Some("5s".into()),
-            ..ServeArgs::default()
-        };
         let config = merge(
-            args,
+            &[
+                "--bundle-url",
+                "https://bundles:8888/bundles/stepgate.tar.gz",
+                "--bundle-poll-min",
+                "5s",
+            ],
             "bundle_url = \"http://ignored/b.tar.gz\"\nbundle_poll_min = \"1s\"\nbundle_bearer_token_file = \"/run/token\"\nbundle_verification_key = \"/etc/stepgate/bundle.pem\"\nbundle_verification_key_alg = \"ES256\"\nbundle_scope = \"write\"\n",
-        )
-        .unwrap();
+        );
         assert_eq!(
             config.bundle,
             Some(BundleServerOptions {
@@ -204,27 +218,36 @@ mod tests {
 
     #[test]
     fn a_verification_key_alone_verifies_bundle_files() {
-        let args = ServeArgs {
-            policies: Some("/srv/bundle.tar.gz".into()),
-            bundle_verification_key: Some("k.pem".into()),
-            ..ServeArgs::default()
-        };
-        let config = merge(args, "").unwrap();
+        let config = merge(
+            &[
+                "--policies",
+                "/srv/bundle.tar.gz",
+                "--bundle-verification-key",
+                "k.pem",
+            ],
+            "",
+        );
         assert_eq!(config.bundle, None);
         assert!(config.bundle_verification.is_some());
     }
 
     #[test]
     fn bad_bundle_settings_are_each_reported() {
-        let args = ServeArgs {
-            bundle_url: Some("ftp://bundles/b.tar.gz".into()),
-            policies: Some("policies".into()),
-            bundle_poll_min: Some("3m".into()),
-            bundle_timeout: Some("soon".into()),
-            bundle_verification_key_alg: Some("HS256".into()),
-            ..ServeArgs::default()
-        };
-        let err = merge(args, "").unwrap_err();
+        let err = merge_err(
+            &[
+                "--bundle-url",
+                "ftp://bundles/b.tar.gz",
+                "--policies",
+                "policies",
+                "--bundle-poll-min",
+                "3m",
+                "--bundle-timeout",
+                "soon",
+                "--bundle-verification-key-alg",
+                "HS256",
+            ],
+            "",
+        );
         for expected in [
             "bundle_url: \"ftp://bundles/b.tar.gz\" must be an http:// or https:// URL",
             "bundle_url and policies: set one",
@@ -238,11 +261,7 @@ mod tests {
                 "{expected} missing from {err}"
             );
         }
-        let err = merge(
-            ServeArgs::default(),
-            "bundle_poll_max = \"1s\"\nbundle_scope = \"s\"\n",
-        )
-        .unwrap_err();
+        let err = merge_err(&[], "bundle_poll_max = \"1s\"\nbundle_scope = \"s\"\n");
         assert_eq!(
             err.0,
             [
@@ -250,11 +269,7 @@ mod tests {
                 "bundle_scope: needs bundle_verification_key"
             ]
         );
-        let args = ServeArgs {
-            bundle_url: Some("http:///b.tar.gz".into()),
-            ..ServeArgs::default()
-        };
-        let err = merge(args, "").unwrap_err();
+        let err = merge_err(&["--bundle-url", "http:///b.tar.gz"], "");
         assert!(
             err.to_string().contains("has no host") || err.to_string().contains("is not a URL"),
             "{err}"

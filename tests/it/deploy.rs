@@ -8,7 +8,8 @@ fn the_example_configuration_file_is_valid_and_matches_the_defaults() {
         config: Some("deploy/stepgate.toml".into()),
         ..Default::default()
     };
-    let config = ServeConfig::from_args(args).expect("deploy/stepgate.toml is valid");
+    let config =
+        ServeConfig::from_args_and_env(args, &|_| None).expect("deploy/stepgate.toml is valid");
     let defaults = ServeConfig::default();
     assert_eq!(config.grpc_addr, defaults.grpc_addr);
     assert_eq!(config.http_addr, defaults.http_addr);
@@ -155,12 +156,16 @@ fn the_systemd_units_socket_is_shared_with_its_group() {
     assert!(unit.contains(&format!("usermod -aG {group} ")));
 
     // The socket: in the runtime directory, read-write for the group, nothing for others.
-    let args = ServeArgs {
-        grpc_uds: Some(unit_environment(&settings, "STEPGATE_GRPC_UDS").into()),
-        grpc_uds_mode: Some(unit_environment(&settings, "STEPGATE_GRPC_UDS_MODE").into()),
-        ..Default::default()
+    let unit_env = |name: &str| {
+        settings
+            .iter()
+            .filter(|(section, key, _)| section == "[Service]" && key == "Environment")
+            .find_map(|(_, _, value)| value.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
     };
-    let config = ServeConfig::from_args(args).unwrap();
+    let args = ServeArgs::from_flags_and_env(["--config", "deploy/stepgate.toml"], &unit_env)
+        .unwrap();
+    let config = ServeConfig::from_args_and_env(args, &unit_env).unwrap();
     let mode = config.grpc_uds_mode.expect("a socket mode");
     assert_eq!(mode & 0o060, 0o060, "group read-write: {mode:o}");
     assert_eq!(mode & 0o007, 0, "nothing for others: {mode:o}");
@@ -185,7 +190,6 @@ pub(crate) mod manifests {
 
     use std::path::Path;
 
-    use clap::Parser;
     use serde::Deserialize;
     use serde_json::Value;
     use stepgate::{
@@ -238,31 +242,14 @@ pub(crate) mod manifests {
             .unwrap_or_else(|| panic!("{} does not mount {volume}", container["name"]))
     }
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
     /// The configuration stepgate builds from a container's environment: its
-    /// `STEPGATE_*` variables (each turned into its flag, which is what clap reads the
-    /// variable as) and its `OTEL_*` variables (and no others: not the test's own).
+    /// `STEPGATE_*` and `OTEL_*` variables (and no others: not the test's own).
     pub(crate) fn stepgate_config(container: &Value) -> ServeConfig {
-        let mut argv = vec!["stepgate".to_string()];
-        for var in container["env"].as_array().unwrap() {
-            let name = var["name"].as_str().unwrap();
-            if let Some(flag) = name.strip_prefix("STEPGATE_") {
-                argv.push(format!("--{}", flag.to_lowercase().replace('_', "-")));
-                argv.push(var["value"].as_str().unwrap().to_string());
-            }
-        }
-        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let otel = |name: &str| {
-            assert!(name.starts_with("OTEL_"), "{name}");
-            env(container, name).map(str::to_string)
-        };
-        ServeConfig::from_args_and_otel_env(cli.serve, &otel)
-            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        let vars = |name: &str| env(container, name).map(str::to_string);
+        let args = ServeArgs::from_flags_and_env(Vec::<String>::new(), &vars)
+            .unwrap_or_else(|e| panic!("{}: {e}", container["name"]));
+        ServeConfig::from_args_and_env(args, &vars)
+            .unwrap_or_else(|e| panic!("{}: {e}", container["name"]))
     }
 
     /// The number of a container's port, given as a number or by its name.
