@@ -456,8 +456,8 @@ pub(super) mod tests {
         toml: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ServeConfig, ConfigError> {
-        let args = ServeArgs::from_flags_and_env(flags, env)
-            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        let args =
+            ServeArgs::from_flags_and_env(flags, env).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
         let file = ServeArgs::from_toml(Path::new("stepgate.toml"), toml)?;
         ServeConfig::from_layers(args, file, env)
     }
@@ -489,7 +489,10 @@ pub(super) mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert!(!config.envoy_dry_run);
-        assert_eq!(format!("{config:?}"), format!("{:?}", ServeConfig::default()));
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", ServeConfig::default())
+        );
         assert!(merge(&[], "envoy_dry_run = true\n").envoy_dry_run);
     }
 
@@ -574,7 +577,10 @@ pub(super) mod tests {
     #[test]
     fn an_injected_empty_environment_gives_the_defaults() {
         let config = merge(&[], "");
-        assert_eq!(format!("{config:?}"), format!("{:?}", ServeConfig::default()));
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", ServeConfig::default())
+        );
         assert_eq!(config.tracing, TracingOptions::default());
         assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
     }
@@ -624,7 +630,13 @@ pub(super) mod tests {
         for row in table.lines().skip(2) {
             let cells: Vec<&str> = row.split(" | ").collect();
             let key = cells[1].split('`').nth(3).unwrap_or("config");
-            let flag = cells[0].split('`').nth(1).unwrap().split(' ').next().unwrap();
+            let flag = cells[0]
+                .split('`')
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
             let env = cells[1].split('`').nth(1).unwrap();
             if let Some(prefix) = key.strip_suffix('*') {
                 let covered: Vec<_> = declared.iter().filter(|k| k.starts_with(prefix)).collect();
@@ -633,6 +645,14 @@ pub(super) mod tests {
                 continue;
             }
             assert_eq!(flag, format!("--{}", key.replace('_', "-")), "{row}");
+            let arg = command.get_arguments().find(|a| a.get_id() == key).unwrap();
+            // The README's value (after any `OTEL_*` variable that ranks above it).
+            if let (Some(help), true) = (help_default(arg), cells[2].starts_with('`'))
+                && !DESCRIBED_DEFAULTS.contains(&key)
+            {
+                let readme = cells[2].rsplit('`').nth(1);
+                assert_eq!(help.split(", ").next(), readme, "{row}");
+            }
             assert_eq!(env, format!("STEPGATE_{}", key.to_uppercase()), "{row}");
             documented.push(key);
         }
@@ -642,5 +662,69 @@ pub(super) mod tests {
         assert_eq!(documented.len(), before, "README lists a key twice");
         documented.retain(|k| *k != "config");
         assert_eq!(documented, declared);
+    }
+
+    /// The help text's `[default: X]` of a flag, if it has one.
+    fn help_default(arg: &clap::Arg) -> Option<String> {
+        let help = arg.get_help()?.to_string();
+        let start = help.find("[default: ")? + "[default: ".len();
+        Some(help[start..].split(']').next()?.to_string())
+    }
+
+    /// Keys whose help describes their default rather than giving a value to set.
+    const DESCRIBED_DEFAULTS: [&str; 15] = [
+        "admin_callers",
+        "bundle_scope",
+        "bundle_url",
+        "bundle_verification_key_alg",
+        "bundle_verification_key_id",
+        "decision_callers",
+        "decision_log",
+        "envoy_callers",
+        "grant_callers",
+        "grpc_uds",
+        "grpc_uds_mode",
+        "otel_service_name",
+        "otlp_endpoint",
+        "otlp_protocol",
+        "workers",
+    ];
+
+    /// The default a flag's help (and README) shows is the one it resolves to: setting
+    /// each key to it changes nothing. A key whose help describes its default instead is
+    /// listed in [`DESCRIBED_DEFAULTS`].
+    #[test]
+    fn each_documented_default_is_the_effective_one() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let bundle = [
+            "--bundle-url=http://bundles/b.tar.gz",
+            "--bundle-verification-key=k.pem",
+        ];
+        let mut described = Vec::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(default) = help_default(arg) else {
+                continue;
+            };
+            if DESCRIBED_DEFAULTS.contains(&id) {
+                described.push(id);
+                continue;
+            }
+            let value = default.split(", ").next().unwrap();
+            let base: &[&str] = if id.starts_with("bundle_") {
+                &bundle
+            } else {
+                &[]
+            };
+            let flag = format!("--{}={value}", arg.get_long().unwrap());
+            let with: Vec<&str> = base.iter().copied().chain([flag.as_str()]).collect();
+            assert_eq!(
+                format!("{:?}", merge(&with, "")),
+                format!("{:?}", merge(base, "")),
+                "{id}: the help's default {value:?} is not the effective one"
+            );
+        }
+        described.sort_unstable();
+        assert_eq!(described, DESCRIBED_DEFAULTS);
     }
 }

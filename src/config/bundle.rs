@@ -80,80 +80,80 @@ impl BundleArgs {
         let ca_cert = self.bundle_ca_cert;
         let url = self.bundle_url.filter(|url| !url.is_empty());
 
-    let bundle = match url {
-        None => {
-            let stray = [
-                ("bundle_poll_min", poll_min_text.is_some()),
-                ("bundle_poll_max", poll_max_text.is_some()),
-                ("bundle_timeout", timeout_text.is_some()),
-                ("bundle_bearer_token_file", bearer_token_file.is_some()),
-                ("bundle_ca_cert", ca_cert.is_some()),
-            ];
-            for (name, _) in stray.iter().filter(|(_, set)| *set) {
-                problems.push(format!("{name}: needs bundle_url"));
+        let bundle = match url {
+            None => {
+                let stray = [
+                    ("bundle_poll_min", poll_min_text.is_some()),
+                    ("bundle_poll_max", poll_max_text.is_some()),
+                    ("bundle_timeout", timeout_text.is_some()),
+                    ("bundle_bearer_token_file", bearer_token_file.is_some()),
+                    ("bundle_ca_cert", ca_cert.is_some()),
+                ];
+                for (name, _) in stray.iter().filter(|(_, set)| *set) {
+                    problems.push(format!("{name}: needs bundle_url"));
+                }
+                None
             }
-            None
-        }
-        Some(url) => {
-            if let Some(problem) = url_problem(&url) {
-                problems.push(format!("bundle_url: {url:?} {problem}"));
-            }
-            if explicit_policies {
-                problems.push(
+            Some(url) => {
+                if let Some(problem) = url_problem(&url) {
+                    problems.push(format!("bundle_url: {url:?} {problem}"));
+                }
+                if explicit_policies {
+                    problems.push(
                     "bundle_url and policies: set one (policies come from the bundle server or from a directory or bundle file, not both)".into(),
                 );
-            }
-            if poll_min > poll_max {
-                problems.push(format!(
+                }
+                if poll_min > poll_max {
+                    problems.push(format!(
                     "bundle_poll_min: {poll_min:?} is longer than bundle_poll_max ({poll_max:?})"
                 ));
-            }
-            Some(BundleServerOptions {
-                url,
-                poll_min,
-                poll_max,
-                timeout,
-                bearer_token_file,
-                ca_cert,
-            })
-        }
-    };
-
-    let alg_text = self.bundle_verification_key_alg;
-    let alg = alg_text.as_deref().and_then(|text| {
-        let alg = SigningAlg::parse(text);
-        if alg.is_none() {
-            let known: Vec<_> = SigningAlg::ALL.iter().map(|a| a.name()).collect();
-            problems.push(format!(
-                "bundle_verification_key_alg: {text:?} is not one of {}",
-                known.join(", ")
-            ));
-        }
-        alg
-    });
-    let key_id = self.bundle_verification_key_id;
-    let scope = self.bundle_scope;
-    let verification = match self.bundle_verification_key {
-        Some(key) => Some(BundleVerification {
-            key,
-            alg,
-            key_id,
-            scope,
-        }),
-        None => {
-            for (name, set) in [
-                ("bundle_verification_key_alg", alg_text.is_some()),
-                ("bundle_verification_key_id", key_id.is_some()),
-                ("bundle_scope", scope.is_some()),
-            ] {
-                if set {
-                    problems.push(format!("{name}: needs bundle_verification_key"));
                 }
+                Some(BundleServerOptions {
+                    url,
+                    poll_min,
+                    poll_max,
+                    timeout,
+                    bearer_token_file,
+                    ca_cert,
+                })
             }
-            None
-        }
-    };
-    (bundle, verification)
+        };
+
+        let alg_text = self.bundle_verification_key_alg;
+        let alg = alg_text.as_deref().and_then(|text| {
+            let alg = SigningAlg::parse(text);
+            if alg.is_none() {
+                let known: Vec<_> = SigningAlg::ALL.iter().map(|a| a.name()).collect();
+                problems.push(format!(
+                    "bundle_verification_key_alg: {text:?} is not one of {}",
+                    known.join(", ")
+                ));
+            }
+            alg
+        });
+        let key_id = self.bundle_verification_key_id;
+        let scope = self.bundle_scope;
+        let verification = match self.bundle_verification_key {
+            Some(key) => Some(BundleVerification {
+                key,
+                alg,
+                key_id,
+                scope,
+            }),
+            None => {
+                for (name, set) in [
+                    ("bundle_verification_key_alg", alg_text.is_some()),
+                    ("bundle_verification_key_id", key_id.is_some()),
+                    ("bundle_scope", scope.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!("{name}: needs bundle_verification_key"));
+                    }
+                }
+                None
+            }
+        };
+        (bundle, verification)
     }
 }
 

@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(config.admin_callers, Some(vec!["uds:uid=1000".to_string()]));
         assert_eq!(config.grants.store.retention, TimeDelta::hours(1));
 
-        let err = merge_err(&["--ephemeral", "--state-dir", "/x"], "admin_callers = []\n");
+        let err = merge_err(
+            &["--ephemeral", "--state-dir", "/x"],
+            "admin_callers = []\n",
+        );
         assert_eq!(err.0.len(), 2, "{err}");
     }
 }

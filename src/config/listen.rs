@@ -61,8 +61,10 @@ options! {
 }
 
 /// The listener addresses when nothing is configured.
-const GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9191);
-const HTTP_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8181);
+const GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9191);
+const HTTP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8181);
 
 /// Which caller identities may call each service; `None` = any caller that reaches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,7 +204,10 @@ mod tests {
 
     #[test]
     fn listen_addresses_take_host_names() {
-        let config = merge(&["--grpc-addr", "localhost:9191", "--http-addr", "[::1]:8181"], "");
+        let config = merge(
+            &["--grpc-addr", "localhost:9191", "--http-addr", "[::1]:8181"],
+            "",
+        );
         assert_eq!(config.grpc_addr, Some("127.0.0.1:9191".parse().unwrap()));
         assert_eq!(config.http_addr, Some("[::1]:8181".parse().unwrap()));
         for bad in [
@@ -279,7 +284,13 @@ mod tests {
             );
         }
         let err = merge_err(
-            &["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-require-client-cert"],
+            &[
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--tls-require-client-cert",
+            ],
             "",
         );
         assert!(err.to_string().contains("tls_client_ca"), "{err}");

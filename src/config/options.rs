@@ -2,7 +2,7 @@
 //! time the flags (`--grpc-addr`), their `STEPGATE_*` variables (the `env` of the
 //! `#[arg]`), and the TOML keys (the field's name). Every layer (flags with their
 //! variables, the file) reads into the same struct, with every field optional; layers
-//! are merged field by field with [`or`](ListenArgs::or) and validated by the group.
+//! are merged field by field with the generated `or` and validated by the group.
 //!
 //! The file is read one group at a time from the same text, so a bad value is reported
 //! by the TOML parser with its line and column; a key no group declares is refused the
@@ -74,7 +74,11 @@ pub(super) fn refuse_unknown_keys(
 }
 
 fn file_error(path: &Path, e: &toml::de::Error) -> ConfigError {
-    ConfigError(vec![format!("{}: {}", path.display(), e.to_string().trim())])
+    ConfigError(vec![format!(
+        "{}: {}",
+        path.display(),
+        e.to_string().trim()
+    )])
 }
 
 /// Every key of the file must be one of these; the values are the groups' to read.
@@ -124,7 +128,10 @@ impl<'de> Visitor<'de> for KnownKey {
 
 /// Joins the groups' keys into one list that lives as long as the program.
 pub(super) fn all_keys(groups: &[&'static [&'static str]]) -> Vec<&'static str> {
-    groups.iter().flat_map(|keys| keys.iter().copied()).collect()
+    groups
+        .iter()
+        .flat_map(|keys| keys.iter().copied())
+        .collect()
 }
 
 /// Keeps a list built at first use for the rest of the program.

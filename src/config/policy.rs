@@ -123,9 +123,8 @@ impl PolicyArgs {
         );
         let max_memory = match self.eval_memory_limit {
             None => defaults.eval_limits.max_memory,
-            Some(text) => {
-                bytes(problems, "eval_memory_limit", &text).unwrap_or(defaults.eval_limits.max_memory)
-            }
+            Some(text) => bytes(problems, "eval_memory_limit", &text)
+                .unwrap_or(defaults.eval_limits.max_memory),
         };
         let heap_limit = match self.eval_heap_limit {
             None => defaults.heap_limit,
@@ -223,7 +222,12 @@ mod tests {
         assert_eq!(config.policy.heap_limit, Some(192 << 20));
         assert_eq!(config.policy.test_timeout, Duration::from_secs(2));
         let config = merge(
-            &["--eval-memory-limit", "512KiB", "--policy-test-timeout", "30s"],
+            &[
+                "--eval-memory-limit",
+                "512KiB",
+                "--policy-test-timeout",
+                "30s",
+            ],
             "eval_heap_limit = \"off\"\neval_memory_limit = \"1GiB\"\n",
         );
         assert_eq!(config.policy.eval_limits.max_memory, 512 << 10);

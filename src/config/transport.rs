@@ -98,9 +98,8 @@ impl TransportArgs {
         if max_buffered_request_bytes < max_message_bytes {
             problems.push("max_buffered_request_bytes: must be at least max_message_bytes".into());
         }
-        let mut duration = |name: &str, value: Option<String>, default| {
-            duration(problems, name, value, default)
-        };
+        let mut duration =
+            |name: &str, value: Option<String>, default| duration(problems, name, value, default);
         let limits = TransportLimits {
             max_connections,
             max_concurrent_streams: max_concurrent_streams.try_into().unwrap_or(u32::MAX),
@@ -152,7 +151,8 @@ mod tests {
             (MAX_MESSAGE_BYTES, MAX_BATCH)
         );
         let file = "max_concurrent_streams = 8\nhandshake_timeout = \"2s\"\nrequest_timeout = \"3s\"\nkeepalive_interval = \"15s\"\nkeepalive_timeout = \"5s\"\n";
-        let transport = merge(&["--max-connections", "32", "--idle-timeout", "90s"], file).transport;
+        let transport =
+            merge(&["--max-connections", "32", "--idle-timeout", "90s"], file).transport;
         assert_eq!(
             transport,
             TransportLimits {

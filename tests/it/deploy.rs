@@ -163,8 +163,8 @@ fn the_systemd_units_socket_is_shared_with_its_group() {
             .find_map(|(_, _, value)| value.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_string)
     };
-    let args = ServeArgs::from_flags_and_env(["--config", "deploy/stepgate.toml"], &unit_env)
-        .unwrap();
+    let args =
+        ServeArgs::from_flags_and_env(["--config", "deploy/stepgate.toml"], &unit_env).unwrap();
     let config = ServeConfig::from_args_and_env(args, &unit_env).unwrap();
     let mode = config.grpc_uds_mode.expect("a socket mode");
     assert_eq!(mode & 0o060, 0o060, "group read-write: {mode:o}");

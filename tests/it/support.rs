@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use prost_types::{Struct, value::Kind};
 use stepgate::{
     app::{App, Overrides, RunningApp},
+    audit::AuditOptions,
     clock::ManualClock,
     config::{GrantsConfig, ServeConfig},
     grants::StoreOptions,
@@ -76,6 +77,8 @@ pub fn config(policies: &Path, uds: &Path) -> ServeConfig {
             },
             ..GrantsConfig::default()
         },
+        // In memory, as with --ephemeral: no decision log unless a test asks for one.
+        audit: AuditOptions::default(),
         ..ServeConfig::default()
     };
     config.policy = unhurried(config.policy);
