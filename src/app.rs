@@ -27,10 +27,11 @@ use crate::{
     audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
     config::ServeConfig,
-    decision::{DecisionPipeline, GrantSteps},
+    decision::DecisionPipeline,
     grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{LoadError, PolicyStore, PolicyWatcher, watch_policies},
     telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
+    workflow::GrantSteps,
 };
 
 /// How long file-change events must be quiet before a reload.

@@ -13,13 +13,14 @@ use stepgate::telemetry::ParentContext;
 use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
     clock::ManualClock,
-    decision::{Caller, DecisionPipeline, GrantSteps, Transport},
+    decision::{Caller, DecisionPipeline, Transport},
     grants::{Grant, GrantRequest, GrantState, JournalOptions, MemoryGrantStore, StoreOptions},
     policy::{PolicyOptions, PolicyStore},
     proto::v1::{
         ApproveRequest, CheckRequest, Context, RequestGrantRequest, Resource, RevalidateRequest,
         Subject, Workflow,
     },
+    workflow::GrantSteps,
 };
 use uuid::Uuid;
 

@@ -14,7 +14,7 @@ use super::{
     convert::{decision_message, invalid_argument},
 };
 use crate::{
-    decision::{GrantStepError, GrantSteps, StepOutcome, validate_identity},
+    decision::validate_identity,
     grants::{GrantState, ListFilter},
     identity,
     proto::v1::{
@@ -23,6 +23,7 @@ use crate::{
         RevalidateRequest, RevokeRequest, RevokeResponse, WatchGrantsRequest,
         grant_service_server::GrantService,
     },
+    workflow::{GrantStepError, GrantSteps, StepOutcome},
 };
 
 /// The gRPC adapter over the grant steps.
