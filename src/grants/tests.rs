@@ -1029,3 +1029,23 @@ fn concurrent_requests_approvals_uses_and_revocations_keep_the_invariants() {
     assert_eq!(snapshot(&reopened), before);
     reopened.check_indexes().unwrap();
 }
+
+/// A journal written by stepgate before the journal had its own record type (format 1:
+/// whole grants as `stepgate.v1.Grant`), with grants in every state, approvals, uses,
+/// a sweep's mark, an overdue report, a compaction and records after it, and what it
+/// replayed into then (`expected.txt`, at t0 + 3000 s).
+#[test]
+fn a_format_1_journal_still_replays_into_the_same_grants() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grant-journal-format1");
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(fixture.join("grants.journal"), dir.path().join(JOURNAL_FILE)).unwrap();
+    let clock = ManualClock::at(t0() + secs(3000));
+    let (store, events) = open(dir.path(), &clock);
+    let mut replayed = format!("events {}\nstats {:?}\n", events.len(), store.stats());
+    for grant in snapshot(&store).values() {
+        replayed.push_str(&format!("{grant:?}\n"));
+    }
+    let expected = fs::read_to_string(fixture.join("expected.txt")).unwrap();
+    assert_eq!(replayed, expected);
+    store.check_indexes().unwrap();
+}
