@@ -19,11 +19,12 @@ use uuid::Uuid;
 
 use super::{
     journal::{self, JOURNAL_FILE, JournalError, JournalOptions},
-    model::{Grant, GrantEventKind, GrantState, Revocation},
-    store::{
-        GrantStore, ListFilter, MemoryGrantStore, StoreError, StoreOptions,
+    memory::{
+        MemoryGrantStore,
         tests::{approval, grant, grant_for, secs, t0},
     },
+    model::{Grant, GrantEventKind, GrantState, Revocation},
+    store::{GrantStore, ListFilter, StoreError, StoreOptions},
 };
 use crate::clock::{Clock, ManualClock};
 
@@ -1036,9 +1037,14 @@ fn concurrent_requests_approvals_uses_and_revocations_keep_the_invariants() {
 /// replayed into then (`expected.txt`, at t0 + 3000 s).
 #[test]
 fn a_format_1_journal_still_replays_into_the_same_grants() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grant-journal-format1");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grant-journal-format1");
     let dir = tempfile::tempdir().unwrap();
-    fs::copy(fixture.join("grants.journal"), dir.path().join(JOURNAL_FILE)).unwrap();
+    fs::copy(
+        fixture.join("grants.journal"),
+        dir.path().join(JOURNAL_FILE),
+    )
+    .unwrap();
     let clock = ManualClock::at(t0() + secs(3000));
     let (store, events) = open(dir.path(), &clock);
     let mut replayed = format!("events {}\nstats {:?}\n", events.len(), store.stats());

@@ -55,7 +55,10 @@ fn obligation_count(obligations: &Value, name: &str) -> Result<Option<u64>, Stri
 }
 
 /// A positive number of seconds; absent → `None`; anything else fails closed.
-pub(super) fn obligation_seconds(obligations: &Value, name: &str) -> Result<Option<TimeDelta>, String> {
+pub(super) fn obligation_seconds(
+    obligations: &Value,
+    name: &str,
+) -> Result<Option<TimeDelta>, String> {
     match obligation_count(obligations, name)? {
         None => Ok(None),
         Some(0) => Err(format!("obligation {name} is zero (fail closed)")),
@@ -65,7 +68,6 @@ pub(super) fn obligation_seconds(obligations: &Value, name: &str) -> Result<Opti
         )),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
