@@ -12,10 +12,11 @@ use super::{
     AdminCallers,
     caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
+    grant_convert::state_filter,
 };
 use crate::{
     decision::validate_identity,
-    grants::{GrantState, ListFilter},
+    grants::ListFilter,
     identity,
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
@@ -181,7 +182,7 @@ impl GrantService for GrantApi {
         let req = request.into_inner();
         let state = match v1::GrantState::try_from(req.state) {
             Ok(v1::GrantState::Unspecified) => None,
-            Ok(state) => GrantState::from_proto(state),
+            Ok(state) => state_filter(state),
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "state: {} is not a GrantState",

@@ -1,7 +1,7 @@
 //! The journal's record format.
 //!
-//! `<state_dir>/grants.journal` starts with the 8-byte magic `SGJRNL\0\x01` (format 1),
-//! then records, each:
+//! `<state_dir>/grants.journal` starts with the 8-byte magic `SGJRNL\0` and a format
+//! byte, then records, each:
 //!
 //! | bytes | field |
 //! | --- | --- |
@@ -11,11 +11,12 @@
 //! | n | payload: a prost-encoded [`JournalRecord`] |
 //!
 //! ```proto
-//! // Private to stepgate; defined with prost derive in journal.rs.
+//! // Private to stepgate; defined with prost derive in journal/.
 //! message JournalRecord {
-//!   stepgate.v1.Grant grant = 1;                 // put: the whole grant after the mutation
-//!   google.protobuf.Timestamp ended_at = 2;      // with grant: when stepgate recorded its end
-//!   bool overdue_reported = 3;                   // with grant: revocation_overdue emitted
+//!   GrantRecord put = 6;                         // put: the whole grant after the mutation
+//!   GrantV1 grant_v1 = 1;                        // or, format 1: the put as stepgate.v1.Grant
+//!   google.protobuf.Timestamp ended_at = 2;      //   with it: when stepgate recorded its end
+//!   bool overdue_reported = 3;                   //   with it: revocation_overdue emitted
 //!   Delta delta = 4;                             // or: a small change to the last put
 //!   Expired expired = 5;                         // or: a sweep's mark
 //! }
@@ -31,6 +32,14 @@
 //!   bytes ids = 2;                               // older journals: the grants it expired,
 //! }                                              //   16-byte ids one after another
 //! ```
+//!
+//! **Formats.** Format 2 (the format byte `\x02`, written since the journal got its own
+//! record type) puts whole grants as a [`GrantRecord`] (see [`super::grant_record`]),
+//! owned by the journal, so the public API's messages are not the disk format. Format 1
+//! (`\x01`) put them as `stepgate.v1.Grant` (tag 1), read through the frozen schema in
+//! [`super::format_v1`] and upgraded to a [`GrantRecord`]. Deltas and marks are the same
+//! in both. A reader takes either put in either format; a format-1 journal is compacted
+//! at open, which rewrites it in format 2.
 //!
 //! Every state change a caller is acknowledged for (request, approval, rejection,
 //! renewal, revocation, confirmation) is a whole-grant put. A use, an evidence-trail
@@ -61,21 +70,22 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{JournalError, MAX_RECORD_LEN, RECORD_HEADER_LEN};
-use crate::{
-    grants::model::{Grant, InvalidGrant, from_timestamp, push_trail, timestamp},
-    proto::v1,
+use super::{
+    format_v1::GrantV1,
+    grant_record::{GrantRecord, InvalidGrant, from_timestamp, timestamp, uuids},
 };
+use crate::grants::model::{Grant, push_trail};
 
 /// One journal record's payload. See the module doc for its proto form.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalRecord {
-    /// The whole grant after the mutation.
+    /// Format 1: the whole grant after the mutation, as `stepgate.v1.Grant` was then.
     #[prost(message, optional, tag = "1")]
-    pub grant: Option<v1::Grant>,
-    /// When stepgate recorded the grant's end.
+    pub grant_v1: Option<GrantV1>,
+    /// Format 1, with `grant_v1`: when stepgate recorded the grant's end.
     #[prost(message, optional, tag = "2")]
     pub ended_at: Option<prost_types::Timestamp>,
-    /// A `revocation_overdue` event was emitted for it.
+    /// Format 1, with `grant_v1`: a `revocation_overdue` event was emitted for it.
     #[prost(bool, tag = "3")]
     pub overdue_reported: bool,
     /// Or a small change to the grant's last state.
@@ -84,6 +94,9 @@ pub struct JournalRecord {
     /// Or a sweep's mark.
     #[prost(message, optional, tag = "5")]
     pub expired: Option<ExpiredRecord>,
+    /// Or the whole grant after the mutation (format 2).
+    #[prost(message, optional, tag = "6")]
+    pub put: Option<GrantRecord>,
 }
 
 /// The wire form of [`Record::Expired`].
@@ -224,11 +237,8 @@ pub(super) fn frame(record: &JournalRecord) -> Result<Vec<u8>, JournalError> {
 /// Encodes `grant` as one framed whole-grant record.
 pub fn encode_record(grant: &Grant) -> Result<Vec<u8>, JournalError> {
     frame(&JournalRecord {
-        grant: Some(v1::Grant::from(grant)),
-        ended_at: grant.ended_at().map(timestamp),
-        overdue_reported: grant.overdue_reported(),
-        delta: None,
-        expired: None,
+        put: Some(GrantRecord::from(grant)),
+        ..JournalRecord::default()
     })
 }
 
@@ -295,18 +305,19 @@ impl Record {
 /// Decodes one payload.
 pub(super) fn decode_payload(payload: &[u8]) -> Result<Record, String> {
     let record = JournalRecord::decode(payload).map_err(|e| format!("undecodable record: {e}"))?;
-    match (record.grant, record.delta, record.expired) {
-        (Some(proto), None, None) => {
-            let ended_at = match record.ended_at {
-                None => None,
-                Some(ts) => {
-                    Some(from_timestamp(&ts).ok_or_else(|| "ended_at out of range".to_owned())?)
-                }
-            };
-            Grant::from_proto(proto, ended_at, record.overdue_reported)
-                .map(Record::Put)
-                .map_err(|e: InvalidGrant| e.to_string())
-        }
+    let put = match (record.put, record.grant_v1) {
+        (Some(put), None) => Some(put),
+        (None, Some(v1)) => Some(
+            v1.upgrade(record.ended_at, record.overdue_reported)
+                .map_err(|e| e.to_string())?,
+        ),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err("record carries a grant in two formats".to_owned()),
+    };
+    match (put, record.delta, record.expired) {
+        (Some(put), None, None) => Grant::try_from(put)
+            .map(Record::Put)
+            .map_err(|e: InvalidGrant| e.to_string()),
         (None, Some(delta), None) => {
             let uuid = |bytes: &[u8], what: &str| {
                 Uuid::from_slice(bytes).map_err(|_| format!("delta {what} is not 16 bytes"))
@@ -335,15 +346,12 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Record, String> {
                 .as_ref()
                 .and_then(from_timestamp)
                 .ok_or_else(|| "expired record without a time in range".to_owned())?;
-            if expired.ids.len() % 16 != 0 {
-                return Err("expired record ids are not 16-byte ids".to_owned());
-            }
-            let ids = expired
-                .ids
-                .chunks_exact(16)
-                .map(|id| Uuid::from_slice(id).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?;
-            Ok(Record::Expired { at, ids })
+            let ids = uuids(&expired.ids, "expired record ids are not 16-byte ids")
+                .map_err(|e| e.0.to_owned())?;
+            Ok(Record::Expired {
+                at,
+                ids: ids.into_vec(),
+            })
         }
         (None, None, None) => Err("record carries none of a grant, a delta or expiries".to_owned()),
         _ => Err("record carries more than one of a grant, a delta and expiries".to_owned()),

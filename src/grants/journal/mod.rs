@@ -32,6 +32,8 @@
 
 mod compaction;
 mod format;
+mod format_v1;
+mod grant_record;
 mod replay;
 mod scan;
 #[cfg(test)]
@@ -53,6 +55,7 @@ pub use format::{
     Delta, DeltaRecord, ExpiredRecord, JournalRecord, Record, encode_delta, encode_record,
     encode_sweep_mark,
 };
+pub use grant_record::{GrantRecord, InvalidGrant};
 pub use replay::Replay;
 pub use scan::{Scan, ScanEnd, scan, scan_records};
 
@@ -62,8 +65,11 @@ pub const JOURNAL_FILE: &str = "grants.journal";
 pub const JOURNAL_TMP_FILE: &str = "grants.journal.tmp";
 /// The lock file that keeps a second process out of the state directory.
 pub const LOCK_FILE: &str = "LOCK";
-/// The magic bytes a journal starts with (format 1).
-pub const MAGIC: &[u8; 8] = b"SGJRNL\x00\x01";
+/// The magic bytes a journal starts with: `SGJRNL\0` and the format this version
+/// writes (2: see [`format`]).
+pub const MAGIC: &[u8; 8] = b"SGJRNL\x00\x02";
+/// The formats this version reads (the last byte of the magic).
+pub const FORMATS: std::ops::RangeInclusive<u8> = 1..=2;
 /// Bytes before each payload: length, payload CRC, header CRC.
 pub const RECORD_HEADER_LEN: usize = 12;
 /// The largest payload a record may carry.
@@ -258,7 +264,13 @@ impl Journal {
             writer: Mutex::new(Writer {
                 file,
                 len,
-                compact_at: options.compact_after_bytes,
+                // An older format is rewritten in this one by the first compaction:
+                // at once (the store compacts at open when the journal wants it).
+                compact_at: if scan.format < MAGIC[MAGIC.len() - 1] {
+                    0
+                } else {
+                    options.compact_after_bytes
+                },
                 failed: None,
                 #[cfg(test)]
                 fail_next: false,

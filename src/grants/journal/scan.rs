@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    JournalError, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+    FORMATS, JournalError, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN,
     format::{Record, decode_payload},
 };
 
@@ -22,6 +22,8 @@ pub struct ScanEnd {
     pub torn: Option<(u64, String)>,
     /// The file is empty or holds only part of the magic: write a fresh one.
     pub needs_magic: bool,
+    /// The format its magic names (the one this version writes when it needs one).
+    pub format: u8,
 }
 
 /// What a scan of a journal found, records included (see [`scan`]).
@@ -86,7 +88,8 @@ pub fn scan_records(
     };
     let mut magic = [0u8; MAGIC.len()];
     let n = read_up_to(&mut reader, &mut magic).map_err(io_err)?;
-    if let Some(bad) = (0..n).find(|&i| magic[i] != MAGIC[i]) {
+    let format_at = MAGIC.len() - 1;
+    if let Some(bad) = (0..n.min(format_at)).find(|&i| magic[i] != MAGIC[i]) {
         return Err(corrupt(
             bad as u64,
             "not a stepgate grant journal (bad magic)".to_owned(),
@@ -98,7 +101,15 @@ pub fn scan_records(
             valid_len: 0,
             torn: (n > 0).then(|| (0, "incomplete file header".to_owned())),
             needs_magic: true,
+            format: MAGIC[format_at],
         });
+    }
+    let format = magic[format_at];
+    if !FORMATS.contains(&format) {
+        return Err(corrupt(
+            format_at as u64,
+            format!("journal format {format} is not one this stepgate reads ({FORMATS:?})"),
+        ));
     }
     let mut offset = MAGIC.len() as u64;
     let mut records = 0;
@@ -112,6 +123,7 @@ pub fn scan_records(
                 valid_len: offset,
                 torn: None,
                 needs_magic: false,
+                format,
             });
         }
         let word =
@@ -153,6 +165,7 @@ pub fn scan_records(
                 valid_len: offset,
                 torn: Some((rest.len() as u64, reason.to_owned())),
                 needs_magic: false,
+                format,
             });
         }
         let record = decode_payload(&payload).map_err(|reason| corrupt(offset, reason))?;
