@@ -134,6 +134,7 @@ mod tests {
             kind: GrantEventKind::RevocationOverdue,
             grant: Arc::new(g),
             at,
+            position: crate::grants::EventPosition(7),
         };
         let wire = v1::GrantEvent::from(&event);
         assert_eq!(wire.kind, "revocation_overdue");

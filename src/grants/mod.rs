@@ -33,12 +33,12 @@ mod tests;
 pub use journal::{JournalError, JournalOptions};
 pub use memory::MemoryGrantStore;
 pub use model::{
-    Approval, Ending, Grant, GrantEvent, GrantEventKind, GrantRequest, GrantSpec, GrantState,
-    Revocation, Transition, TransitionError,
+    Approval, Ending, EventPosition, Grant, GrantEvent, GrantEventKind, GrantRequest, GrantSpec,
+    GrantState, Revocation, Transition, TransitionError,
 };
 pub use store::{
-    Change, GrantStore, ListFilter, Page, StoreError, StoreOptions, StoreStats, SweepReport,
-    Updated,
+    Change, FeedGap, GrantStore, GrantView, ListFilter, Page, RevokeScope, StoreError,
+    StoreOptions, StoreStats, SweepReport, Updated,
 };
 pub use sweeper::{Sweeper, SweeperStats, spawn_sweeper};
 pub use terms::{CompactTerms, Terms};

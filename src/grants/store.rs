@@ -5,12 +5,13 @@
 use std::{path::PathBuf, sync::Arc};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::broadcast;
-use uuid::Uuid;
+use tokio_stream::Stream;
 
 use super::{
     journal::{JournalError, JournalOptions},
-    model::{Approval, Grant, GrantEvent, GrantState, Revocation, Transition, TransitionError},
+    model::{
+        EventPosition, Grant, GrantEvent, GrantState, Revocation, Transition, TransitionError,
+    },
 };
 
 /// Page size when the caller asks for 0.
@@ -119,7 +120,7 @@ pub struct Page {
     pub next_page_token: Option<String>,
 }
 
-/// The result of [`GrantStore::update`].
+/// The result of [`GrantStore::transition`].
 #[derive(Debug, Clone)]
 pub struct Updated {
     /// The grant after the change (with lazy expiry applied), or as it is when nothing
@@ -172,113 +173,111 @@ pub struct StoreStats {
     pub revocations_overdue: u64,
 }
 
-/// A change applied by [`GrantStore::update`] to a copy of the grant, given the store's
-/// current time. `Ok` with [`Transition::changed`] makes it durable and visible;
-/// `Err` (or an unchanged transition) leaves the grant as it was.
+/// A change applied by [`GrantStore::transition`] to a copy of the grant, given the
+/// time of the call. `Ok` with [`Transition::changed`] makes it durable and visible;
+/// `Err` (or an unchanged transition) leaves the grant as it was. A backend may call it
+/// more than once (a compare-and-set that lost a race runs it again on the newer
+/// version), so it must not do anything but change the grant.
 pub type Change<'a> =
-    &'a mut dyn FnMut(&mut Grant, DateTime<Utc>) -> Result<Transition, TransitionError>;
+    &'a mut (dyn FnMut(&mut Grant, DateTime<Utc>) -> Result<Transition, TransitionError> + Send);
 
-/// Where grants live. Object safe and synchronous (calls are short, except for the
-/// journal's fsync); a shared backend (Redis) implements the same trait.
-pub trait GrantStore: Send + Sync {
-    /// The store's current time (the clock every transition is judged by).
-    fn now(&self) -> DateTime<Utc>;
+/// Whose grants [`GrantStore::revoke_all`] revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeScope<'a> {
+    /// Every non-terminal grant of this workflow (the ticket closed).
+    Workflow(&'a str),
+    /// Every non-terminal grant of this subject.
+    Subject(&'a str),
+}
 
+/// The feed lost events a follower had not read yet (it fell behind, or resumed from
+/// a position the store no longer holds): re-list and follow again from a new position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the grant event feed skipped {missed} events")]
+pub struct FeedGap {
+    /// How many events were skipped (at least one).
+    pub missed: u64,
+}
+
+/// Where grants live: the seam the grant workflow uses, and a backend fills (the
+/// embedded [`MemoryGrantStore`](super::MemoryGrantStore); a shared store across the
+/// network).
+///
+/// Every operation is async, so a backend that waits for the network does not block a
+/// worker; the in-memory store's futures are ready at once. Time is the caller's (the
+/// clock's, injected where the workflow is wired), never the store's. The operations are
+/// the smallest set the workflow needs: one atomic transition of one grant, a bulk
+/// revocation, pages, the due-grant sweep and an event feed with a resume position.
+/// Generic rather than `dyn` (the futures are not boxed): the workflow and the API are
+/// generic over the store.
+pub trait GrantStore: Send + Sync + 'static {
     /// Stores a new PENDING or ACTIVE grant (see [`Grant::new`]) and publishes
     /// `requested` (and `activated` when it is ACTIVE at once).
-    fn create(&self, grant: Grant) -> Result<Arc<Grant>, StoreError>;
+    fn create(
+        &self,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Arc<Grant>, StoreError>> + Send;
 
-    /// The grant as of now: a grant past its expiry is shown EXPIRED even before a
+    /// The grant as of `now`: a grant past its expiry is shown EXPIRED even before a
     /// sweep records it. `None` when unknown or dropped.
-    fn get(&self, id: &str) -> Option<Arc<Grant>>;
+    fn get(&self, id: &str, now: DateTime<Utc>) -> impl Future<Output = Option<Arc<Grant>>> + Send;
 
-    /// Applies `change` atomically: on a copy, under the grant's lock, journaled (and
-    /// synced) before it becomes visible and its events are published. A refusal
-    /// changes nothing. Changes that would leave a terminal state or touch the id, the
-    /// subject id or the workflow id are refused as [`TransitionError::Forbidden`].
-    fn update(&self, id: &str, change: Change<'_>) -> Result<Updated, StoreError>;
-
-    /// Revokes every non-terminal grant of a workflow (the ticket closed). Returns the
-    /// grants this call revoked (idempotent: ended ones are left out). On an error
-    /// some may already be revoked; retrying is safe.
-    fn revoke_workflow(
+    /// Applies `change` to one grant atomically: on a copy, journaled (and synced)
+    /// before it becomes visible and its events are published. A refusal changes
+    /// nothing. Changes that would leave a terminal state or touch what was requested
+    /// are refused as [`TransitionError::Forbidden`].
+    fn transition(
         &self,
-        workflow_id: &str,
-        revocation: &Revocation,
-    ) -> Result<Vec<Arc<Grant>>, StoreError>;
+        id: &str,
+        now: DateTime<Utc>,
+        change: Change<'_>,
+    ) -> impl Future<Output = Result<Updated, StoreError>> + Send;
 
-    /// Revokes every non-terminal grant of a subject; as [`GrantStore::revoke_workflow`].
-    fn revoke_subject(
+    /// Revokes every non-terminal grant in `scope`. Returns the grants this call
+    /// revoked (idempotent: ended ones are left out). On an error some may already be
+    /// revoked; retrying is safe.
+    fn revoke_all(
         &self,
-        subject_id: &str,
+        scope: RevokeScope<'_>,
         revocation: &Revocation,
-    ) -> Result<Vec<Arc<Grant>>, StoreError>;
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Arc<Grant>>, StoreError>> + Send;
 
-    /// One page of the grants matching `filter`, in id order. `page_size` 0 means
-    /// [`DEFAULT_PAGE_SIZE`]; larger than [`MAX_PAGE_SIZE`] is capped. `page_token` is a
-    /// previous page's `next_page_token` (or `None`/empty for the first page).
+    /// One page of the grants matching `filter` as of `now`, in id order. `page_size`
+    /// 0 means [`DEFAULT_PAGE_SIZE`]; larger than [`MAX_PAGE_SIZE`] is capped.
+    /// `page_token` is a previous page's `next_page_token` (or `None`/empty for the
+    /// first page).
     fn list(
         &self,
         filter: &ListFilter,
         page_size: usize,
         page_token: Option<&str>,
-    ) -> Result<Page, StoreError>;
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
-    /// Expires due grants, reports overdue revocations, drops grants past retention,
-    /// and compacts the journal when it has grown. Blocking.
-    fn sweep(&self) -> SweepReport;
+    /// Expires the grants due by `now`, reports overdue revocations, drops grants past
+    /// retention, and compacts the journal when it has grown. May take a while (the
+    /// in-memory store works on the calling thread).
+    fn sweep(&self, now: DateTime<Utc>) -> impl Future<Output = SweepReport> + Send;
 
-    /// Follows grant events. A receiver that falls more than the event capacity behind
-    /// gets `RecvError::Lagged` (and should re-list); it never blocks the store.
-    fn subscribe(&self) -> broadcast::Receiver<GrantEvent>;
+    /// The events after `position` (`None`: from now on), as they happen. A follower
+    /// that falls behind, or resumes from a position the store no longer holds, gets a
+    /// [`FeedGap`] (and should re-list); it never holds the store back.
+    fn events_since(
+        &self,
+        position: Option<EventPosition>,
+    ) -> impl Stream<Item = Result<GrantEvent, FeedGap>> + Send + Unpin + 'static;
+}
+
+/// What the decision path reads without waiting: a named grant as of now (for a
+/// Check's `input.grant`) and the counts for metrics. The in-memory store is its own
+/// view; a backend across the network keeps a local replica current through
+/// [`GrantStore::events_since`], so a Check never waits on the network.
+pub trait GrantView: Send + Sync {
+    /// The grant as of `now` (see [`GrantStore::get`]), from local state.
+    fn grant_at(&self, id: &str, now: DateTime<Utc>) -> Option<Arc<Grant>>;
 
     /// Counts for metrics.
     fn stats(&self) -> StoreStats;
-
-    /// Records an allowed approval ([`Grant::approve`]).
-    fn approve(&self, id: &str, approval: &Approval) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.approve(approval.clone(), now))
-    }
-
-    /// Rejects a pending grant ([`Grant::reject`]).
-    fn reject(
-        &self,
-        id: &str,
-        by: &str,
-        reason: &str,
-        decision_id: Option<Uuid>,
-    ) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.reject(by, reason, decision_id, now))
-    }
-
-    /// Counts one allowed use ([`Grant::record_use`]).
-    fn record_use(&self, id: &str, decision_id: Uuid) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.record_use(decision_id, now))
-    }
-
-    /// Moves an active grant's end of access later ([`Grant::renew`]).
-    fn renew(
-        &self,
-        id: &str,
-        new_expires_at: DateTime<Utc>,
-        decision_id: Uuid,
-    ) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.renew(new_expires_at, decision_id, now))
-    }
-
-    /// Revokes one grant ([`Grant::revoke`]); idempotent: `transition.changed` is false
-    /// when it had already ended.
-    fn revoke(&self, id: &str, revocation: &Revocation) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.revoke(revocation, now))
-    }
-
-    /// Records the downstream confirmation ([`Grant::confirm_revocation`]).
-    fn confirm_revocation(&self, id: &str, evidence: &str) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, now| g.confirm_revocation(evidence, now))
-    }
-
-    /// Appends a decision (e.g. a denied step) to the evidence trail.
-    fn push_decision(&self, id: &str, decision_id: Uuid) -> Result<Updated, StoreError> {
-        self.update(id, &mut |g, _| Ok(g.push_decision(decision_id)))
-    }
 }

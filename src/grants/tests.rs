@@ -24,7 +24,7 @@ use super::{
         tests::{approval, grant, grant_for, secs, t0},
     },
     model::{Grant, GrantEventKind, GrantState, Revocation},
-    store::{GrantStore, ListFilter, StoreError, StoreOptions},
+    store::{ListFilter, StoreError, StoreOptions},
 };
 use crate::clock::{Clock, ManualClock};
 

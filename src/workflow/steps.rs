@@ -14,11 +14,15 @@ use regorus::Value;
 
 use super::terms::{GrantTerms, obligation_seconds};
 use crate::{
+    clock::Clock,
     decision::{
         ApprovalInput, Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, KEYS,
         Pending, StepInput, accept_identity, validate_agent, validate_check, validate_step,
     },
-    grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
+    grants::{
+        Approval, EventPosition, FeedGap, Grant, GrantEvent, GrantRequest, GrantStore, ListFilter,
+        MemoryGrantStore, Page, Revocation, RevokeScope, StoreError,
+    },
     identity,
     proto::v1::{
         ApproveRequest, ConfirmRevocationRequest, Context, RejectRequest, RenewRequest,
@@ -73,35 +77,59 @@ pub struct RevokeOutcome {
     pub revoked: Vec<Arc<Grant>>,
 }
 
-/// Runs grant steps through the decision pipeline and the grant store.
-pub struct GrantSteps {
+/// Runs grant steps through the decision pipeline and a grant store (the embedded one
+/// unless another backend is named), at the injected clock's time.
+pub struct GrantSteps<S: GrantStore = MemoryGrantStore> {
     pipeline: Arc<DecisionPipeline>,
-    store: Arc<dyn GrantStore>,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
     default_approval_timeout: Duration,
 }
 
-impl std::fmt::Debug for GrantSteps {
+impl<S: GrantStore> std::fmt::Debug for GrantSteps<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrantSteps").finish_non_exhaustive()
     }
 }
 
-impl GrantSteps {
-    /// Grant steps deciding through `pipeline` and recording in the pipeline's store;
-    /// a pending grant's deadline is `default_approval_timeout` unless policy sets
+impl<S: GrantStore> GrantSteps<S> {
+    /// Grant steps deciding through `pipeline` and recording in `store` at `clock`'s
+    /// time; a pending grant's deadline is `default_approval_timeout` unless policy sets
     /// `obligations.approval_timeout_seconds`.
-    pub fn new(pipeline: Arc<DecisionPipeline>, default_approval_timeout: Duration) -> Self {
-        let store = pipeline.grants().clone();
+    pub fn new(
+        pipeline: Arc<DecisionPipeline>,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        default_approval_timeout: Duration,
+    ) -> Self {
         Self {
             pipeline,
             store,
+            clock,
             default_approval_timeout,
         }
     }
 
-    /// The store grants are kept in.
-    pub fn store(&self) -> &Arc<dyn GrantStore> {
-        &self.store
+    /// One page of the grants matching `filter`, as of now ([`GrantStore::list`]).
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page, GrantStepError> {
+        Ok(self
+            .store
+            .list(filter, page_size, page_token, self.clock.now())
+            .await?)
+    }
+
+    /// Grant events from now on ([`GrantStore::events_since`]).
+    pub fn events(
+        &self,
+        position: Option<EventPosition>,
+    ) -> impl tokio_stream::Stream<Item = Result<GrantEvent, FeedGap>> + Send + Unpin + 'static
+    {
+        self.store.events_since(position)
     }
 
     /// The pipeline every step is decided by (its gate admits the steps' evaluations).
@@ -111,16 +139,16 @@ impl GrantSteps {
 
     /// Step `request`: a denied request creates nothing; an allowed one creates a grant,
     /// PENDING when the obligations require approvals, else ACTIVE.
-    pub fn request(
+    pub async fn request(
         &self,
         req: &RequestGrantRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.request_step(req, caller, parent))
+        self.conclude(self.request_step(req, caller, parent).await)
     }
 
-    fn request_step(
+    async fn request_step(
         &self,
         req: &RequestGrantRequest,
         caller: &Caller,
@@ -147,7 +175,7 @@ impl GrantSteps {
         };
         validate_check(&probe)?;
 
-        let now = self.store.now();
+        let now = self.clock.now();
         let k = &*KEYS;
         let scope = Value::from(
             req.scope
@@ -198,7 +226,7 @@ impl GrantSteps {
             Ok(grant) => grant,
             Err(err) => return Ok(Step::without_grant(pending.overruled(err.to_string()))),
         };
-        let grant = self.store.create(grant)?;
+        let grant = self.store.create(grant, now).await?;
         Ok(Step {
             grant: Some(grant),
             pending,
@@ -207,13 +235,13 @@ impl GrantSteps {
 
     /// Step `approve` with `input.approval`: the Nth distinct allowed approver activates
     /// the grant. A denied approval is recorded in the evidence trail only.
-    pub fn approve(
+    pub async fn approve(
         &self,
         req: &ApproveRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
             let approver = accept_identity(&req.approver, "approver")?;
@@ -243,18 +271,20 @@ impl GrantSteps {
                     )
                 },
             )
-        })();
+            .await
+        }
+        .await;
         self.conclude(step)
     }
 
     /// A rejection, decided at step `approve` with `input.approval.verdict = "reject"`.
-    pub fn reject(
+    pub async fn reject(
         &self,
         req: &RejectRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
             let approver = accept_identity(&req.approver, "approver")?;
@@ -273,22 +303,24 @@ impl GrantSteps {
                 &|grant| approval.extra(grant),
                 |grant, decision, now| grant.reject(&approver, &req.reason, Some(decision.id), now),
             )
-        })();
+            .await
+        }
+        .await;
         self.conclude(step)
     }
 
     /// Step `use`: the grant must be ACTIVE, unexpired and under `max_uses`, then policy
     /// decides; an allowed use is counted. A missing grant is a deny, not an error.
-    pub fn revalidate(
+    pub async fn revalidate(
         &self,
         req: &RevalidateRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.revalidate_step(req, caller, parent))
+        self.conclude(self.revalidate_step(req, caller, parent).await)
     }
 
-    fn revalidate_step(
+    async fn revalidate_step(
         &self,
         req: &RevalidateRequest,
         caller: &Caller,
@@ -298,8 +330,8 @@ impl GrantSteps {
         if let Some(agent) = &req.agent {
             validate_agent(agent)?;
         }
-        let Some(grant) = self.store.get(&req.grant_id) else {
-            let now = self.store.now();
+        let Some(grant) = self.store.get(&req.grant_id, self.clock.now()).await else {
+            let now = self.clock.now();
             let revision = self.pipeline.serving_revision();
             // The document the policy would have seen, naming the grant asked for.
             let k = &*KEYS;
@@ -322,7 +354,7 @@ impl GrantSteps {
                 self.pipeline.unevaluated(decision, input, parent),
             ));
         };
-        let now = self.store.now();
+        let now = self.clock.now();
         let input = GrantStepInput {
             step: "use",
             caller,
@@ -334,19 +366,27 @@ impl GrantSteps {
             let decision =
                 Decision::deny(refusal.to_string(), self.pipeline.serving_revision(), now);
             let pending = self.pipeline.unevaluated(decision, input, parent);
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
-        match self.store.record_use(&req.grant_id, pending.decision().id) {
+        let decision_id = pending.decision().id;
+        match self
+            .store
+            .transition(&req.grant_id, self.clock.now(), &mut |g, now| {
+                g.record_use(decision_id, now)
+            })
+            .await
+        {
             Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
                 pending,
             }),
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(&req.grant_id, pending.overruled(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
@@ -354,13 +394,13 @@ impl GrantSteps {
 
     /// Step `renew` with `input.requested_ttl_seconds`: extends an ACTIVE grant to
     /// now + min(requested, `obligations.max_ttl_seconds`).
-    pub fn renew(
+    pub async fn renew(
         &self,
         req: &RenewRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             let requested = match &req.ttl {
                 Some(ttl) => positive_duration(ttl)
@@ -397,24 +437,26 @@ impl GrantSteps {
                     grant.renew(end, decision.id, now)
                 },
             )
-        })();
+            .await
+        }
+        .await;
         self.conclude(step)
     }
 
     /// Step `revoke` (by grant or subject) or `close` (by workflow: the ticket closed).
     /// Idempotent: grants already ended are not revoked again.
-    pub fn revoke(
+    pub async fn revoke(
         &self,
         req: &RevokeRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<RevokeOutcome, GrantStepError> {
-        let (step, revoked) = self.revoke_step(req, caller, parent)?;
+        let (step, revoked) = self.revoke_step(req, caller, parent).await?;
         let decision = self.pipeline.conclude(step.pending, step.grant);
         Ok(RevokeOutcome { decision, revoked })
     }
 
-    fn revoke_step(
+    async fn revoke_step(
         &self,
         req: &RevokeRequest,
         caller: &Caller,
@@ -427,7 +469,7 @@ impl GrantSteps {
             )
         })?;
         let revoked_by = accept_identity(&req.revoked_by, "revoked_by")?;
-        let now = self.store.now();
+        let now = self.clock.now();
         let by = if revoked_by.is_empty() {
             caller.id.to_string()
         } else {
@@ -447,7 +489,8 @@ impl GrantSteps {
                 require(id, "grant_id")?;
                 let grant = self
                     .store
-                    .get(id)
+                    .get(id, now)
+                    .await
                     .ok_or_else(|| GrantStepError::NotFound(id.clone()))?;
                 let input = GrantStepInput {
                     step: "revoke",
@@ -498,8 +541,8 @@ impl GrantSteps {
         if !pending.decision().allow {
             let grant = match grant {
                 Some(grant) => Some(
-                    self.store
-                        .push_decision(&grant.id().to_string(), pending.decision().id)?
+                    self.push_decision(&grant.id().to_string(), pending.decision().id)
+                        .await?
                         .grant,
                 ),
                 None => None,
@@ -513,7 +556,12 @@ impl GrantSteps {
         };
         let (grant, revoked) = match target {
             Target::GrantId(id) => {
-                let updated = self.store.revoke(id, &revocation)?;
+                let updated = self
+                    .store
+                    .transition(id, self.clock.now(), &mut |g, now| {
+                        g.revoke(&revocation, now)
+                    })
+                    .await?;
                 let revoked = if updated.transition.changed {
                     vec![updated.grant.clone()]
                 } else {
@@ -521,8 +569,18 @@ impl GrantSteps {
                 };
                 (Some(updated.grant), revoked)
             }
-            Target::WorkflowId(id) => (None, self.store.revoke_workflow(id, &revocation)?),
-            Target::SubjectId(id) => (None, self.store.revoke_subject(id, &revocation)?),
+            Target::WorkflowId(id) => (
+                None,
+                self.store
+                    .revoke_all(RevokeScope::Workflow(id), &revocation, self.clock.now())
+                    .await?,
+            ),
+            Target::SubjectId(id) => (
+                None,
+                self.store
+                    .revoke_all(RevokeScope::Subject(id), &revocation, self.clock.now())
+                    .await?,
+            ),
         };
         Ok((Step { grant, pending }, revoked))
     }
@@ -530,16 +588,16 @@ impl GrantSteps {
     /// The downstream system confirms the credential is invalidated. No policy step: the
     /// call only adds evidence, and only admin callers may make it. The returned record
     /// (allow = the confirmation was accepted) joins the evidence trail.
-    pub fn confirm_revocation(
+    pub async fn confirm_revocation(
         &self,
         req: &ConfirmRevocationRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.confirm_step(req, caller, parent))
+        self.conclude(self.confirm_step(req, caller, parent).await)
     }
 
-    fn confirm_step(
+    async fn confirm_step(
         &self,
         req: &ConfirmRevocationRequest,
         caller: &Caller,
@@ -549,9 +607,10 @@ impl GrantSteps {
         require(&req.evidence, "evidence")?;
         let grant = self
             .store
-            .get(&req.grant_id)
+            .get(&req.grant_id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(req.grant_id.clone()))?;
-        let now = self.store.now();
+        let now = self.clock.now();
         let revision = self.pipeline.serving_revision();
         let input = GrantStepInput {
             step: "confirm_revocation",
@@ -568,13 +627,20 @@ impl GrantSteps {
             parent,
         );
         if !pending.decision().allow {
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
-        match self.store.confirm_revocation(&req.grant_id, &req.evidence) {
+        let evidence = req.evidence.as_str();
+        match self
+            .store
+            .transition(&req.grant_id, self.clock.now(), &mut |g, now| {
+                g.confirm_revocation(evidence, now)
+            })
+            .await
+        {
             Ok(updated) => {
                 let updated = self
-                    .store
                     .push_decision(&req.grant_id, pending.decision().id)
+                    .await
                     .map(|u| u.grant)
                     .unwrap_or(updated.grant);
                 Ok(Step {
@@ -584,16 +650,18 @@ impl GrantSteps {
             }
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(&req.grant_id, pending.refused(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
     }
 
     /// Reads a grant (expired ones as EXPIRED even before the sweep).
-    pub fn get(&self, id: &str) -> Result<Arc<Grant>, GrantStepError> {
+    pub async fn get(&self, id: &str) -> Result<Arc<Grant>, GrantStepError> {
         require(id, "grant_id")?;
         self.store
-            .get(id)
+            .get(id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))
     }
 
@@ -606,27 +674,29 @@ impl GrantSteps {
 
     /// Evaluates `step` on an existing grant and applies `transition` when allowed.
     #[allow(clippy::too_many_arguments)]
-    fn decide_on_grant(
+    async fn decide_on_grant(
         &self,
         id: &str,
         step: &str,
         caller: &Caller,
         parent: &ParentContext,
         context: Option<&Context>,
-        extra: &dyn Fn(&Grant) -> Vec<(&'static Value, Value)>,
+        extra: &(dyn Fn(&Grant) -> Vec<(&'static Value, Value)> + Sync),
         mut transition: impl FnMut(
             &mut Grant,
             &Decision,
             DateTime<Utc>,
         )
-            -> Result<crate::grants::Transition, crate::grants::TransitionError>,
+            -> Result<crate::grants::Transition, crate::grants::TransitionError>
+        + Send,
     ) -> Result<Step, GrantStepError> {
         validate_step(step)?;
         let grant = self
             .store
-            .get(id)
+            .get(id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))?;
-        let now = self.store.now();
+        let now = self.clock.now();
         let input = GrantStepInput {
             step,
             caller,
@@ -636,12 +706,15 @@ impl GrantSteps {
         .build(&grant, now, &extra(&grant));
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
-            return self.record_denial(id, pending);
+            return self.record_denial(id, pending).await;
         }
         let decision = pending.decision();
         match self
             .store
-            .update(id, &mut |grant, now| transition(grant, decision, now))
+            .transition(id, self.clock.now(), &mut |grant, now| {
+                transition(grant, decision, now)
+            })
+            .await
         {
             Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
@@ -649,14 +722,28 @@ impl GrantSteps {
             }),
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(id, pending.overruled(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
     }
 
+    /// Appends a decision to the grant's evidence trail.
+    async fn push_decision(
+        &self,
+        id: &str,
+        decision_id: uuid::Uuid,
+    ) -> Result<crate::grants::Updated, StoreError> {
+        self.store
+            .transition(id, self.clock.now(), &mut |g, _| {
+                Ok(g.push_decision(decision_id))
+            })
+            .await
+    }
+
     /// Adds a denied step's decision to the grant's evidence trail (no state change).
-    fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
-        let updated = self.store.push_decision(id, pending.decision().id)?;
+    async fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
+        let updated = self.push_decision(id, pending.decision().id).await?;
         Ok(Step {
             grant: Some(updated.grant),
             pending,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{MemoryGrantStore, lock, view};
@@ -32,6 +33,7 @@ impl MemoryGrantStore {
         filter: &ListFilter,
         page_size: usize,
         page_token: Option<&str>,
+        now: DateTime<Utc>,
     ) -> Result<Page, StoreError> {
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -50,7 +52,6 @@ impl MemoryGrantStore {
             };
             range.take(LIST_CHUNK).copied().collect()
         };
-        let now = self.clock.now();
         let mut page = Page::default();
         let mut last = None;
         'scan: loop {

@@ -35,13 +35,18 @@
 mod counts;
 mod list;
 mod name_index;
+mod own_clock;
+mod seam;
 mod sweep;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -56,12 +61,10 @@ use super::{
         Delta, Durability, Journal, JournalError, encode_delta, encode_record, encode_sweep_mark,
     },
     model::{
-        Grant, GrantEvent, GrantEventKind, GrantState, Revocation, Transition, TransitionError,
+        EventPosition, Grant, GrantEvent, GrantEventKind, GrantState, Revocation, Transition,
+        TransitionError,
     },
-    store::{
-        Change, GrantStore, ListFilter, Page, StoreError, StoreOptions, StoreStats, SweepReport,
-        Updated,
-    },
+    store::{Change, RevokeScope, StoreError, StoreOptions, Updated},
 };
 use crate::clock::Clock;
 
@@ -146,6 +149,8 @@ pub struct MemoryGrantStore {
     due: Mutex<BTreeSet<(DateTime<Utc>, Uuid)>>,
     journal: Option<Journal>,
     events: broadcast::Sender<GrantEvent>,
+    /// The position of the last event in the feed.
+    last_position: AtomicU64,
     counts: Counts,
     sweeping: Mutex<()>,
 }
@@ -199,6 +204,7 @@ impl MemoryGrantStore {
                     kind,
                     grant: grant.clone(),
                     at: now,
+                    position: EventPosition(store.positions(1)),
                 }));
             }
             store.grants.insert(key, grant.clone());
@@ -249,6 +255,7 @@ impl MemoryGrantStore {
             due: Mutex::new(BTreeSet::new()),
             journal,
             events,
+            last_position: AtomicU64::new(0),
             counts: Counts::default(),
             sweeping: Mutex::new(()),
         }
@@ -324,16 +331,29 @@ impl MemoryGrantStore {
         }
     }
 
+    /// Takes `n` positions in the event feed; returns the first. Every event takes
+    /// one, watched or not, so a follower that resumes can tell what it missed.
+    fn positions(&self, n: usize) -> u64 {
+        self.last_position.fetch_add(n as u64, Ordering::Relaxed) + 1
+    }
+
     fn publish(&self, kinds: &[GrantEventKind], grant: &Arc<Grant>, at: DateTime<Utc>) {
+        let first = self.positions(kinds.len());
         if self.events.receiver_count() == 0 {
             return;
         }
-        for &kind in kinds {
+        self.send(first, kinds, grant, at);
+    }
+
+    /// Sends events numbered from `first` (whose positions were taken).
+    fn send(&self, first: u64, kinds: &[GrantEventKind], grant: &Arc<Grant>, at: DateTime<Utc>) {
+        for (position, &kind) in (first..).zip(kinds) {
             // An error only means every receiver went away meanwhile.
             let _ = self.events.send(GrantEvent {
                 kind,
                 grant: grant.clone(),
                 at,
+                position: EventPosition(position),
             });
         }
     }
@@ -360,14 +380,15 @@ impl MemoryGrantStore {
         }
     }
 
+    /// Applies a change to one grant at `now` ([`GrantStore::transition`]).
     fn apply(
         &self,
         id: &str,
         change: Change<'_>,
-        durability: Option<Durability>,
+        now: DateTime<Utc>,
     ) -> Result<Updated, StoreError> {
         let key = key_of(id).ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        self.apply_key(key, change, durability)
+        self.apply_key(key, change, None, now)
     }
 
     /// Applies a change to one grant; `durability` overrides the record's own.
@@ -376,11 +397,11 @@ impl MemoryGrantStore {
         key: Uuid,
         change: Change<'_>,
         durability: Option<Durability>,
+        now: DateTime<Utc>,
     ) -> Result<Updated, StoreError> {
         let not_found = || StoreError::NotFound(key.hyphenated().to_string());
         let _writer = self.writer(&key);
         let current = self.current(&key).ok_or_else(not_found)?;
-        let now = self.clock.now();
         let mut next = Grant::clone(&current);
         let refused = |source| StoreError::Refused {
             id: key.hyphenated().to_string(),
@@ -410,14 +431,25 @@ impl MemoryGrantStore {
         })
     }
 
-    /// Revokes the grants of `ids` that `named` (checked under each grant's lock: the
-    /// name indexes only say "maybe").
-    fn revoke_all(
+    /// Revokes the grants in `scope` at `now` ([`GrantStore::revoke_all`]): those the
+    /// name index lists that are named so (checked under each grant's lock: the index
+    /// only says "maybe").
+    fn revoke_scope(
         &self,
-        ids: Vec<Uuid>,
-        named: &dyn Fn(&Grant) -> bool,
+        scope: RevokeScope<'_>,
         revocation: &Revocation,
+        now: DateTime<Utc>,
     ) -> Result<Vec<Arc<Grant>>, StoreError> {
+        let (ids, named): (_, &(dyn Fn(&Grant) -> bool + Sync)) = match scope {
+            RevokeScope::Workflow(workflow_id) => (
+                self.by_workflow.ids(workflow_id, None, usize::MAX),
+                &move |g: &Grant| g.workflow_id() == Some(workflow_id),
+            ),
+            RevokeScope::Subject(subject_id) => (
+                self.by_subject.ids(subject_id, None, usize::MAX),
+                &move |g: &Grant| g.subject_id() == subject_id,
+            ),
+        };
         let mut revoked = Vec::new();
         let mut first_error = None;
         for key in ids {
@@ -433,6 +465,7 @@ impl MemoryGrantStore {
                     }
                 },
                 Some(Durability::Buffered),
+                now,
             ) {
                 Ok(updated) if updated.transition.changed => revoked.push(updated.grant),
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
@@ -452,14 +485,9 @@ impl MemoryGrantStore {
             None => Ok(revoked),
         }
     }
-}
 
-impl GrantStore for MemoryGrantStore {
-    fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
-    }
-
-    fn create(&self, grant: Grant) -> Result<Arc<Grant>, StoreError> {
+    /// Stores a new grant at `now` ([`GrantStore::create`]).
+    fn create_at(&self, grant: Grant, now: DateTime<Utc>) -> Result<Arc<Grant>, StoreError> {
         if grant.state.is_terminal() || grant.ending.is_some() {
             return Err(StoreError::InvalidGrant(
                 "a new grant must be PENDING or ACTIVE",
@@ -482,61 +510,13 @@ impl GrantStore for MemoryGrantStore {
         } else {
             &[GrantEventKind::Requested]
         };
-        self.publish(events, &grant, self.clock.now());
+        self.publish(events, &grant, now);
         Ok(grant)
     }
 
-    fn get(&self, id: &str) -> Option<Arc<Grant>> {
+    /// The grant as of `now` ([`GrantStore::get`]).
+    fn get_at(&self, id: &str, now: DateTime<Utc>) -> Option<Arc<Grant>> {
         let grant = self.current(&key_of(id)?)?;
-        Some(view(grant, self.clock.now()))
-    }
-
-    fn update(&self, id: &str, change: Change<'_>) -> Result<Updated, StoreError> {
-        self.apply(id, change, None)
-    }
-
-    fn revoke_workflow(
-        &self,
-        workflow_id: &str,
-        revocation: &Revocation,
-    ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(
-            self.by_workflow.ids(workflow_id, None, usize::MAX),
-            &|g| g.workflow_id() == Some(workflow_id),
-            revocation,
-        )
-    }
-
-    fn revoke_subject(
-        &self,
-        subject_id: &str,
-        revocation: &Revocation,
-    ) -> Result<Vec<Arc<Grant>>, StoreError> {
-        self.revoke_all(
-            self.by_subject.ids(subject_id, None, usize::MAX),
-            &|g| g.subject_id() == subject_id,
-            revocation,
-        )
-    }
-
-    fn list(
-        &self,
-        filter: &ListFilter,
-        page_size: usize,
-        page_token: Option<&str>,
-    ) -> Result<Page, StoreError> {
-        self.list_page(filter, page_size, page_token)
-    }
-
-    fn sweep(&self) -> SweepReport {
-        self.sweep_due()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<GrantEvent> {
-        self.events.subscribe()
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.counts.stats()
+        Some(view(grant, now))
     }
 }

@@ -143,20 +143,22 @@ impl MemoryGrantStore {
             tracing::error!(error = %e, grants = reports, "cannot journal the sweep's overdue reports; emitted anyway");
             report.unjournaled += reports;
         }
-        // One look at the subscribers per batch (it takes the channel's lock).
+        // The batch's positions at once, and one look at the subscribers per batch (it
+        // takes the channel's lock).
+        let mut position = self.positions(changed.iter().map(|(events, _)| events.len()).sum());
         if self.events.receiver_count() > 0 {
             for (events, grant) in changed {
-                self.publish(events, &grant, now);
+                self.send(position, events, &grant, now);
+                position += events.len() as u64;
             }
         }
     }
 
     /// Expires due grants, reports overdue revocations, drops grants past retention,
     /// and compacts the journal when it has grown ([`GrantStore::sweep`]).
-    pub(super) fn sweep_due(&self) -> SweepReport {
+    pub(super) fn sweep_due(&self, now: DateTime<Utc>) -> SweepReport {
         let _one_at_a_time = lock(&self.sweeping);
         let started = Instant::now();
-        let now = self.clock.now();
         let mut report = SweepReport::default();
         // A grant is handled at most once per sweep: one that is due again at once
         // (e.g. a zero retention) waits for the next sweep, so a sweep always ends.

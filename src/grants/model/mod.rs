@@ -284,9 +284,16 @@ pub struct GrantEvent {
     pub kind: GrantEventKind,
     /// The grant after it happened.
     pub grant: Arc<Grant>,
-    /// When (store clock).
+    /// When (the time the store was given).
     pub at: DateTime<Utc>,
+    /// Where it is in the store's event feed.
+    pub position: EventPosition,
 }
+
+/// A position in a store's event feed: the sequence number of the last event seen
+/// ([`GrantEvent::position`]). Positions only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventPosition(pub u64);
 
 /// The result of an allowed transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
