@@ -342,15 +342,57 @@ fn a_failed_compaction_leaves_the_journal_usable() {
     assert_eq!(store.get(&g.id().to_string()).unwrap().uses, 1);
 }
 
+/// Journal files whose next write stops half-way and fails, as on a full disk.
+#[derive(Default)]
+struct FailingFiles {
+    fail_next: Arc<AtomicBool>,
+}
+
+struct FailingFile {
+    file: fs::File,
+    fail_next: Arc<AtomicBool>,
+}
+
+impl journal::JournalFile for FailingFile {
+    fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        journal::JournalFile::write_all(&self.file, bytes)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+impl journal::JournalFiles for FailingFiles {
+    fn appender(&self, file: fs::File) -> Arc<dyn journal::JournalFile> {
+        Arc::new(FailingFile {
+            file,
+            fail_next: self.fail_next.clone(),
+        })
+    }
+}
+
 #[test]
 fn a_journal_write_failure_refuses_mutations_but_keeps_reads_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(t0());
-    let (store, _) = open(dir.path(), &clock);
+    let files = Arc::new(FailingFiles::default());
+    let fail_next = files.fail_next.clone();
+    let (store, _) =
+        MemoryGrantStore::open_with(options(dir.path(), false), Arc::new(clock.clone()), files)
+            .unwrap();
     let a = store.create(grant(t0(), 0, "s", "w", 0)).unwrap();
     let id = a.id().to_string();
     let before = store.get(&id).unwrap();
-    store.journal().unwrap().fail_next_write();
+    fail_next.store(true, Ordering::SeqCst);
     let err = store.revoke(&id, &revocation("ops")).unwrap_err();
     assert!(
         matches!(err, StoreError::Journal(JournalError::Io { .. })),

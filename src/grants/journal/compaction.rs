@@ -125,7 +125,7 @@ impl Compaction<'_> {
         });
         match reopened {
             Ok(file) => {
-                writer.file = file;
+                writer.file = journal.files.appender(file);
                 writer.len = new_len;
                 writer.compact_at = journal
                     .options

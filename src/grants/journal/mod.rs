@@ -31,6 +31,7 @@
 //! directory.
 
 mod compaction;
+mod file;
 mod format;
 mod format_v1;
 mod grant_record;
@@ -42,7 +43,7 @@ mod writer;
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io,
     path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
 };
@@ -51,6 +52,7 @@ use replay::Replaying;
 use writer::{Group, Writer};
 
 pub use compaction::Compaction;
+pub use file::{JournalFile, JournalFiles, OsFiles};
 pub use format::{
     Delta, DeltaRecord, ExpiredRecord, JournalRecord, Record, encode_delta, encode_record,
     encode_sweep_mark,
@@ -191,6 +193,7 @@ pub struct Journal {
     /// Held for the journal's life: an exclusive lock on `<dir>/LOCK`.
     _lock: File,
     options: JournalOptions,
+    files: Arc<dyn JournalFiles>,
     writer: Mutex<Writer>,
     group: Mutex<Group>,
     group_done: Condvar,
@@ -210,6 +213,16 @@ impl Journal {
     /// Opens (creating if needed) `<dir>/grants.journal` and replays it. A torn tail is
     /// truncated with a warning; other damage refuses with [`JournalError::Corrupt`].
     pub fn open(dir: &Path, options: JournalOptions) -> Result<(Self, Replay), JournalError> {
+        Self::open_with(dir, options, Arc::new(OsFiles))
+    }
+
+    /// As [`Journal::open`], appending through the files `files` gives (tests hand in
+    /// one that fails).
+    pub fn open_with(
+        dir: &Path,
+        options: JournalOptions,
+        files: Arc<dyn JournalFiles>,
+    ) -> Result<(Self, Replay), JournalError> {
         fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let path = dir.join(JOURNAL_FILE);
@@ -262,7 +275,7 @@ impl Journal {
             path,
             _lock: lock,
             writer: Mutex::new(Writer {
-                file,
+                file: files.appender(file),
                 len,
                 // An older format is rewritten in this one by the first compaction:
                 // at once (the store compacts at open when the journal wants it).
@@ -272,9 +285,8 @@ impl Journal {
                     options.compact_after_bytes
                 },
                 failed: None,
-                #[cfg(test)]
-                fail_next: false,
             }),
+            files,
             options,
             group: Mutex::new(Group {
                 filling: 1,

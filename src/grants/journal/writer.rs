@@ -2,13 +2,12 @@
 //! sync that runs outside the writer's lock.
 
 use std::{
-    fs::File,
-    io::{self, Write},
+    io,
     path::Path,
     sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
 };
 
-use super::{Durability, Journal, JournalError, lock};
+use super::{Durability, Journal, JournalError, JournalFile, lock};
 
 /// Locks `m`, trying for a few microseconds before it sleeps: an unsynced append holds
 /// the writer for a write of a few dozen bytes (a microsecond or two), and a waiter that
@@ -30,24 +29,16 @@ const SPINS: u32 = 100;
 
 /// The open journal file.
 pub(super) struct Writer {
-    pub(super) file: File,
+    pub(super) file: Arc<dyn JournalFile>,
     pub(super) len: u64,
     pub(super) compact_at: u64,
     pub(super) failed: Option<Arc<str>>,
-    /// Tests: the next write stops half-way and fails, as a full disk would.
-    #[cfg(test)]
-    pub(super) fail_next: bool,
 }
 
 impl Writer {
     fn write(&mut self, path: &Path, bytes: &[u8], sync: bool) -> Result<(), JournalError> {
         if let Some(why) = &self.failed {
             return Err(JournalError::Unavailable(why.clone()));
-        }
-        #[cfg(test)]
-        if std::mem::take(&mut self.fail_next) {
-            let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
-            return self.failed_with(path, io::Error::other("injected write failure"));
         }
         let result = self
             .file
@@ -147,12 +138,6 @@ impl Journal {
         }
     }
 
-    /// Tests: makes the next write stop half-way and fail.
-    #[cfg(test)]
-    pub(crate) fn fail_next_write(&self) {
-        lock(&self.writer).fail_next = true;
-    }
-
     /// Syncs everything written so far (after [`Durability::Buffered`] appends).
     ///
     /// The sync runs on a duplicate of the file handle, outside the writer's lock: it
@@ -167,9 +152,9 @@ impl Journal {
             if let Some(why) = &writer.failed {
                 return Err(JournalError::Unavailable(why.clone()));
             }
-            writer.file.try_clone()
+            writer.file.clone()
         };
-        if let Err(e) = file.and_then(|file| file.sync_data()) {
+        if let Err(e) = file.sync_data() {
             let why: Arc<str> = format!("{}: {e}", self.path.display()).into();
             lock(&self.writer).failed = Some(why);
             return Err(JournalError::io(&self.path, e));

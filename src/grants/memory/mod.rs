@@ -58,7 +58,8 @@ use self::{counts::Counts, name_index::NameIndex, sweep::DueAction};
 use super::{
     id_hash::IdHash,
     journal::{
-        Delta, Durability, Journal, JournalError, encode_delta, encode_record, encode_sweep_mark,
+        Delta, Durability, Journal, JournalError, JournalFiles, OsFiles, encode_delta,
+        encode_record, encode_sweep_mark,
     },
     model::{
         EventPosition, Grant, GrantEvent, GrantEventKind, GrantState, Revocation, Transition,
@@ -179,10 +180,20 @@ impl MemoryGrantStore {
         options: StoreOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, Vec<GrantEvent>), StoreError> {
+        Self::open_with(options, clock, Arc::new(OsFiles))
+    }
+
+    /// As [`MemoryGrantStore::open`], the journal appending through the files `files`
+    /// gives (tests hand in one that fails).
+    pub fn open_with(
+        options: StoreOptions,
+        clock: Arc<dyn Clock>,
+        files: Arc<dyn JournalFiles>,
+    ) -> Result<(Self, Vec<GrantEvent>), StoreError> {
         let Some(dir) = &options.state_dir else {
             return Ok((Self::empty(&options, clock, None), Vec::new()));
         };
-        let (journal, replay) = Journal::open(dir, options.journal.clone())?;
+        let (journal, replay) = Journal::open_with(dir, options.journal.clone(), files)?;
         let store = Self::empty(&options, clock, Some(journal));
         let now = store.clock.now();
         let mut events = Vec::new();

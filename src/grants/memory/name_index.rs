@@ -21,10 +21,15 @@ type NameShard = Mutex<BTreeSet<(u64, Uuid)>>;
 /// ordered sets, sharded by the hash. See the module doc.
 pub(super) struct NameIndex {
     seed: RandomState,
+    /// How a name is hashed with the seed: [`seeded`] (a test injects one under which
+    /// every name collides).
+    pub(super) hash_name: fn(&RandomState, &str) -> u64,
     shards: Box<[NameShard]>,
-    /// Tests: every name hashes alike, as if every lookup were a collision.
-    #[cfg(test)]
-    pub(super) collide: bool,
+}
+
+/// The hash of a name under the index's seed.
+fn seeded(seed: &RandomState, name: &str) -> u64 {
+    seed.hash_one(name)
 }
 
 impl NameIndex {
@@ -34,17 +39,12 @@ impl NameIndex {
             shards: (0..NAME_INDEX_SHARDS)
                 .map(|_| Mutex::new(BTreeSet::new()))
                 .collect(),
-            #[cfg(test)]
-            collide: false,
+            hash_name: seeded,
         }
     }
 
     pub(super) fn hash(&self, name: &str) -> u64 {
-        #[cfg(test)]
-        if self.collide {
-            return 42;
-        }
-        self.seed.hash_one(name)
+        (self.hash_name)(&self.seed, name)
     }
 
     pub(super) fn shard(&self, hash: u64) -> MutexGuard<'_, BTreeSet<(u64, Uuid)>> {

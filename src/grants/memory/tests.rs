@@ -92,8 +92,8 @@ fn store() -> (MemoryGrantStore, ManualClock) {
 /// A store whose name indexes put every workflow and every subject on one hash.
 fn colliding_store() -> MemoryGrantStore {
     let (mut store, _) = store();
-    store.by_workflow.collide = true;
-    store.by_subject.collide = true;
+    store.by_workflow.hash_name = |_, _| 42;
+    store.by_subject.hash_name = |_, _| 42;
     store
 }
 
@@ -760,12 +760,14 @@ async fn the_seam_judges_by_the_time_it_is_given() {
         .to_string();
     let later = t0() + secs(7200);
     let seen = GrantStore::get(&store, &id, later).await.unwrap();
-    assert_eq!(seen.state, GrantState::Expired, "past its end at the time given");
+    assert_eq!(
+        seen.state,
+        GrantState::Expired,
+        "past its end at the time given"
+    );
     assert_eq!(clock.now(), t0(), "the store's clock did not move");
-    let refused = GrantStore::transition(&store, &id, later, &mut |g, now| {
-        g.record_use(did(5), now)
-    })
-    .await;
+    let refused =
+        GrantStore::transition(&store, &id, later, &mut |g, now| g.record_use(did(5), now)).await;
     assert!(matches!(refused, Err(StoreError::Refused { .. })));
     let page = GrantStore::list(&store, &ListFilter::default(), 0, None, later)
         .await
