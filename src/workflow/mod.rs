@@ -8,6 +8,7 @@
 //!
 //! [`DecisionPipeline`]: crate::decision::DecisionPipeline
 
+mod revoke;
 mod steps;
 mod terms;
 

@@ -100,3 +100,79 @@ impl GrantView for MemoryGrantStore {
         self.counts.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Clock,
+        grants::{
+            memory::tests::{did, grant, secs, store, t0},
+            model::{GrantEventKind, GrantState},
+        },
+    };
+
+    /// Through the seam, time is the caller's: the store's own clock is not read.
+    #[tokio::test]
+    async fn the_seam_judges_by_the_time_it_is_given() {
+        let (store, clock) = store();
+        let id = GrantStore::create(&store, grant(t0(), 0, "s", "w", 0), t0())
+            .await
+            .unwrap()
+            .id()
+            .to_string();
+        let later = t0() + secs(7200);
+        let seen = GrantStore::get(&store, &id, later).await.unwrap();
+        assert_eq!(
+            seen.state,
+            GrantState::Expired,
+            "past its end at the time given"
+        );
+        assert_eq!(clock.now(), t0(), "the store's clock did not move");
+        let refused =
+            GrantStore::transition(&store, &id, later, &mut |g, now| g.record_use(did(5), now))
+                .await;
+        assert!(matches!(refused, Err(StoreError::Refused { .. })));
+        let page = GrantStore::list(&store, &ListFilter::default(), 0, None, later)
+            .await
+            .unwrap();
+        assert_eq!(page.grants[0].state, GrantState::Expired);
+        let report = GrantStore::sweep(&store, later).await;
+        assert_eq!(report.expired, 1);
+    }
+
+    /// The feed numbers every event, watched or not; a follower resuming from the last
+    /// position it saw gets what came after, and one resuming from further back is told
+    /// it missed events.
+    #[tokio::test]
+    async fn the_event_feed_resumes_from_a_position_or_reports_the_gap() {
+        use tokio_stream::StreamExt;
+
+        let (store, _) = store();
+        let mut feed = store.events_since(None);
+        store.create(grant(t0(), 0, "s", "w", 0)).unwrap();
+        let requested = feed.next().await.unwrap().unwrap();
+        let activated = feed.next().await.unwrap().unwrap();
+        assert_eq!(
+            (requested.kind, requested.position.0),
+            (GrantEventKind::Requested, 1)
+        );
+        assert_eq!(
+            (activated.kind, activated.position.0),
+            (GrantEventKind::Activated, 2)
+        );
+        drop(feed);
+        // Unwatched events still take positions.
+        store.create(grant(t0(), 1, "s2", "w", 0)).unwrap();
+        let mut resumed = store.events_since(Some(activated.position));
+        assert_eq!(
+            resumed.next().await.unwrap(),
+            Err(FeedGap { missed: 1 }),
+            "the request of s2 was not buffered for it"
+        );
+        let mut current = store.events_since(Some(crate::grants::EventPosition(3)));
+        store.create(grant(t0(), 1, "s3", "w", 0)).unwrap();
+        let next = current.next().await.unwrap().unwrap();
+        assert_eq!((next.position.0, next.grant.subject_id()), (4, "s3"));
+    }
+}
