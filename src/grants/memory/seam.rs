@@ -141,6 +141,16 @@ mod tests {
         assert_eq!(report.expired, 1);
     }
 
+    /// The feed's next item, failing the test (instead of hanging it) when none comes.
+    async fn next(
+        feed: &mut (impl Stream<Item = Result<GrantEvent, FeedGap>> + Unpin),
+    ) -> Result<GrantEvent, FeedGap> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+            .await
+            .expect("the feed yields within 10 s")
+            .expect("the feed goes on")
+    }
+
     /// The feed numbers every event, watched or not; a follower resuming from the last
     /// position it saw gets what came after, and one resuming from further back is told
     /// it missed events.
@@ -151,8 +161,8 @@ mod tests {
         let (store, _) = store();
         let mut feed = store.events_since(None);
         store.create(grant(t0(), 0, "s", "w", 0)).unwrap();
-        let requested = feed.next().await.unwrap().unwrap();
-        let activated = feed.next().await.unwrap().unwrap();
+        let requested = next(&mut feed).await.unwrap();
+        let activated = next(&mut feed).await.unwrap();
         assert_eq!(
             (requested.kind, requested.position.0),
             (GrantEventKind::Requested, 1)
@@ -166,13 +176,13 @@ mod tests {
         store.create(grant(t0(), 1, "s2", "w", 0)).unwrap();
         let mut resumed = store.events_since(Some(activated.position));
         assert_eq!(
-            resumed.next().await.unwrap(),
+            next(&mut resumed).await,
             Err(FeedGap { missed: 1 }),
             "the request of s2 was not buffered for it"
         );
         let mut current = store.events_since(Some(crate::grants::EventPosition(3)));
         store.create(grant(t0(), 1, "s3", "w", 0)).unwrap();
-        let next = current.next().await.unwrap().unwrap();
+        let next = next(&mut current).await.unwrap();
         assert_eq!((next.position.0, next.grant.subject_id()), (4, "s3"));
     }
 }
