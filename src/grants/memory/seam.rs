@@ -156,8 +156,6 @@ mod tests {
     /// it missed events.
     #[tokio::test]
     async fn the_event_feed_resumes_from_a_position_or_reports_the_gap() {
-        use tokio_stream::StreamExt;
-
         let (store, _) = store();
         let mut feed = store.events_since(None);
         store.create(grant(t0(), 0, "s", "w", 0)).unwrap();
