@@ -44,9 +44,7 @@ use stepgate::telemetry::ParentContext;
 use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
     clock::ManualClock,
-    grants::{
-        Approval, Grant, GrantSpec, GrantStore, JournalOptions, MemoryGrantStore, SweepReport,
-    },
+    grants::{Approval, Grant, GrantSpec, JournalOptions, MemoryGrantStore, SweepReport},
     policy::PolicyStore,
     proto::v1,
 };
@@ -533,11 +531,14 @@ fn under_load(
                         let started = Instant::now();
                         let allowed = match op {
                             Op::Revalidate => {
-                                s.fx.steps
-                                    .revalidate(&reval[i], caller, &ParentContext::none())
-                                    .expect("revalidate")
-                                    .decision
-                                    .allow
+                                support::ready(s.fx.steps.revalidate(
+                                    &reval[i],
+                                    caller,
+                                    &ParentContext::none(),
+                                ))
+                                .expect("revalidate")
+                                .decision
+                                .allow
                             }
                             Op::Check => {
                                 s.fx.pipeline
@@ -631,9 +632,12 @@ fn p99(policies: &Arc<PolicyStore>) {
                 // Warm the grants' evidence trails to their cap, as a long-lived grant's.
                 for id in &s.active {
                     for _ in 0..40 {
-                        s.fx.steps
-                            .revalidate(&revalidate(id), &issuer(), &ParentContext::none())
-                            .expect("revalidate");
+                        support::ready(s.fx.steps.revalidate(
+                            &revalidate(id),
+                            &issuer(),
+                            &ParentContext::none(),
+                        ))
+                        .expect("revalidate");
                     }
                 }
                 for (k, op) in [Op::Check, Op::Revalidate].into_iter().enumerate() {

@@ -29,7 +29,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use stepgate::{
     clock::ManualClock,
     decision::GrantStepInput,
-    grants::{GrantStore, JournalOptions, MemoryGrantStore},
+    grants::{JournalOptions, MemoryGrantStore},
 };
 use support::{Fixture, Shape, check_use, direct_grant, issuer, revalidate, store_options, t0};
 use uuid::Uuid;
@@ -49,17 +49,14 @@ fn steps(c: &mut Criterion) {
     let id = fx.active_grant(0, &shape);
     let caller = issuer();
     let req = revalidate(&id);
-    let outcome = fx
-        .steps
-        .revalidate(&req, &caller, &ParentContext::none())
+    let outcome = support::ready(fx.steps.revalidate(&req, &caller, &ParentContext::none()))
         .expect("revalidate runs");
     assert!(outcome.decision.allow, "{:?}", outcome.decision.reasons);
     group.bench_function("revalidate", |b| {
         b.iter(|| {
-            let outcome = fx
-                .steps
-                .revalidate(&req, &caller, &ParentContext::none())
-                .expect("revalidate");
+            let outcome =
+                support::ready(fx.steps.revalidate(&req, &caller, &ParentContext::none()))
+                    .expect("revalidate");
             debug_assert!(outcome.decision.allow);
             black_box(outcome)
         })

@@ -27,13 +27,14 @@ use crate::{
     audit::{DecisionLog, Destination},
     clock::{Clock, SystemClock},
     config::ServeConfig,
-    decision::{DecisionPipeline, GrantSteps},
-    grants::{GrantStore, MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
+    decision::DecisionPipeline,
+    grants::{MemoryGrantStore, StoreError, Sweeper, spawn_sweeper},
     policy::{
         BundlePoller, BundleVerifier, ClientError, KeyError, LoadError, PolicyStore, PolicyWatcher,
         spawn_poller, watch_policies,
     },
     telemetry::{ExporterError, Telemetry, Tracer, spawn_lifecycle_spans, tracer_provider},
+    workflow::GrantSteps,
 };
 
 /// How long file-change events must be quiet before a reload.
@@ -121,15 +122,25 @@ pub struct Overrides {
 }
 
 /// A configured server with its listeners bound, not yet serving.
-#[derive(Debug)]
 pub struct App {
     config: ServeConfig,
     policies: Arc<PolicyStore>,
     grants: Arc<MemoryGrantStore>,
+    clock: Arc<dyn Clock>,
     pipeline: Arc<DecisionPipeline>,
     listeners: Listeners,
     http: Option<TcpListener>,
     tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("grants", &self.grants)
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {
@@ -184,9 +195,14 @@ impl App {
             None => open_decision_log(&config)?,
         };
         let pipeline = Arc::new(
-            DecisionPipeline::new(policies.clone(), grants.clone(), clock, config.max_batch)
-                .with_telemetry(Arc::new(Telemetry::with_tracer(tracer)))
-                .with_decision_log(decision_log.map(Arc::new)),
+            DecisionPipeline::new(
+                policies.clone(),
+                grants.clone(),
+                clock.clone(),
+                config.max_batch,
+            )
+            .with_telemetry(Arc::new(Telemetry::with_tracer(tracer)))
+            .with_decision_log(decision_log.map(Arc::new)),
         );
         let mut listeners = Listeners::default();
         if let Some(addr) = config.grpc_addr {
@@ -206,6 +222,7 @@ impl App {
             config,
             policies,
             grants,
+            clock,
             pipeline,
             listeners,
             http,
@@ -283,6 +300,8 @@ impl App {
         let callers = &self.config.service_callers;
         let steps = Arc::new(GrantSteps::new(
             self.pipeline.clone(),
+            self.grants.clone(),
+            self.clock.clone(),
             self.config.grants.approval_timeout,
         ));
         let listeners = [
@@ -340,7 +359,11 @@ impl App {
                 metrics.listener("http"),
             )
         });
-        let sweeper = spawn_sweeper(self.grants.clone(), self.config.grants.sweep_interval);
+        let sweeper = spawn_sweeper(
+            self.grants.clone(),
+            self.clock.clone(),
+            self.config.grants.sweep_interval,
+        );
         let telemetry = self.pipeline.telemetry();
         telemetry.watch_sweeper(sweeper.stats().clone());
         let lifecycle = spawn_lifecycle_spans(telemetry.tracer().clone(), self.grants.subscribe());

@@ -9,6 +9,7 @@
 //! - [`decision`]: the input document, the one pipeline every adapter calls, the record;
 //! - [`policy`]: loading, guarding, compiling, evaluating and reloading policy sets;
 //! - [`grants`]: time-bound grants: model, store, journal, sweeper (no gRPC, no policy);
+//! - [`workflow`]: the grant steps, decided by the pipeline and applied to the store;
 //! - [`telemetry`]: spans (OpenTelemetry, OTLP export) and Prometheus metrics;
 //! - [`audit`]: the hash-chained decision log;
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod policy;
 pub mod proto;
 pub mod telemetry;
+pub mod workflow;
 
 /// Makes ring the process's default rustls provider (once). reqwest, which the bundle
 /// client and the OTLP HTTP exporter share with one set of features, takes the process

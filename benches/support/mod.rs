@@ -13,13 +13,14 @@ use stepgate::telemetry::ParentContext;
 use chrono::{DateTime, TimeDelta, Utc};
 use stepgate::{
     clock::ManualClock,
-    decision::{Caller, DecisionPipeline, GrantSteps, Transport},
+    decision::{Caller, DecisionPipeline, Transport},
     grants::{Grant, GrantRequest, GrantState, JournalOptions, MemoryGrantStore, StoreOptions},
     policy::{PolicyOptions, PolicyStore},
     proto::v1::{
         ApproveRequest, CheckRequest, Context, RequestGrantRequest, Resource, RevalidateRequest,
         Subject, Workflow,
     },
+    workflow::GrantSteps,
 };
 use uuid::Uuid;
 
@@ -272,7 +273,12 @@ impl Fixture {
             Arc::new(clock.clone()),
             256,
         ));
-        let steps = GrantSteps::new(pipeline.clone(), Duration::from_secs(1800));
+        let steps = GrantSteps::new(
+            pipeline.clone(),
+            store.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(1800),
+        );
         Self {
             clock,
             store,
@@ -283,10 +289,12 @@ impl Fixture {
 
     /// Request + approve through policy; returns the id of the now ACTIVE grant.
     pub fn active_grant(&self, i: usize, shape: &Shape) -> String {
-        let requested = self
-            .steps
-            .request(&request_grant(i, shape), &issuer(), &ParentContext::none())
-            .expect("request runs");
+        let requested = ready(self.steps.request(
+            &request_grant(i, shape),
+            &issuer(),
+            &ParentContext::none(),
+        ))
+        .expect("request runs");
         assert!(
             requested.decision.allow,
             "request denied: {:?}",
@@ -295,10 +303,11 @@ impl Fixture {
         let grant = requested.grant.expect("a grant");
         assert_eq!(grant.state, GrantState::Pending, "one approval required");
         let id = grant.id().to_string();
-        let approved = self
-            .steps
-            .approve(&approve(&id), &portal(), &ParentContext::none())
-            .expect("approve runs");
+        let approved = ready(
+            self.steps
+                .approve(&approve(&id), &portal(), &ParentContext::none()),
+        )
+        .expect("approve runs");
         assert!(
             approved.decision.allow,
             "approval denied: {:?}",
@@ -306,6 +315,18 @@ impl Fixture {
         );
         assert_eq!(approved.grant.expect("the grant").state, GrantState::Active);
         id
+    }
+}
+
+/// The output of a future that is ready at its first poll, as a grant step's is over
+/// the in-memory store (its store futures are ready at once): polled once, with no
+/// runtime, so a benchmark measures the step and not an executor.
+pub fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("a grant step on the in-memory store waited"),
     }
 }
 

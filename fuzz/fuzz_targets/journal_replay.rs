@@ -24,8 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use stepgate::{
     clock::{Clock, ManualClock},
     grants::{
-        Approval, Grant, GrantRequest, GrantStore, JournalOptions, MemoryGrantStore, Revocation,
-        StoreOptions,
+        Approval, Grant, GrantRequest, JournalOptions, MemoryGrantStore, Revocation, StoreOptions,
         journal::{JOURNAL_FILE, MAGIC},
     },
     proto::v1,

@@ -3,19 +3,18 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use tokio_stream::{
-    Stream, StreamExt, wrappers::BroadcastStream, wrappers::errors::BroadcastStreamRecvError,
-};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
     AdminCallers,
     caller::{caller_of, parent_of},
     convert::{decision_message, invalid_argument},
+    grant_convert::state_filter,
 };
 use crate::{
-    decision::{GrantStepError, GrantSteps, StepOutcome, validate_identity},
-    grants::{GrantState, ListFilter},
+    decision::validate_identity,
+    grants::{FeedGap, GrantStore, ListFilter, MemoryGrantStore},
     identity,
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
@@ -23,18 +22,29 @@ use crate::{
         RevalidateRequest, RevokeRequest, RevokeResponse, WatchGrantsRequest,
         grant_service_server::GrantService,
     },
+    workflow::{GrantStepError, GrantSteps, StepOutcome},
 };
 
-/// The gRPC adapter over the grant steps.
-#[derive(Debug, Clone)]
-pub struct GrantApi {
-    steps: Arc<GrantSteps>,
+/// The gRPC adapter over the grant steps (on the embedded store unless another
+/// backend is named).
+#[derive(Debug)]
+pub struct GrantApi<S: GrantStore = MemoryGrantStore> {
+    steps: Arc<GrantSteps<S>>,
     admins: AdminCallers,
 }
 
-impl GrantApi {
+impl<S: GrantStore> Clone for GrantApi<S> {
+    fn clone(&self) -> Self {
+        Self {
+            steps: self.steps.clone(),
+            admins: self.admins.clone(),
+        }
+    }
+}
+
+impl<S: GrantStore> GrantApi<S> {
     /// An adapter running `steps`, with admin RPCs limited to `admins`.
-    pub fn new(steps: Arc<GrantSteps>, admins: AdminCallers) -> Self {
+    pub fn new(steps: Arc<GrantSteps<S>>, admins: AdminCallers) -> Self {
         Self { steps, admins }
     }
 }
@@ -65,7 +75,7 @@ fn subject_filter(mut subject_id: String) -> Result<Option<String>, Status> {
 type EventStream = Pin<Box<dyn Stream<Item = Result<GrantEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl GrantService for GrantApi {
+impl<S: GrantStore> GrantService for GrantApi<S> {
     async fn request_grant(
         &self,
         request: Request<RequestGrantRequest>,
@@ -74,6 +84,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .request(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -87,6 +98,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .approve(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -100,6 +112,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .reject(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -112,6 +125,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .revalidate(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -124,6 +138,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .renew(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -138,6 +153,7 @@ impl GrantService for GrantApi {
         let outcome = self
             .steps
             .revoke(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map_err(status)?;
         Ok(Response::new(RevokeResponse {
             revoked: outcome
@@ -158,6 +174,7 @@ impl GrantService for GrantApi {
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
+            .await
             .map(grant_response)
             .map_err(status)
     }
@@ -169,6 +186,7 @@ impl GrantService for GrantApi {
         let grant = self
             .steps
             .get(&request.get_ref().grant_id)
+            .await
             .map_err(status)?;
         Ok(Response::new(v1::Grant::from(&*grant)))
     }
@@ -180,7 +198,7 @@ impl GrantService for GrantApi {
         let req = request.into_inner();
         let state = match v1::GrantState::try_from(req.state) {
             Ok(v1::GrantState::Unspecified) => None,
-            Ok(state) => GrantState::from_proto(state),
+            Ok(state) => state_filter(state),
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "state: {} is not a GrantState",
@@ -196,9 +214,9 @@ impl GrantService for GrantApi {
         let token = Some(req.page_token.as_str()).filter(|t| !t.is_empty());
         let page = self
             .steps
-            .store()
             .list(&filter, req.page_size as usize, token)
-            .map_err(|e| status(e.into()))?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(ListGrantsResponse {
             grants: page.grants.iter().map(|g| v1::Grant::from(&**g)).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -217,13 +235,13 @@ impl GrantService for GrantApi {
             workflow_id: Some(req.workflow_id).filter(|s| !s.is_empty()),
             state: None,
         };
-        let events = BroadcastStream::new(self.steps.store().subscribe());
+        let events = self.steps.events(None);
         // A watcher that falls behind is told so (tonic ends the stream at the first
         // error, with ABORTED) and re-lists; it never holds the store back.
         let stream = events.filter_map(move |event| match event {
             Ok(event) if filter.matches(&event.grant) => Some(Ok(GrantEvent::from(&event))),
             Ok(_) => None,
-            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Status::aborted(format!(
+            Err(FeedGap { missed }) => Some(Err(Status::aborted(format!(
                 "watcher fell {missed} events behind; re-list with ListGrants and watch again"
             )))),
         });

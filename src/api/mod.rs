@@ -11,6 +11,7 @@ mod content_type;
 mod convert;
 mod decision_service;
 mod ext_authz;
+mod grant_convert;
 mod grant_service;
 mod http;
 mod limits;

@@ -104,11 +104,11 @@ fn member_mut<'a>(value: &'a mut Value, key: &Value) -> Option<&'a mut Value> {
 }
 
 /// `input.approval` of an `approve` step (an approval or a rejection).
-pub(super) struct ApprovalInput<'a> {
-    pub(super) approver: &'a str,
-    pub(super) role: &'a str,
-    pub(super) comment: &'a str,
-    pub(super) verdict: &'a str,
+pub(crate) struct ApprovalInput<'a> {
+    pub(crate) approver: &'a str,
+    pub(crate) role: &'a str,
+    pub(crate) comment: &'a str,
+    pub(crate) verdict: &'a str,
 }
 
 impl ApprovalInput<'_> {
@@ -117,7 +117,7 @@ impl ApprovalInput<'_> {
     /// compares the approver with the requester, the subject, its owner or an earlier
     /// approver treats the lookalike as the person it looks like; the name as sent is
     /// kept beside it in `sent_as`.
-    pub(super) fn extra(&self, grant: &Grant) -> Vec<(&'static Value, Value)> {
+    pub(crate) fn extra(&self, grant: &Grant) -> Vec<(&'static Value, Value)> {
         let k = &*KEYS;
         let judged = judged_as(self.approver, grant);
         let mut approval = Entries::new();

@@ -9,7 +9,6 @@ mod attributes;
 mod caller;
 mod envoy;
 mod gate;
-mod grant_steps;
 mod identities;
 mod input;
 mod nesting;
@@ -21,13 +20,13 @@ pub(crate) use attributes::DecisionAttributes;
 pub use caller::{Caller, Transport};
 pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use gate::{EvalGate, EvalPermit};
-pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
+pub(crate) use identities::{ApprovalInput, accept_identity};
 pub use identities::{canonical_identities, validate_identity};
 pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{KEYS, text};
+pub(crate) use input::{KEYS, text, validate_agent, validate_step};
 pub use nesting::validate_input_depth;
 pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
 pub use record::Decision;

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     audit::{DecisionLog, Entry, LOG_FULL_DENY, Slot},
     clock::Clock,
-    grants::{Grant, GrantStore},
+    grants::{Grant, GrantView},
     policy::{Entrypoint, EvalError, PolicyStore, Provenance},
     proto::v1::CheckRequest,
     telemetry::{ParentContext, Snapshot, Telemetry, step_index},
@@ -41,7 +41,7 @@ const MIN_CHECKS_PER_TASK: usize = 4;
 /// Decides checks against the serving policy revision.
 pub struct DecisionPipeline {
     policies: Arc<PolicyStore>,
-    grants: Arc<dyn GrantStore>,
+    grants: Arc<dyn GrantView>,
     clock: Arc<dyn Clock>,
     max_batch: usize,
     telemetry: Arc<Telemetry>,
@@ -96,7 +96,7 @@ impl DecisionPipeline {
     /// batches of at most `max_batch` checks.
     pub fn new(
         policies: Arc<PolicyStore>,
-        grants: Arc<dyn GrantStore>,
+        grants: Arc<dyn GrantView>,
         clock: Arc<dyn Clock>,
         max_batch: usize,
     ) -> Self {
@@ -179,11 +179,6 @@ impl DecisionPipeline {
                 .map(|at| at.timestamp_millis() as f64 / 1000.0),
         };
         self.telemetry.metrics().render(&snapshot)
-    }
-
-    /// The grant store whose records become `input.grant`.
-    pub fn grants(&self) -> &Arc<dyn GrantStore> {
-        &self.grants
     }
 
     /// The serving policy revision and bundle revision (`none` before the first load).
@@ -312,7 +307,7 @@ impl DecisionPipeline {
         // A named grant's current record (as EXPIRED once past its end, even before the
         // sweep) is `input.grant`; an unknown id leaves it absent for policy to judge.
         let grant = (!req.grant_id.is_empty())
-            .then(|| self.grants.get(&req.grant_id))
+            .then(|| self.grants.grant_at(&req.grant_id, now))
             .flatten();
         let input = check_input(req, caller, now, grant.as_deref().map(grant_value));
         let pending = self.evaluate(input, now, parent);

@@ -29,7 +29,7 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 
-use super::store::IdHash;
+use super::id_hash::IdHash;
 
 /// Table entries below which no purge is attempted.
 const MIN_PURGE_LEN: usize = 1024;

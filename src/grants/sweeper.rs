@@ -13,6 +13,7 @@ use std::{
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use super::store::{GrantStore, SweepReport};
+use crate::clock::Clock;
 
 /// What the sweeper has done so far; read by metrics.
 #[derive(Debug, Default)]
@@ -87,8 +88,13 @@ impl Sweeper {
 }
 
 /// Spawns the sweeper on the current tokio runtime: one sweep every `interval` (the
-/// first at once), delayed rather than bunched up when a sweep overruns.
-pub fn spawn_sweeper(store: Arc<dyn GrantStore>, interval: Duration) -> Sweeper {
+/// first at once) of what is due by `clock`'s time, delayed rather than bunched up when
+/// a sweep overruns.
+pub fn spawn_sweeper<S: GrantStore>(
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+) -> Sweeper {
     let stats = Arc::new(SweeperStats::default());
     let recorded = stats.clone();
     let handle = tokio::spawn(async move {
@@ -97,7 +103,10 @@ pub fn spawn_sweeper(store: Arc<dyn GrantStore>, interval: Duration) -> Sweeper 
         loop {
             ticks.tick().await;
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.sweep()).await {
+            let now = clock.now();
+            let runtime = tokio::runtime::Handle::current();
+            // On the blocking pool: the in-memory store sweeps on the calling thread.
+            match tokio::task::spawn_blocking(move || runtime.block_on(store.sweep(now))).await {
                 Ok(report) => {
                     recorded.record(&report);
                     if report.expired + report.dropped + report.overdue > 0 {
@@ -159,7 +168,11 @@ mod tests {
         let id = store.create(grant).unwrap().id().to_string();
         clock.advance(TimeDelta::seconds(11));
         // The first tick is immediate: no waiting for the interval.
-        let sweeper = spawn_sweeper(store.clone(), Duration::from_secs(3600));
+        let sweeper = spawn_sweeper(
+            store.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(3600),
+        );
         let stats = sweeper.stats().clone();
         for _ in 0..5000 {
             if stats.sweeps() > 0 {

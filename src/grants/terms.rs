@@ -47,6 +47,17 @@ struct OwnTerms {
     workflow: Option<v1::Workflow>,
 }
 
+/// [`OwnTerms`] with its workflow left encoded (the same bytes on the wire).
+#[derive(Clone, PartialEq, prost::Message)]
+struct OwnTermsEncoded {
+    #[prost(string, tag = "1")]
+    action: String,
+    #[prost(string, repeated, tag = "2")]
+    scope: Vec<String>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    workflow: Option<Vec<u8>>,
+}
+
 /// Field numbers read without decoding: `Subject.id`, `OwnTerms.workflow`, `Workflow.id`.
 const SUBJECT_ID: u32 = 1;
 const OWN_WORKFLOW: u32 = 3;
@@ -128,6 +139,38 @@ impl CompactTerms {
     /// The encoded resource (shared with the other grants naming it).
     pub fn resource_bytes(&self) -> Option<&Arc<[u8]>> {
         self.resource.as_ref()
+    }
+
+    /// The encoded action, scope and workflow (the grant's own part).
+    pub fn own_bytes(&self) -> &[u8] {
+        &self.own
+    }
+
+    /// Terms from their encodings, as [`Self::subject_bytes`], [`Self::resource_bytes`]
+    /// and [`Self::own_bytes`] give them (the journal's form); the subject and the
+    /// resource are shared again. `None` when one of them does not decode.
+    pub fn from_encoded(subject: &[u8], resource: Option<&[u8]>, own: &[u8]) -> Option<Self> {
+        v1::Subject::decode(subject).ok()?;
+        if let Some(resource) = resource {
+            v1::Resource::decode(resource).ok()?;
+        }
+        OwnTerms::decode(own).ok()?;
+        Some(Self {
+            subject: PARTIES.intern(subject),
+            resource: resource.map(|resource| PARTIES.intern(resource)),
+            own: own.into(),
+        })
+    }
+
+    /// The encoding of the grant's own part from an action, a scope and an encoded
+    /// workflow (how an older journal kept them: side by side in the grant).
+    pub fn encode_own(action: String, scope: Vec<String>, workflow: Option<Vec<u8>>) -> Vec<u8> {
+        OwnTermsEncoded {
+            action,
+            scope,
+            workflow,
+        }
+        .encode_to_vec()
     }
 
     /// Heap bytes this grant holds on its own (the shared subject and resource left

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use stepgate::grants::GrantStore;
 use stepgate::proto::v1::{
     ApproveRequest, CheckRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent,
     GrantResponse, GrantState, ListGrantsRequest, RejectRequest, RenewRequest, RequestGrantRequest,

@@ -276,7 +276,6 @@ async fn grant_steps_and_lifecycle_changes_are_spans() {
         .into_inner();
     let second = second.grant.unwrap().id;
     server.clock.advance(chrono::TimeDelta::seconds(61));
-    use stepgate::grants::GrantStore;
     server.app().grants().sweep();
 
     let lifecycle = |name: &'static str, id: String| {

@@ -8,10 +8,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
-use stepgate::{
-    grants::GrantStore,
-    proto::v1::{BatchCheckRequest, Context, RequestGrantRequest, Resource, Subject},
-};
+use stepgate::proto::v1::{BatchCheckRequest, Context, RequestGrantRequest, Resource, Subject};
 use tonic::{
     Code, Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},

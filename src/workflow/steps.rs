@@ -12,17 +12,21 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use regorus::Value;
 
-use super::{
-    Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending, StepInput,
-    identities::{ApprovalInput, accept_identity},
-    input::{KEYS, validate_agent, validate_step},
-};
+use super::terms::{GrantTerms, obligation_seconds};
 use crate::{
-    grants::{Approval, Grant, GrantRequest, GrantStore, Revocation, StoreError},
+    clock::Clock,
+    decision::{
+        ApprovalInput, Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, KEYS,
+        Pending, StepInput, accept_identity, validate_agent, validate_check, validate_step,
+    },
+    grants::{
+        Approval, EventPosition, FeedGap, Grant, GrantEvent, GrantRequest, GrantStore, ListFilter,
+        MemoryGrantStore, Page, StoreError,
+    },
     identity,
     proto::v1::{
         ApproveRequest, ConfirmRevocationRequest, Context, RejectRequest, RenewRequest,
-        RequestGrantRequest, RevalidateRequest, RevokeRequest, revoke_request::Target,
+        RequestGrantRequest, RevalidateRequest,
     },
     telemetry::ParentContext,
 };
@@ -73,35 +77,59 @@ pub struct RevokeOutcome {
     pub revoked: Vec<Arc<Grant>>,
 }
 
-/// Runs grant steps through the decision pipeline and the grant store.
-pub struct GrantSteps {
-    pipeline: Arc<DecisionPipeline>,
-    store: Arc<dyn GrantStore>,
+/// Runs grant steps through the decision pipeline and a grant store (the embedded one
+/// unless another backend is named), at the injected clock's time.
+pub struct GrantSteps<S: GrantStore = MemoryGrantStore> {
+    pub(super) pipeline: Arc<DecisionPipeline>,
+    pub(super) store: Arc<S>,
+    pub(super) clock: Arc<dyn Clock>,
     default_approval_timeout: Duration,
 }
 
-impl std::fmt::Debug for GrantSteps {
+impl<S: GrantStore> std::fmt::Debug for GrantSteps<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrantSteps").finish_non_exhaustive()
     }
 }
 
-impl GrantSteps {
-    /// Grant steps deciding through `pipeline` and recording in the pipeline's store;
-    /// a pending grant's deadline is `default_approval_timeout` unless policy sets
+impl<S: GrantStore> GrantSteps<S> {
+    /// Grant steps deciding through `pipeline` and recording in `store` at `clock`'s
+    /// time; a pending grant's deadline is `default_approval_timeout` unless policy sets
     /// `obligations.approval_timeout_seconds`.
-    pub fn new(pipeline: Arc<DecisionPipeline>, default_approval_timeout: Duration) -> Self {
-        let store = pipeline.grants().clone();
+    pub fn new(
+        pipeline: Arc<DecisionPipeline>,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        default_approval_timeout: Duration,
+    ) -> Self {
         Self {
             pipeline,
             store,
+            clock,
             default_approval_timeout,
         }
     }
 
-    /// The store grants are kept in.
-    pub fn store(&self) -> &Arc<dyn GrantStore> {
-        &self.store
+    /// One page of the grants matching `filter`, as of now ([`GrantStore::list`]).
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page, GrantStepError> {
+        Ok(self
+            .store
+            .list(filter, page_size, page_token, self.clock.now())
+            .await?)
+    }
+
+    /// Grant events from now on ([`GrantStore::events_since`]).
+    pub fn events(
+        &self,
+        position: Option<EventPosition>,
+    ) -> impl tokio_stream::Stream<Item = Result<GrantEvent, FeedGap>> + Send + Unpin + 'static
+    {
+        self.store.events_since(position)
     }
 
     /// The pipeline every step is decided by (its gate admits the steps' evaluations).
@@ -111,16 +139,16 @@ impl GrantSteps {
 
     /// Step `request`: a denied request creates nothing; an allowed one creates a grant,
     /// PENDING when the obligations require approvals, else ACTIVE.
-    pub fn request(
+    pub async fn request(
         &self,
         req: &RequestGrantRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.request_step(req, caller, parent))
+        self.conclude(self.request_step(req, caller, parent).await)
     }
 
-    fn request_step(
+    async fn request_step(
         &self,
         req: &RequestGrantRequest,
         caller: &Caller,
@@ -145,9 +173,9 @@ impl GrantSteps {
             context: req.context.clone(),
             grant_id: String::new(),
         };
-        super::validate_check(&probe)?;
+        validate_check(&probe)?;
 
-        let now = self.store.now();
+        let now = self.clock.now();
         let k = &*KEYS;
         let scope = Value::from(
             req.scope
@@ -198,7 +226,7 @@ impl GrantSteps {
             Ok(grant) => grant,
             Err(err) => return Ok(Step::without_grant(pending.overruled(err.to_string()))),
         };
-        let grant = self.store.create(grant)?;
+        let grant = self.store.create(grant, now).await?;
         Ok(Step {
             grant: Some(grant),
             pending,
@@ -207,13 +235,13 @@ impl GrantSteps {
 
     /// Step `approve` with `input.approval`: the Nth distinct allowed approver activates
     /// the grant. A denied approval is recorded in the evidence trail only.
-    pub fn approve(
+    pub async fn approve(
         &self,
         req: &ApproveRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
             let approver = accept_identity(&req.approver, "approver")?;
@@ -243,18 +271,20 @@ impl GrantSteps {
                     )
                 },
             )
-        })();
+            .await
+        }
+        .await;
         self.conclude(step)
     }
 
     /// A rejection, decided at step `approve` with `input.approval.verdict = "reject"`.
-    pub fn reject(
+    pub async fn reject(
         &self,
         req: &RejectRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             require(&req.approver, "approver")?;
             let approver = accept_identity(&req.approver, "approver")?;
@@ -273,22 +303,24 @@ impl GrantSteps {
                 &|grant| approval.extra(grant),
                 |grant, decision, now| grant.reject(&approver, &req.reason, Some(decision.id), now),
             )
-        })();
+            .await
+        }
+        .await;
         self.conclude(step)
     }
 
     /// Step `use`: the grant must be ACTIVE, unexpired and under `max_uses`, then policy
     /// decides; an allowed use is counted. A missing grant is a deny, not an error.
-    pub fn revalidate(
+    pub async fn revalidate(
         &self,
         req: &RevalidateRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.revalidate_step(req, caller, parent))
+        self.conclude(self.revalidate_step(req, caller, parent).await)
     }
 
-    fn revalidate_step(
+    async fn revalidate_step(
         &self,
         req: &RevalidateRequest,
         caller: &Caller,
@@ -298,8 +330,8 @@ impl GrantSteps {
         if let Some(agent) = &req.agent {
             validate_agent(agent)?;
         }
-        let Some(grant) = self.store.get(&req.grant_id) else {
-            let now = self.store.now();
+        let Some(grant) = self.store.get(&req.grant_id, self.clock.now()).await else {
+            let now = self.clock.now();
             let revision = self.pipeline.serving_provenance();
             // The document the policy would have seen, naming the grant asked for.
             let k = &*KEYS;
@@ -322,7 +354,7 @@ impl GrantSteps {
                 self.pipeline.unevaluated(decision, input, parent),
             ));
         };
-        let now = self.store.now();
+        let now = self.clock.now();
         let input = GrantStepInput {
             step: "use",
             caller,
@@ -334,19 +366,27 @@ impl GrantSteps {
             let decision =
                 Decision::deny(refusal.to_string(), self.pipeline.serving_provenance(), now);
             let pending = self.pipeline.unevaluated(decision, input, parent);
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
-        match self.store.record_use(&req.grant_id, pending.decision().id) {
+        let decision_id = pending.decision().id;
+        match self
+            .store
+            .transition(&req.grant_id, self.clock.now(), &mut |g, now| {
+                g.record_use(decision_id, now)
+            })
+            .await
+        {
             Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
                 pending,
             }),
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(&req.grant_id, pending.overruled(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
@@ -354,13 +394,13 @@ impl GrantSteps {
 
     /// Step `renew` with `input.requested_ttl_seconds`: extends an ACTIVE grant to
     /// now + min(requested, `obligations.max_ttl_seconds`).
-    pub fn renew(
+    pub async fn renew(
         &self,
         req: &RenewRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        let step = (|| {
+        let step: Result<Step, GrantStepError> = async {
             require(&req.grant_id, "grant_id")?;
             let requested = match &req.ttl {
                 Some(ttl) => positive_duration(ttl)
@@ -397,149 +437,25 @@ impl GrantSteps {
                     grant.renew(end, decision.id, now)
                 },
             )
-        })();
-        self.conclude(step)
-    }
-
-    /// Step `revoke` (by grant or subject) or `close` (by workflow: the ticket closed).
-    /// Idempotent: grants already ended are not revoked again.
-    pub fn revoke(
-        &self,
-        req: &RevokeRequest,
-        caller: &Caller,
-        parent: &ParentContext,
-    ) -> Result<RevokeOutcome, GrantStepError> {
-        let (step, revoked) = self.revoke_step(req, caller, parent)?;
-        let decision = self.pipeline.conclude(step.pending, step.grant);
-        Ok(RevokeOutcome { decision, revoked })
-    }
-
-    fn revoke_step(
-        &self,
-        req: &RevokeRequest,
-        caller: &Caller,
-        parent: &ParentContext,
-    ) -> Result<(Step, Vec<Arc<Grant>>), GrantStepError> {
-        let target = req.target.as_ref().ok_or_else(|| {
-            InvalidField::new(
-                "target",
-                "one of grant_id, workflow_id, subject_id is required",
-            )
-        })?;
-        let revoked_by = accept_identity(&req.revoked_by, "revoked_by")?;
-        let now = self.store.now();
-        let by = if revoked_by.is_empty() {
-            caller.id.to_string()
-        } else {
-            revoked_by.into_owned()
-        };
-        // A subject is named as the grants hold it: in canonical form.
-        let subject_id;
-        let target = match target {
-            Target::SubjectId(id) => {
-                subject_id = Target::SubjectId(accept_identity(id, "subject_id")?.into_owned());
-                &subject_id
-            }
-            other => other,
-        };
-        let (input, grant) = match target {
-            Target::GrantId(id) => {
-                require(id, "grant_id")?;
-                let grant = self
-                    .store
-                    .get(id)
-                    .ok_or_else(|| GrantStepError::NotFound(id.clone()))?;
-                let input = GrantStepInput {
-                    step: "revoke",
-                    caller,
-                    agent: None,
-                    context: None,
-                };
-                (input.build(&grant, now, &[]), Some(grant))
-            }
-            Target::WorkflowId(id) => {
-                require(id, "workflow_id")?;
-                let workflow = crate::proto::v1::Workflow {
-                    id: id.clone(),
-                    ..Default::default()
-                };
-                let input = StepInput {
-                    step: "close",
-                    subject: None,
-                    caller,
-                    action: "",
-                    resource: None,
-                    workflow: Some(&workflow),
-                    agent: None,
-                    context: None,
-                };
-                (input.build(now, None, &[]), None)
-            }
-            Target::SubjectId(id) => {
-                require(id, "subject_id")?;
-                let subject = crate::proto::v1::Subject {
-                    id: id.clone(),
-                    ..Default::default()
-                };
-                let input = StepInput {
-                    step: "revoke",
-                    subject: Some(&subject),
-                    caller,
-                    action: "",
-                    resource: None,
-                    workflow: None,
-                    agent: None,
-                    context: None,
-                };
-                (input.build(now, None, &[]), None)
-            }
-        };
-        let pending = self.pipeline.evaluate(input, now, parent);
-        if !pending.decision().allow {
-            let grant = match grant {
-                Some(grant) => Some(
-                    self.store
-                        .push_decision(&grant.id().to_string(), pending.decision().id)?
-                        .grant,
-                ),
-                None => None,
-            };
-            return Ok((Step { grant, pending }, Vec::new()));
+            .await
         }
-        let revocation = Revocation {
-            by,
-            reason: req.reason.clone(),
-            decision_id: Some(pending.decision().id),
-        };
-        let (grant, revoked) = match target {
-            Target::GrantId(id) => {
-                let updated = self.store.revoke(id, &revocation)?;
-                let revoked = if updated.transition.changed {
-                    vec![updated.grant.clone()]
-                } else {
-                    Vec::new()
-                };
-                (Some(updated.grant), revoked)
-            }
-            Target::WorkflowId(id) => (None, self.store.revoke_workflow(id, &revocation)?),
-            Target::SubjectId(id) => (None, self.store.revoke_subject(id, &revocation)?),
-        };
-        Ok((Step { grant, pending }, revoked))
+        .await;
+        self.conclude(step)
     }
 
     /// The downstream system confirms the credential is invalidated. No policy step: the
     /// call only adds evidence, and only admin callers may make it. The returned record
     /// (allow = the confirmation was accepted) joins the evidence trail.
-    pub fn confirm_revocation(
+    pub async fn confirm_revocation(
         &self,
         req: &ConfirmRevocationRequest,
         caller: &Caller,
         parent: &ParentContext,
     ) -> Result<StepOutcome, GrantStepError> {
-        self.conclude(self.confirm_step(req, caller, parent))
+        self.conclude(self.confirm_step(req, caller, parent).await)
     }
 
-    fn confirm_step(
+    async fn confirm_step(
         &self,
         req: &ConfirmRevocationRequest,
         caller: &Caller,
@@ -549,9 +465,10 @@ impl GrantSteps {
         require(&req.evidence, "evidence")?;
         let grant = self
             .store
-            .get(&req.grant_id)
+            .get(&req.grant_id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(req.grant_id.clone()))?;
-        let now = self.store.now();
+        let now = self.clock.now();
         let revision = self.pipeline.serving_provenance();
         let input = GrantStepInput {
             step: "confirm_revocation",
@@ -568,13 +485,20 @@ impl GrantSteps {
             parent,
         );
         if !pending.decision().allow {
-            return self.record_denial(&req.grant_id, pending);
+            return self.record_denial(&req.grant_id, pending).await;
         }
-        match self.store.confirm_revocation(&req.grant_id, &req.evidence) {
+        let evidence = req.evidence.as_str();
+        match self
+            .store
+            .transition(&req.grant_id, self.clock.now(), &mut |g, now| {
+                g.confirm_revocation(evidence, now)
+            })
+            .await
+        {
             Ok(updated) => {
                 let updated = self
-                    .store
                     .push_decision(&req.grant_id, pending.decision().id)
+                    .await
                     .map(|u| u.grant)
                     .unwrap_or(updated.grant);
                 Ok(Step {
@@ -584,16 +508,18 @@ impl GrantSteps {
             }
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(&req.grant_id, pending.refused(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
     }
 
     /// Reads a grant (expired ones as EXPIRED even before the sweep).
-    pub fn get(&self, id: &str) -> Result<Arc<Grant>, GrantStepError> {
+    pub async fn get(&self, id: &str) -> Result<Arc<Grant>, GrantStepError> {
         require(id, "grant_id")?;
         self.store
-            .get(id)
+            .get(id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))
     }
 
@@ -606,27 +532,29 @@ impl GrantSteps {
 
     /// Evaluates `step` on an existing grant and applies `transition` when allowed.
     #[allow(clippy::too_many_arguments)]
-    fn decide_on_grant(
+    async fn decide_on_grant(
         &self,
         id: &str,
         step: &str,
         caller: &Caller,
         parent: &ParentContext,
         context: Option<&Context>,
-        extra: &dyn Fn(&Grant) -> Vec<(&'static Value, Value)>,
+        extra: &(dyn Fn(&Grant) -> Vec<(&'static Value, Value)> + Sync),
         mut transition: impl FnMut(
             &mut Grant,
             &Decision,
             DateTime<Utc>,
         )
-            -> Result<crate::grants::Transition, crate::grants::TransitionError>,
+            -> Result<crate::grants::Transition, crate::grants::TransitionError>
+        + Send,
     ) -> Result<Step, GrantStepError> {
         validate_step(step)?;
         let grant = self
             .store
-            .get(id)
+            .get(id, self.clock.now())
+            .await
             .ok_or_else(|| GrantStepError::NotFound(id.to_string()))?;
-        let now = self.store.now();
+        let now = self.clock.now();
         let input = GrantStepInput {
             step,
             caller,
@@ -636,12 +564,15 @@ impl GrantSteps {
         .build(&grant, now, &extra(&grant));
         let pending = self.pipeline.evaluate(input, now, parent);
         if !pending.decision().allow {
-            return self.record_denial(id, pending);
+            return self.record_denial(id, pending).await;
         }
         let decision = pending.decision();
         match self
             .store
-            .update(id, &mut |grant, now| transition(grant, decision, now))
+            .transition(id, self.clock.now(), &mut |grant, now| {
+                transition(grant, decision, now)
+            })
+            .await
         {
             Ok(updated) => Ok(Step {
                 grant: Some(updated.grant),
@@ -649,14 +580,28 @@ impl GrantSteps {
             }),
             Err(StoreError::Refused { source, .. }) => {
                 self.record_denial(id, pending.overruled(source.to_string()))
+                    .await
             }
             Err(err) => Err(err.into()),
         }
     }
 
+    /// Appends a decision to the grant's evidence trail.
+    pub(super) async fn push_decision(
+        &self,
+        id: &str,
+        decision_id: uuid::Uuid,
+    ) -> Result<crate::grants::Updated, StoreError> {
+        self.store
+            .transition(id, self.clock.now(), &mut |g, _| {
+                Ok(g.push_decision(decision_id))
+            })
+            .await
+    }
+
     /// Adds a denied step's decision to the grant's evidence trail (no state change).
-    fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
-        let updated = self.store.push_decision(id, pending.decision().id)?;
+    async fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
+        let updated = self.push_decision(id, pending.decision().id).await?;
         Ok(Step {
             grant: Some(updated.grant),
             pending,
@@ -665,9 +610,9 @@ impl GrantSteps {
 }
 
 /// A step's decision before it is concluded, and the grant after the step.
-struct Step {
-    grant: Option<Arc<Grant>>,
-    pending: Pending,
+pub(super) struct Step {
+    pub(super) grant: Option<Arc<Grant>>,
+    pub(super) pending: Pending,
 }
 
 impl Step {
@@ -679,73 +624,12 @@ impl Step {
     }
 }
 
-/// What an allowed `request` grants, from its obligations.
-#[derive(Debug, PartialEq)]
-struct GrantTerms {
-    required_approvals: u32,
-    approval_timeout: TimeDelta,
-    ttl: TimeDelta,
-    max_uses: u64,
-}
-
-impl GrantTerms {
-    /// `ttl` = min(requested, `max_ttl_seconds`); a grant with neither has no end and is
-    /// refused. Malformed obligations fail closed.
-    fn from_obligations(
-        obligations: &Value,
-        requested: Option<TimeDelta>,
-        default_timeout: Duration,
-    ) -> Result<Self, String> {
-        let cap = obligation_seconds(obligations, "max_ttl_seconds")?;
-        let ttl = match (requested, cap) {
-            (Some(requested), Some(cap)) => requested.min(cap),
-            (Some(only), None) | (None, Some(only)) => only,
-            (None, None) => return Err("no ttl: the request sets none and the policy's obligations give no max_ttl_seconds".into()),
-        };
-        let required_approvals = obligation_count(obligations, "required_approvals")?.unwrap_or(0);
-        let required_approvals = u32::try_from(required_approvals)
-            .map_err(|_| "obligation required_approvals is too large".to_string())?;
-        let approval_timeout = obligation_seconds(obligations, "approval_timeout_seconds")?
-            .unwrap_or_else(|| TimeDelta::from_std(default_timeout).unwrap_or(TimeDelta::hours(1)));
-        let max_uses = obligation_count(obligations, "max_uses")?.unwrap_or(0);
-        Ok(Self {
-            required_approvals,
-            approval_timeout,
-            ttl,
-            max_uses,
-        })
-    }
-}
-
-/// A whole, non-negative count obligation; absent → `None`; anything else fails closed.
-fn obligation_count(obligations: &Value, name: &str) -> Result<Option<u64>, String> {
-    match &obligations[name] {
-        Value::Undefined | Value::Null => Ok(None),
-        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| {
-            format!("obligation {name} is not a whole non-negative number (fail closed)")
-        }),
-        _ => Err(format!("obligation {name} is not a number (fail closed)")),
-    }
-}
-
-/// A positive number of seconds; absent → `None`; anything else fails closed.
-fn obligation_seconds(obligations: &Value, name: &str) -> Result<Option<TimeDelta>, String> {
-    match obligation_count(obligations, name)? {
-        None => Ok(None),
-        Some(0) => Err(format!("obligation {name} is zero (fail closed)")),
-        Some(secs) => Ok(Some(
-            TimeDelta::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
-                .unwrap_or(TimeDelta::MAX),
-        )),
-    }
-}
-
 fn positive_duration(d: &prost_types::Duration) -> Option<TimeDelta> {
     let delta = TimeDelta::new(d.seconds, u32::try_from(d.nanos).ok()?)?;
     (delta > TimeDelta::zero()).then_some(delta)
 }
 
-fn require(value: &str, field: &str) -> Result<(), InvalidField> {
+pub(super) fn require(value: &str, field: &str) -> Result<(), InvalidField> {
     if value.is_empty() {
         Err(InvalidField::new(field, "required"))
     } else {
@@ -756,60 +640,6 @@ fn require(value: &str, field: &str) -> Result<(), InvalidField> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obligations(json: &str) -> Value {
-        Value::from_json_str(json).unwrap()
-    }
-
-    #[test]
-    fn terms_cap_the_ttl_and_read_every_obligation() {
-        let terms = GrantTerms::from_obligations(
-            &obligations(r#"{"max_ttl_seconds": 900, "required_approvals": 2, "approval_timeout_seconds": 60, "max_uses": 5}"#),
-            Some(TimeDelta::hours(2)),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-        assert_eq!(
-            terms,
-            GrantTerms {
-                required_approvals: 2,
-                approval_timeout: TimeDelta::seconds(60),
-                ttl: TimeDelta::seconds(900),
-                max_uses: 5
-            }
-        );
-        let terms = GrantTerms::from_obligations(
-            &obligations("{}"),
-            Some(TimeDelta::seconds(30)),
-            Duration::from_secs(7),
-        )
-        .unwrap();
-        assert_eq!(
-            (terms.ttl, terms.required_approvals, terms.approval_timeout),
-            (TimeDelta::seconds(30), 0, TimeDelta::seconds(7))
-        );
-    }
-
-    #[test]
-    fn malformed_or_missing_terms_fail_closed() {
-        for (json, requested) in [
-            ("{}", None),
-            (r#"{"max_ttl_seconds": "900"}"#, None),
-            (r#"{"max_ttl_seconds": 0}"#, None),
-            (r#"{"max_ttl_seconds": 1.5}"#, None),
-            (r#"{"max_ttl_seconds": 60, "required_approvals": -1}"#, None),
-            (
-                r#"{"max_ttl_seconds": 60, "max_uses": true}"#,
-                Some(TimeDelta::seconds(5)),
-            ),
-        ] {
-            assert!(
-                GrantTerms::from_obligations(&obligations(json), requested, Duration::from_secs(1))
-                    .is_err(),
-                "{json}"
-            );
-        }
-    }
 
     #[test]
     fn durations_must_be_positive_and_well_formed() {
