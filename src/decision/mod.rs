@@ -7,7 +7,6 @@
 
 mod attributes;
 mod caller;
-mod envoy;
 mod gate;
 mod grant_steps;
 mod identities;
@@ -19,7 +18,6 @@ mod spec_values;
 
 pub(crate) use attributes::DecisionAttributes;
 pub use caller::{Caller, Transport};
-pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use gate::{EvalGate, EvalPermit};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
 pub use identities::{canonical_identities, validate_identity};
@@ -27,7 +25,7 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{KEYS, text};
+pub(crate) use input::{KEYS, caller_value, struct_to_value, text};
 pub use nesting::validate_input_depth;
-pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
+pub use pipeline::{DecisionPipeline, Pending, RawTarget};
 pub use record::Decision;
