@@ -11,6 +11,8 @@
 //! - [`grants`]: time-bound grants: model, store, journal, sweeper (no gRPC, no policy);
 //! - [`telemetry`]: spans (OpenTelemetry, OTLP export) and Prometheus metrics;
 //! - [`audit`]: the hash-chained decision log;
+//! - `document`: the input document's vocabulary (interned keys) that the pipeline
+//!   writes and the decision log reads;
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
 //! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract;
 //! - [`identity`]: which identity strings are accepted, their canonical form and the
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub(crate) mod document;
 pub mod grants;
 pub mod identity;
 pub mod policy;

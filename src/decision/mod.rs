@@ -5,7 +5,6 @@
 //! transport's [`Caller`] to [`DecisionPipeline`], which builds the input, evaluates the
 //! policy and maps the result to a fail-closed [`Decision`].
 
-mod attributes;
 mod caller;
 mod gate;
 mod grant_steps;
@@ -16,7 +15,6 @@ mod pipeline;
 mod record;
 mod spec_values;
 
-pub(crate) use attributes::DecisionAttributes;
 pub use caller::{Caller, Transport};
 pub use gate::{EvalGate, EvalPermit};
 pub use grant_steps::{GrantStepError, GrantSteps, RevokeOutcome, StepOutcome};
@@ -25,7 +23,7 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{KEYS, caller_value, struct_to_value, text};
+pub(crate) use input::{caller_value, struct_to_value};
 pub use nesting::validate_input_depth;
 pub use pipeline::{DecisionPipeline, Pending, RawTarget};
 pub use record::Decision;

@@ -16,9 +16,7 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField,
-    attributes::DecisionAttributes,
-    check_input,
+    Caller, Decision, InvalidField, check_input,
     gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
@@ -26,7 +24,7 @@ use super::{
     validate_check,
 };
 use crate::{
-    audit::{DecisionLog, Entry, LOG_FULL_DENY, Slot},
+    audit::{DecisionAttributes, DecisionLog, Entry, LOG_FULL_DENY, Slot},
     clock::Clock,
     grants::{Grant, GrantStore},
     policy::{Entrypoint, EvalError, PolicyStore, Provenance},
@@ -387,11 +385,12 @@ impl DecisionPipeline {
         self.telemetry
             .metrics()
             .record_decision(step_index(step), decision.allow, elapsed);
+        let entry = decision.entry(&input, grant.as_deref());
         let span = start_time.and_then(|start| {
             self.telemetry
                 .tracer()
                 .decision_span(parent.context(), start, start + elapsed, || {
-                    DecisionAttributes::of(&decision, &input, grant.as_deref()).key_values()
+                    DecisionAttributes::of(&entry).key_values()
                 })
         });
         if let Some((slot, log)) = slot.zip(self.decision_log.as_ref()) {
@@ -399,15 +398,7 @@ impl DecisionPipeline {
                 .filter(|sc| sc.is_valid())
                 .or_else(|| parent.span_context())
                 .map(|sc| (sc.trace_id(), sc.span_id()));
-            log.send(
-                slot,
-                &Entry {
-                    decision: &decision,
-                    input: &input,
-                    trace,
-                    grant: grant.as_deref(),
-                },
-            );
+            log.send(slot, &Entry { trace, ..entry });
         }
         decision
     }
