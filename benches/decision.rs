@@ -287,10 +287,8 @@ fn decision_log_record(c: &mut Criterion) {
         SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
     );
     let entry = Entry {
-        decision: &decision,
-        input: &input,
         trace: Some(trace),
-        grant: None,
+        ..decision.entry(&input, None)
     };
     c.bench_function("audit/record", |b| {
         b.iter(|| {

@@ -12,6 +12,8 @@
 //! - [`workflow`]: the grant steps, decided by the pipeline and applied to the store;
 //! - [`telemetry`]: spans (OpenTelemetry, OTLP export) and Prometheus metrics;
 //! - [`audit`]: the hash-chained decision log;
+//! - `document`: the input document's vocabulary (interned keys) that the pipeline
+//!   writes and the decision log reads;
 //! - [`config`], [`app`], [`cli`]: configuration, wiring, the command line;
 //! - [`clock`]: injectable time; [`proto`]: the generated `stepgate.v1` contract;
 //! - [`identity`]: which identity strings are accepted, their canonical form and the
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub(crate) mod document;
 pub mod grants;
 pub mod identity;
 pub mod policy;

@@ -16,7 +16,10 @@ use envoy_types::pb::envoy::{
     },
 };
 use libfuzzer_sys::fuzz_target;
-use stepgate::{decision::envoy_input, telemetry::ParentContext};
+use stepgate::{
+    api::{ExtAuthzApi, envoy_input},
+    telemetry::ParentContext,
+};
 
 /// Requests as Envoy sends them for the example set's Envoy rule: JSON, form and empty
 /// bodies, query strings, headers, a SPIFFE source.
@@ -104,8 +107,9 @@ fuzz_target!(init: common::write_seeds(seeds), |data: &[u8]| {
     if let Ok(input) = &built {
         common::assert_json_round_trip(input);
     }
-    let decision = common::pipeline().envoy_check(&request, &caller, &ParentContext::none());
+    let api = ExtAuthzApi::new(common::pipeline().clone(), false);
+    let (decision, _) = api.decide(&request, &caller, &ParentContext::none());
     if built.is_err() {
-        assert!(!decision.decision.allow, "an unbuildable input was allowed");
+        assert!(!decision.allow, "an unbuildable input was allowed");
     }
 });

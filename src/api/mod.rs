@@ -25,7 +25,7 @@ mod uds_authority;
 
 pub use allow_list::{AdminCallers, CallerAllowList};
 pub use decision_service::DecisionApi;
-pub use ext_authz::ExtAuthzApi;
+pub use ext_authz::{BadEnvoyRequest, ExtAuthzApi, envoy_input};
 pub use grant_service::GrantApi;
 pub use http::{HttpServer, HttpState, router as http_router};
 pub use limits::{

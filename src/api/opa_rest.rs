@@ -9,7 +9,7 @@
 //! transport's caller and `input.context.time` the server's clock (as in every other
 //! stepgate input), never the client's.
 
-use std::time::Instant;
+use std::{convert::Infallible, time::Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -340,8 +340,8 @@ fn query(
     input: Option<Value>,
     document: &str,
 ) -> (Decision, Result<Value, String>) {
-    let input = input.unwrap_or_else(Value::new_object);
-    state
+    let input = Ok::<_, Infallible>(input.unwrap_or_else(Value::new_object));
+    let (decision, Ok(answer)) = state
         .pipeline
         .decide_raw(target, input, &call.parent, |result| match result {
             Ok(value) => {
@@ -354,7 +354,8 @@ fn query(
                 let err = err.to_string();
                 (Err(err.clone()), false, vec![err])
             }
-        })
+        });
+    (decision, answer)
 }
 
 fn bare_answer(

@@ -10,6 +10,7 @@
 //! record is dropped and counted, unless the log is *required*, in which case the
 //! decision that cannot be logged is denied.
 
+mod attributes;
 mod chain;
 mod json;
 mod mask;
@@ -26,6 +27,7 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+pub(crate) use attributes::DecisionAttributes;
 pub use chain::{Hash, Verified, VerifyError, verify};
 pub use mask::{DEFAULT_MASK_KEYS, MASKED, Masks};
 pub use otlp::{EVENT_NAME, OtlpSinkOptions};

@@ -31,13 +31,10 @@ use opentelemetry_sdk::logs::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{Entry, LogStats, join};
-use crate::{
-    decision::DecisionAttributes,
-    telemetry::{
-        OtlpExporter,
-        otlp::{OwnExporter, build_exporter, builders_of, resource},
-    },
+use super::{DecisionAttributes, Entry, LogStats, join};
+use crate::telemetry::{
+    OtlpExporter,
+    otlp::{OwnExporter, build_exporter, builders_of, resource},
 };
 
 /// The event name of every decision record.
@@ -83,8 +80,8 @@ impl Queued {
     /// No allocation: the strings are shared with the input and the policy set.
     pub(crate) fn new(entry: &Entry<'_>, room: OwnedSemaphorePermit) -> Self {
         Self {
-            attributes: DecisionAttributes::of(entry.decision, entry.input, entry.grant),
-            decided_at: entry.decision.decided_at,
+            attributes: DecisionAttributes::of(entry),
+            decided_at: entry.decided_at,
             trace: entry.trace,
             _room: room,
         }
@@ -371,10 +368,7 @@ fn log_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        audit::tests::{trace, traced},
-        decision::Decision,
-    };
+    use crate::audit::tests::{Decided, trace, traced};
     use regorus::Value;
 
     fn attribute<'a>(record: &'a SdkLogRecord, key: &str) -> Option<&'a AnyValue> {
@@ -393,7 +387,7 @@ mod tests {
                 "resource": {"type": "secret", "id": "db"}, "grant": {"id": "g-1"}}"#,
         )
         .unwrap();
-        let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+        let decision = Decided::deny();
         let entry = traced(&decision, &input);
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let queued = Queued::new(&entry, room);
@@ -430,12 +424,8 @@ mod tests {
             Some(AnyValue::Int(_))
         ));
 
-        let allowed = Decision {
-            allow: true,
-            ..decision.clone()
-        };
         let entry = Entry {
-            decision: &allowed,
+            allow: true,
             ..entry
         };
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();

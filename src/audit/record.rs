@@ -1,7 +1,9 @@
 //! One decision-log record: the decision's evidence as one JSON line, secrets masked,
 //! hash-chained to the record before it.
 
-use chrono::SecondsFormat;
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
 use uuid::Uuid;
@@ -12,15 +14,31 @@ use super::{
     mask::Masking,
 };
 use crate::{
-    decision::{Decision, KEYS, text},
+    document::{KEYS, text},
     grants::{Grant, GrantState},
 };
 
 /// What a decision's record is made of, borrowed from the decision that just concluded.
+/// The log's own type: the pipeline fills it in, so the log needs nothing of how a
+/// decision is made.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
-    /// The final decision (after any overruling).
-    pub decision: &'a Decision,
+    /// The decision's id.
+    pub id: Uuid,
+    /// When the decision was made.
+    pub decided_at: DateTime<Utc>,
+    /// The final answer (after any overruling).
+    pub allow: bool,
+    /// Why (the policy's reasons, or why the decision failed closed).
+    pub reasons: &'a [String],
+    /// The policy's obligations (masked when written).
+    pub obligations: &'a Value,
+    /// The policy revision that decided.
+    pub policy_revision: &'a Arc<str>,
+    /// The bundle revision that policy revision came from, when it came from a bundle.
+    pub bundle_revision: Option<&'a Arc<str>>,
+    /// How long the policy evaluation took.
+    pub eval_duration: Duration,
     /// The input document the policy saw (masked when written).
     pub input: &'a Value,
     /// The decision span's trace and span ids (or the caller's, when spans are off).
@@ -141,14 +159,13 @@ const RECORD_CAPACITY: usize = 4096;
 /// appends.
 pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     let input = entry.input;
-    let decision = entry.decision;
     let mut out = String::with_capacity(RECORD_CAPACITY);
     out.push_str("{\"decision_id\":");
-    push_uuid(&mut out, decision.id);
+    push_uuid(&mut out, entry.id);
     out.push_str(",\"time\":");
     json::push_str(
         &mut out,
-        &decision
+        &entry
             .decided_at
             .to_rfc3339_opts(SecondsFormat::Micros, true),
     );
@@ -160,8 +177,8 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
         out.push('"');
     }
     out.push_str(",\"policy_revision\":");
-    json::push_str(&mut out, &decision.policy_revision);
-    if let Some(bundle) = &decision.bundle_revision {
+    json::push_str(&mut out, entry.policy_revision);
+    if let Some(bundle) = entry.bundle_revision {
         out.push_str(",\"bundle_revision\":");
         json::push_str(&mut out, bundle);
     }
@@ -175,24 +192,24 @@ pub(crate) fn render(entry: &Entry<'_>, masking: &Masking) -> Unchained {
     push_text_or_null(&mut out, &input[&KEYS.action]);
     out.push_str(",\"resource\":");
     push_named(&mut out, &input[&KEYS.resource], &KEYS.type_);
-    out.push_str(if decision.allow {
+    out.push_str(if entry.allow {
         ",\"allow\":true,\"reasons\":["
     } else {
         ",\"allow\":false,\"reasons\":["
     });
-    for (i, reason) in decision.reasons.iter().enumerate() {
+    for (i, reason) in entry.reasons.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         json::push_str(&mut out, reason);
     }
     out.push_str("],\"obligations\":");
-    masking.push_by_key(&mut out, &decision.obligations);
+    masking.push_by_key(&mut out, entry.obligations);
     push_grant(&mut out, entry);
     out.push_str(",\"eval_us\":");
     json::push_u64(
         &mut out,
-        u64::try_from(decision.eval_duration.as_micros()).unwrap_or(u64::MAX),
+        u64::try_from(entry.eval_duration.as_micros()).unwrap_or(u64::MAX),
     );
     out.push_str(",\"input\":");
     masking.push_input(&mut out, input);

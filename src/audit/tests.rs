@@ -1,17 +1,61 @@
 //! Decision-log tests: chain verification and tampering, rotation, hostile values,
 //! masking. (The full-buffer paths run through the server in `tests/it/audit.rs`.)
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use opentelemetry::trace::{SpanId, TraceId};
 use regorus::Value;
+use uuid::Uuid;
 
 use super::*;
-use crate::decision::Decision;
+
+/// What an [`Entry`] borrows from a decision: here a deny `because`, under `sha256:rev`,
+/// made now.
+#[derive(Debug, Clone)]
+pub(crate) struct Decided {
+    pub(crate) id: Uuid,
+    pub(crate) decided_at: DateTime<Utc>,
+    reasons: Vec<String>,
+    pub(crate) obligations: Value,
+    revision: Arc<str>,
+}
+
+impl Decided {
+    pub(crate) fn deny() -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            decided_at: Utc::now(),
+            reasons: vec!["because".into()],
+            obligations: Value::new_object(),
+            revision: "sha256:rev".into(),
+        }
+    }
+
+    /// Its entry on `input`, untraced, about no grant.
+    pub(crate) fn entry<'a>(&'a self, input: &'a Value) -> Entry<'a> {
+        Entry {
+            id: self.id,
+            decided_at: self.decided_at,
+            allow: false,
+            reasons: &self.reasons,
+            obligations: &self.obligations,
+            policy_revision: &self.revision,
+            bundle_revision: None,
+            eval_duration: Duration::ZERO,
+            input,
+            trace: None,
+            grant: None,
+        }
+    }
+}
 
 /// An input and a decision to log (an [`Entry`] borrows them).
-fn entry(subject: &str) -> (Value, Decision) {
+fn entry(subject: &str) -> (Value, Decided) {
     let input = Value::from_json_str(
         &serde_json::json!({
             "step": "use",
@@ -24,8 +68,7 @@ fn entry(subject: &str) -> (Value, Decision) {
         .to_string(),
     )
     .unwrap();
-    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
-    (input, decision)
+    (input, Decided::deny())
 }
 
 /// The trace and span of the `traceparent` header tests send.
@@ -37,12 +80,10 @@ pub(crate) fn trace() -> (TraceId, SpanId) {
 }
 
 /// The entry of `decision` on `input`, in [`trace`], about no grant.
-pub(crate) fn traced<'a>(decision: &'a Decision, input: &'a Value) -> Entry<'a> {
+pub(crate) fn traced<'a>(decision: &'a Decided, input: &'a Value) -> Entry<'a> {
     Entry {
-        decision,
-        input,
         trace: Some(trace()),
-        grant: None,
+        ..decision.entry(input)
     }
 }
 
@@ -60,12 +101,7 @@ fn write_records(options: &AuditOptions, subjects: &[&str]) {
     let log = DecisionLog::open(options).unwrap().unwrap();
     for subject in subjects {
         let (input, decision) = entry(subject);
-        let entry = Entry {
-            decision: &decision,
-            input: &input,
-            trace: None,
-            grant: None,
-        };
+        let entry = decision.entry(&input);
         log.send(log.reserve().unwrap(), &entry);
     }
     runtime.block_on(log.close());
@@ -258,7 +294,7 @@ fn a_record_names_its_decision_trace_span_and_the_grant_its_input_carries() {
         r#"{"step": "issue", "grant": {"id": "01a2090a-73aa-7404-a269-dbd998082c82", "state": "ACTIVE"}}"#,
     )
     .unwrap();
-    let decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    let decision = Decided::deny();
     let entry = traced(&decision, &input);
     let record: serde_json::Value =
         serde_json::from_str(&log_one(Masks::default(), &entry)).unwrap();
@@ -289,17 +325,12 @@ fn a_record_holds_the_input_as_json_whatever_its_keys_and_values() {
         .as_object_mut()
         .unwrap()
         .insert(Value::from(3u64), set);
-    let mut decision = Decision::deny("because", "sha256:rev".into(), Utc::now());
+    let mut decision = Decided::deny();
     // Obligations are masked by key too (the pointers address the input).
     decision.obligations =
         Value::from_json_str(r#"{"max_ttl_seconds": 60, "session_token": "t", "list": [1, 2]}"#)
             .unwrap();
-    let entry = Entry {
-        decision: &decision,
-        input: &value,
-        trace: None,
-        grant: None,
-    };
+    let entry = decision.entry(&value);
     let masks = Masks {
         pointers: vec![
             "/agent/arguments/list/1".into(),

@@ -1,10 +1,11 @@
 //! The input document (`input` in Rego), built straight into a regorus [`Value`], and the
 //! validation of the fields a decision needs.
 //!
-//! Object keys are interned once ([`KEYS`]): building an input clones `Arc`s instead of
-//! allocating a string per key per call.
+//! Object keys are interned once ([`KEYS`], the document's vocabulary in
+//! [`crate::document`]): building an input clones `Arc`s instead of allocating a string
+//! per key per call.
 
-use std::{collections::BTreeMap, fmt, sync::LazyLock};
+use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use prost_types::{Struct, value::Kind};
@@ -16,6 +17,7 @@ use super::{
     nesting::validate_struct,
     spec_values::SpecValues,
 };
+pub(crate) use crate::document::{KEYS, text};
 use crate::{
     grants::{Grant, Terms},
     identity,
@@ -116,42 +118,6 @@ pub(crate) fn validate_step(step: &str) -> Result<(), InvalidField> {
         ));
     }
     Ok(())
-}
-
-macro_rules! keys {
-    ($($field:ident = $name:literal),* $(,)?) => {
-        /// Interned object keys of the input document (and of a policy's decision).
-        pub(crate) struct Keys { $(pub(crate) $field: Value),* }
-        /// The keys, built once.
-        pub(crate) static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys { $($field: Value::from($name)),* });
-    };
-}
-
-keys! {
-    step = "step", subject = "subject", id = "id", kind = "kind", owner = "owner",
-    attributes = "attributes", caller = "caller", authenticated = "authenticated", via = "via",
-    action = "action", resource = "resource", type_ = "type", workflow = "workflow",
-    requester = "requester", justification = "justification", emergency = "emergency",
-    grant = "grant", agent = "agent", tool = "tool", arguments = "arguments",
-    on_behalf_of = "on_behalf_of", delegation_chain = "delegation_chain", context = "context",
-    time = "time", source_ip = "source_ip", state = "state", scope = "scope",
-    approvals = "approvals", approver = "approver", role = "role", at = "at",
-    required_approvals = "required_approvals", created_at = "created_at",
-    activated_at = "activated_at", expires_at = "expires_at", ttl_seconds = "ttl_seconds",
-    uses = "uses", max_uses = "max_uses", approval = "approval", comment = "comment",
-    verdict = "verdict", sent_as = "sent_as", requested_ttl_seconds = "requested_ttl_seconds",
-    // The decision object a policy returns.
-    allow = "allow", reasons = "reasons", obligations = "obligations",
-}
-
-/// A string value's text; `None` for any other value. (regorus's `as_string` builds an
-/// error, with a backtrace when `RUST_BACKTRACE` is set, for every value that is not
-/// one: too dear for the decision path, which asks of optional fields.)
-pub(crate) fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// The entries of one object of the input, collected before the object is made.

@@ -5,9 +5,7 @@
 //! transport's [`Caller`] to [`DecisionPipeline`], which builds the input, evaluates the
 //! policy and maps the result to a fail-closed [`Decision`].
 
-mod attributes;
 mod caller;
-mod envoy;
 mod gate;
 mod identities;
 mod input;
@@ -16,9 +14,7 @@ mod pipeline;
 mod record;
 mod spec_values;
 
-pub(crate) use attributes::DecisionAttributes;
 pub use caller::{Caller, Transport};
-pub use envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict};
 pub use gate::{EvalGate, EvalPermit};
 pub(crate) use identities::{ApprovalInput, accept_identity};
 pub use identities::{canonical_identities, validate_identity};
@@ -26,7 +22,7 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{KEYS, text, validate_agent, validate_step};
+pub(crate) use input::{caller_value, struct_to_value, validate_agent, validate_step};
 pub use nesting::validate_input_depth;
-pub use pipeline::{DecisionPipeline, EnvoyDecision, EnvoyFailure, Pending, RawTarget};
+pub use pipeline::{DecisionPipeline, Pending, RawTarget};
 pub use record::Decision;

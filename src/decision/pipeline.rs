@@ -16,10 +16,7 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField,
-    attributes::DecisionAttributes,
-    check_input,
-    envoy::{BadEnvoyRequest, EnvoyVerdict, envoy_input, envoy_verdict},
+    Caller, Decision, InvalidField, check_input,
     gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
@@ -27,7 +24,7 @@ use super::{
     validate_check,
 };
 use crate::{
-    audit::{DecisionLog, Entry, LOG_FULL_DENY, Slot},
+    audit::{DecisionAttributes, DecisionLog, Entry, LOG_FULL_DENY, Slot},
     clock::Clock,
     grants::{Grant, GrantView},
     policy::{Entrypoint, EvalError, PolicyStore, Provenance},
@@ -314,18 +311,6 @@ impl DecisionPipeline {
         self.conclude(pending, grant)
     }
 
-    /// Evaluates a ready input document at `now` under the serving revision, and
-    /// concludes the decision at once.
-    pub fn decide_input(
-        &self,
-        input: Value,
-        now: DateTime<Utc>,
-        parent: &ParentContext,
-    ) -> Decision {
-        let pending = self.evaluate(input, now, parent);
-        self.conclude(pending, None)
-    }
-
     /// Evaluates a ready input document at `now` under the serving revision, after
     /// reserving the decision's place in the decision log (a required log that is full
     /// denies without evaluating). Conclude the result with [`DecisionPipeline::conclude`].
@@ -395,11 +380,12 @@ impl DecisionPipeline {
         self.telemetry
             .metrics()
             .record_decision(step_index(step), decision.allow, elapsed);
+        let entry = decision.entry(&input, grant.as_deref());
         let span = start_time.and_then(|start| {
             self.telemetry
                 .tracer()
                 .decision_span(parent.context(), start, start + elapsed, || {
-                    DecisionAttributes::of(&decision, &input, grant.as_deref()).key_values()
+                    DecisionAttributes::of(&entry).key_values()
                 })
         });
         if let Some((slot, log)) = slot.zip(self.decision_log.as_ref()) {
@@ -407,32 +393,35 @@ impl DecisionPipeline {
                 .filter(|sc| sc.is_valid())
                 .or_else(|| parent.span_context())
                 .map(|sc| (sc.trace_id(), sc.span_id()));
-            log.send(
-                slot,
-                &Entry {
-                    decision: &decision,
-                    input: &input,
-                    trace,
-                    grant: grant.as_deref(),
-                },
-            );
+            log.send(slot, &Entry { trace, ..entry });
         }
         decision
     }
 
-    /// Evaluates `target` on a ready input for an adapter whose answer is the policy's
-    /// raw result (Envoy ext_authz, the OPA REST API), observed like every other
+    /// Evaluates `target` on an adapter's input for an adapter whose answer is the
+    /// policy's raw result (Envoy ext_authz, the OPA REST API), observed like every other
     /// decision: `read` turns the result (or why there is none) into the adapter's
     /// answer and the record's allow and reasons, then the decision is concluded (span,
     /// metrics, decision log) and returned with the answer.
-    pub fn decide_raw<T>(
+    ///
+    /// An input the adapter could not build (`Err(refusal)`) is not evaluated: it is
+    /// recorded as a deny for the refusal (with an empty input) and handed back.
+    pub fn decide_raw<T, E: std::fmt::Display>(
         &self,
         target: RawTarget<'_>,
-        input: Value,
+        input: Result<Value, E>,
         parent: &ParentContext,
         read: impl FnOnce(Result<Value, EvalError>) -> (T, bool, Vec<String>),
-    ) -> (Decision, T) {
+    ) -> (Decision, Result<T, E>) {
         let now = self.clock.now();
+        let input = match input {
+            Ok(input) => input,
+            Err(refusal) => {
+                let denied = Decision::deny(refusal.to_string(), self.serving_provenance(), now);
+                let pending = self.unevaluated(denied, Value::new_object(), parent);
+                return (self.conclude(pending, None), Err(refusal));
+            }
+        };
         let begun = self.begin();
         let current = self.policies.current();
         let (outcome, provenance, eval_duration) = match current.as_ref() {
@@ -469,49 +458,7 @@ impl DecisionPipeline {
             eval_duration,
         };
         let pending = begun.into_pending(decision, input, parent);
-        (self.conclude(pending, None), answer)
-    }
-
-    /// An Envoy ext_authz decision: the OPA-Envoy input document for `request` (with
-    /// the transport's `caller`) at the Envoy entrypoint, the result read as the plugin
-    /// reads it. The record is the verdict's `allowed` (or the failure).
-    pub fn envoy_check(
-        &self,
-        request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
-        caller: &Caller,
-        parent: &ParentContext,
-    ) -> EnvoyDecision {
-        let input = match envoy_input(request, caller) {
-            Ok(input) => input,
-            Err(bad) => {
-                // Nothing to evaluate: recorded (and denied with 400) as it is.
-                let denied =
-                    Decision::deny(bad.to_string(), self.serving_provenance(), self.clock.now());
-                let pending = self.unevaluated(denied, Value::new_object(), parent);
-                return EnvoyDecision {
-                    decision: self.conclude(pending, None),
-                    outcome: Err(EnvoyFailure::BadRequest(bad)),
-                };
-            }
-        };
-        let (decision, outcome) = self.decide_raw(
-            RawTarget::Entrypoint(Entrypoint::Envoy),
-            input,
-            parent,
-            |result| {
-                let outcome = match result {
-                    Ok(value) => envoy_verdict(&value).map_err(EnvoyFailure::Evaluation),
-                    Err(err) => Err(EnvoyFailure::Evaluation(err.to_string())),
-                };
-                let (allow, reasons) = match &outcome {
-                    Ok(verdict) => (verdict.allowed, Vec::new()),
-                    Err(EnvoyFailure::BadRequest(bad)) => (false, vec![bad.to_string()]),
-                    Err(EnvoyFailure::Evaluation(err)) => (false, vec![err.clone()]),
-                };
-                (outcome, allow, reasons)
-            },
-        );
-        EnvoyDecision { decision, outcome }
+        (self.conclude(pending, None), Ok(answer))
     }
 }
 
@@ -548,25 +495,4 @@ pub enum RawTarget<'a> {
         /// Whether the input is given (else `input` is undefined, as OPA leaves it).
         has_input: bool,
     },
-}
-
-/// Why an ext_authz request got no verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvoyFailure {
-    /// The request could not be turned into an input document (answered with a 400
-    /// denial, as the OPA-Envoy plugin does).
-    BadRequest(BadEnvoyRequest),
-    /// Evaluation failed, the result was undefined or malformed (a gRPC error, so
-    /// Envoy's failure mode applies).
-    Evaluation(String),
-}
-
-/// An ext_authz decision: the record (id, revision; its `allow` is the real verdict)
-/// and the verdict read from the result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EnvoyDecision {
-    /// The decision as recorded.
-    pub decision: Decision,
-    /// The verdict, or why there is none.
-    pub outcome: Result<EnvoyVerdict, EnvoyFailure>,
 }

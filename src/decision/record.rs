@@ -7,7 +7,11 @@ use regorus::Value;
 use uuid::Uuid;
 
 use super::input::{KEYS, text};
-use crate::policy::{EvalError, Provenance};
+use crate::{
+    audit::Entry,
+    grants::Grant,
+    policy::{EvalError, Provenance},
+};
 
 /// One decision: the answer and its evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +101,24 @@ impl Decision {
         Self {
             allow: true,
             ..Self::deny(reason, provenance, decided_at)
+        }
+    }
+
+    /// This decision's decision-log entry, made on `input`, about `grant` (after the
+    /// step), with no trace yet.
+    pub fn entry<'a>(&'a self, input: &'a Value, grant: Option<&'a Grant>) -> Entry<'a> {
+        Entry {
+            id: self.id,
+            decided_at: self.decided_at,
+            allow: self.allow,
+            reasons: &self.reasons,
+            obligations: &self.obligations,
+            policy_revision: &self.policy_revision,
+            bundle_revision: self.bundle_revision.as_ref(),
+            eval_duration: self.eval_duration,
+            input,
+            trace: None,
+            grant,
         }
     }
 

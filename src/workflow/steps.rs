@@ -16,9 +16,10 @@ use super::terms::{GrantTerms, obligation_seconds};
 use crate::{
     clock::Clock,
     decision::{
-        ApprovalInput, Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, KEYS,
-        Pending, StepInput, accept_identity, validate_agent, validate_check, validate_step,
+        ApprovalInput, Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending,
+        StepInput, accept_identity, validate_agent, validate_check, validate_step,
     },
+    document::KEYS,
     grants::{
         Approval, EventPosition, FeedGap, Grant, GrantEvent, GrantRequest, GrantStore, ListFilter,
         MemoryGrantStore, Page, StoreError,

@@ -429,3 +429,39 @@ async fn every_adapters_decisions_reach_the_decision_log() {
     assert_eq!(authzen_record["step"], "use");
     assert_eq!(authzen_record["reasons"], json!(["authzen"]));
 }
+
+/// A request the input cannot be built from is answered with the plugin's 400 denial and
+/// logged as the deny it is: its reason, an empty input, no evaluation time (the policy,
+/// which allows everything, was not asked).
+#[tokio::test]
+async fn a_request_without_an_input_is_logged_as_a_deny_and_not_evaluated() {
+    use stepgate::audit::Destination;
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("decisions.jsonl");
+    let log = path.clone();
+    let server = Server::start_with(
+        &[("envoy.rego", "package envoy.authz\n\nallow := true\n")],
+        move |config| config.audit.destination = Destination::File(log),
+    )
+    .await;
+    let denied = check(&server, envoy_request("GET", "/books%zz", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(code(&denied), 7);
+    let id = decision_id(&denied);
+    server.stop().await;
+
+    let records = std::fs::read_to_string(&path).unwrap();
+    let record: Json = records
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .find(|r| r["decision_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("decision {id} not logged: {records}"));
+    assert_eq!(record["allow"], json!(false));
+    assert_eq!(
+        record["reasons"],
+        json!(["attributes.request.http.path: invalid URL escape in the path"])
+    );
+    assert_eq!(record["input"], json!({}));
+    assert_eq!(record["eval_us"], json!(0));
+}

@@ -1,13 +1,12 @@
-//! Envoy ext_authz decisions, as the OPA-Envoy plugin makes them, so that its policies
-//! run unchanged: the input document built from an `envoy.service.auth.v3.CheckRequest`
-//! and the policy's result read as the plugin reads it.
+//! The input document of an Envoy ext_authz `Check`, built as the OPA-Envoy plugin
+//! builds it from an `envoy.service.auth.v3.CheckRequest`, so that its policies run
+//! unchanged.
 //!
 //! The input is the request with protobuf JSON field names (`attributes.request.http.
 //! headers`, `attributes.contextExtensions`, ...; fields left at their default are
 //! absent), plus `parsed_path`, `parsed_query`, `parsed_body` (JSON and form bodies),
 //! `truncated_body`, `version`, `source_principal` when the source has one, and
-//! stepgate's own `caller` (the transport's identity, never the request's). The result
-//! is a boolean, or an object with `allowed` and optional response fields.
+//! stepgate's own `caller` (the transport's identity, never the request's).
 
 use std::{collections::HashMap, sync::LazyLock};
 
@@ -25,7 +24,7 @@ use envoy_types::pb::{
 use prost::Message;
 use regorus::{Value, value::Object};
 
-use super::{Caller, input::caller_value, input::struct_to_value};
+use crate::decision::{Caller, caller_value, struct_to_value};
 
 /// A request the input document cannot be built from (a bad escape in the path, a body
 /// that is not the JSON its content type says): the plugin answers these with a 400
@@ -33,32 +32,6 @@ use super::{Caller, input::caller_value, input::struct_to_value};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadEnvoyRequest(pub String);
-
-/// The policy's answer, read as the OPA-Envoy plugin reads it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EnvoyVerdict {
-    /// Whether the request may pass.
-    pub allowed: bool,
-    /// Whether the policy returned an object (only then does the plugin send an HTTP
-    /// response with the status).
-    pub structured: bool,
-    /// `headers`: sent upstream when allowed, downstream when denied.
-    pub headers: Vec<(String, String)>,
-    /// `request_headers_to_remove` (allowed only).
-    pub request_headers_to_remove: Vec<String>,
-    /// `response_headers_to_add` (allowed only).
-    pub response_headers_to_add: Vec<(String, String)>,
-    /// `query_parameters_to_set` (allowed only).
-    pub query_parameters_to_set: Vec<(String, String)>,
-    /// `query_parameters_to_remove` (allowed only).
-    pub query_parameters_to_remove: Vec<String>,
-    /// `body` of the denial.
-    pub body: String,
-    /// `http_status` of the denial (403 when the policy gives none).
-    pub http_status: i64,
-    /// `dynamic_metadata` (an object) when the policy gave one.
-    pub dynamic_metadata: Option<Value>,
-}
 
 macro_rules! keys {
     ($($field:ident = $name:literal),* $(,)?) => {
@@ -458,222 +431,6 @@ fn parse_body(http: &HttpRequest) -> Result<(Value, bool), BadEnvoyRequest> {
     Ok((parsed, false))
 }
 
-/// Reads the policy's result as the plugin does. An undefined result, a result that is
-/// neither a boolean nor an object, or a malformed field is an error (Envoy's failure
-/// mode then applies). Fields that do not apply to the outcome are not read.
-pub fn envoy_verdict(result: &Value) -> Result<EnvoyVerdict, String> {
-    let object = match result {
-        Value::Bool(allowed) => {
-            return Ok(EnvoyVerdict {
-                allowed: *allowed,
-                http_status: 403,
-                ..EnvoyVerdict::default()
-            });
-        }
-        Value::Undefined => return Err("undefined decision".into()),
-        Value::Object(object) => object,
-        other => {
-            return Err(format!(
-                "illegal value for policy evaluation result: {}",
-                type_name(other)
-            ));
-        }
-    };
-    let field = |name: &str| object.get(&Value::from(name));
-    let allowed = match field("allowed") {
-        Some(Value::Bool(allowed)) => *allowed,
-        Some(other) => {
-            return Err(format!(
-                "type assertion error, expected allowed to be of type 'boolean' but got '{}'",
-                type_name(other)
-            ));
-        }
-        None => {
-            return Err(
-                "unable to determine evaluation result due to missing \"allowed\" key".into(),
-            );
-        }
-    };
-    let mut verdict = EnvoyVerdict {
-        allowed,
-        structured: true,
-        http_status: 403,
-        headers: headers(field("headers"), "headers")?,
-        ..EnvoyVerdict::default()
-    };
-    verdict.dynamic_metadata = match field("dynamic_metadata") {
-        None => None,
-        Some(value @ Value::Object(_)) => Some(value.clone()),
-        Some(other) => {
-            return Err(format!(
-                "type assertion error, expected dynamic_metadata to be of type 'object' but got '{}'",
-                type_name(other)
-            ));
-        }
-    };
-    if allowed {
-        verdict.request_headers_to_remove = strings(
-            field("request_headers_to_remove"),
-            "request_headers_to_remove",
-        )?;
-        verdict.response_headers_to_add =
-            headers(field("response_headers_to_add"), "response_headers_to_add")?;
-        verdict.query_parameters_to_remove = strings(
-            field("query_parameters_to_remove"),
-            "query_parameters_to_remove",
-        )?;
-        verdict.query_parameters_to_set = query_parameters(field("query_parameters_to_set"))?;
-    } else {
-        verdict.body = match field("body") {
-            None => String::new(),
-            Some(Value::String(body)) => body.to_string(),
-            Some(other) => {
-                return Err(format!(
-                    "type assertion error, expected body to be of type 'string' but got '{}'",
-                    type_name(other)
-                ));
-            }
-        };
-        if let Some(status) = field("http_status") {
-            verdict.http_status = match status {
-                Value::Number(n) => n.as_i64().ok_or_else(|| {
-                    format!(
-                        "error converting JSON number to int: {}",
-                        status_text(status)
-                    )
-                })?,
-                other => {
-                    return Err(format!(
-                        "type assertion error, expected http_status to be of type 'number' but got '{}'",
-                        type_name(other)
-                    ));
-                }
-            };
-        }
-    }
-    Ok(verdict)
-}
-
-fn status_text(value: &Value) -> String {
-    value.to_json_str().unwrap_or_default()
-}
-
-/// `{"name": "v" | ["v1", "v2"]}` or an array of such objects, as header pairs.
-fn headers(value: Option<&Value>, field: &str) -> Result<Vec<(String, String)>, String> {
-    let objects: Vec<&Value> = match value {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(object) => vec![object],
-    };
-    let mut out = Vec::new();
-    for object in objects {
-        let Value::Object(map) = object else {
-            return Err(format!(
-                "type assertion error, expected {field} to be of type 'object' but got '{}'",
-                type_name(object)
-            ));
-        };
-        name_values(map, &mut out, PairErrors::HEADERS)?;
-    }
-    Ok(out)
-}
-
-fn strings(value: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
-    match value {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.to_string()),
-                other => Err(format!(
-                    "type assertion error, expected {field} value to be of type 'string' but got '{}'",
-                    type_name(other)
-                )),
-            })
-            .collect(),
-        Some(other) => Err(format!(
-            "type assertion error, expected {field} to be of type '[]string' but got '{}'",
-            type_name(other)
-        )),
-    }
-}
-
-fn query_parameters(value: Option<&Value>) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    match value {
-        None => {}
-        Some(Value::Object(map)) => name_values(map, &mut out, PairErrors::QUERY)?,
-        Some(other) => {
-            return Err(format!(
-                "type assertion error, expected query_parameters_to_set to be a map but got '{}'",
-                type_name(other)
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// How the plugin words a bad value in a name → value(s) map, per field.
-struct PairErrors {
-    /// An array item that is not a string (`{key}` and `{type}` are filled in).
-    item: &'static str,
-    /// A value that is neither a string nor an array.
-    value: &'static str,
-}
-
-impl PairErrors {
-    const HEADERS: Self = Self {
-        item: "invalid value type {type} for header '{key}'",
-        value: "type assertion error for header '{key}'",
-    };
-    const QUERY: Self = Self {
-        item: "type assertion error: expected array element to be string but got '{type}'",
-        value: "type assertion error, expected value to be string or array but got '{type}'",
-    };
-}
-
-/// `{"name": "v" | ["v1", "v2"]}` as (name, value) pairs, appended to `out`.
-fn name_values(
-    map: &Object,
-    out: &mut Vec<(String, String)>,
-    errors: PairErrors,
-) -> Result<(), String> {
-    let fill = |template: &str, key: &str, value: &Value| {
-        template
-            .replace("{key}", key)
-            .replace("{type}", type_name(value))
-    };
-    for (key, value) in map.iter() {
-        let key = key.as_string().map_err(|e| e.to_string())?.to_string();
-        match value {
-            Value::String(v) => out.push((key, v.to_string())),
-            Value::Array(items) => {
-                for item in items.iter() {
-                    match item {
-                        Value::String(v) => out.push((key.clone(), v.to_string())),
-                        other => return Err(fill(errors.item, &key, other)),
-                    }
-                }
-            }
-            other => return Err(fill(errors.value, &key, other)),
-        }
-    }
-    Ok(())
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Set(_) => "set",
-        Value::Object(_) => "object",
-        Value::Undefined => "undefined",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,31 +452,5 @@ mod tests {
         assert_eq!(query, json("{}"));
         assert!(parse_path("/a%zz").is_err());
         assert!(parse_path("/a?x=1;y=2").is_err());
-    }
-
-    #[test]
-    fn booleans_and_objects_map_as_the_plugin_maps_them() {
-        assert!(envoy_verdict(&Value::from(true)).unwrap().allowed);
-        let denied = envoy_verdict(&Value::from(false)).unwrap();
-        assert!(!denied.allowed && !denied.structured);
-        let verdict = envoy_verdict(&json(
-            r#"{"allowed": false, "http_status": 401, "body": "no", "headers": [{"x-a": "1"}, {"x-b": ["2", "3"]}]}"#,
-        ))
-        .unwrap();
-        assert_eq!((verdict.http_status, verdict.body.as_str()), (401, "no"));
-        assert_eq!(verdict.headers.len(), 3);
-        for bad in [
-            "{}",
-            r#"{"allowed": "yes"}"#,
-            r#"{"allowed": false, "body": 1}"#,
-            r#"{"allowed": true, "request_headers_to_remove": "x"}"#,
-            r#"{"allowed": true, "dynamic_metadata": []}"#,
-            "[]",
-        ] {
-            assert!(envoy_verdict(&json(bad)).is_err(), "{bad}");
-        }
-        assert!(envoy_verdict(&Value::Undefined).is_err());
-        // A field that does not apply to the outcome is not read.
-        assert!(envoy_verdict(&json(r#"{"allowed": true, "body": 1}"#)).is_ok());
     }
 }

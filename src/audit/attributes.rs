@@ -8,8 +8,8 @@ use opentelemetry::{KeyValue, StringValue, Value as OtelValue};
 use regorus::Value;
 use uuid::Uuid;
 
-use super::{Decision, input::KEYS};
-use crate::{grants::Grant, telemetry::attr};
+use super::Entry;
+use crate::{document::KEYS, telemetry::attr};
 
 /// A decision's attributes, held by value so they can travel to another thread: the
 /// strings are shared with the input document and the policy set (no copy).
@@ -37,23 +37,24 @@ enum GrantId {
 }
 
 impl DecisionAttributes {
-    /// The attributes of `decision`, made on `input`, about `grant` (after the step).
-    pub(crate) fn of(decision: &Decision, input: &Value, grant: Option<&Grant>) -> Self {
+    /// The attributes of the decision `entry` records.
+    pub(crate) fn of(entry: &Entry<'_>) -> Self {
         let k = &*KEYS;
+        let input = entry.input;
         Self {
-            id: decision.id,
-            allow: decision.allow,
+            id: entry.id,
+            allow: entry.allow,
             step: input[&k.step].clone(),
             action: input[&k.action].clone(),
             subject_kind: input[&k.subject][&k.kind].clone(),
             resource_type: input[&k.resource][&k.type_].clone(),
-            grant: match grant {
+            grant: match entry.grant {
                 Some(grant) => GrantId::Known(grant.id()),
                 None => GrantId::Given(input[&k.grant][&k.id].clone()),
             },
-            revision: decision.policy_revision.clone(),
-            bundle_revision: decision.bundle_revision.clone(),
-            eval_duration: decision.eval_duration,
+            revision: entry.policy_revision.clone(),
+            bundle_revision: entry.bundle_revision.cloned(),
+            eval_duration: entry.eval_duration,
         }
     }
 
