@@ -205,6 +205,56 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     assert!(!socket.exists(), "the socket file is removed on shutdown");
 }
 
+/// A stop sent as soon as stepgate says it is listening (while it is still loading its
+/// policies) is caught and drained like any other, not the signal's default action.
+#[tokio::test]
+async fn sigterm_right_after_listening_still_drains_and_exits_zero() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", ""])
+        .args([
+            "--watch-policies",
+            "false",
+            "--ephemeral",
+            "--policies",
+            "policies",
+        ])
+        .env("STEPGATE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("gRPC listening on TCP") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(listening, Ok(true), "stepgate never said it was listening");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Keep reading, so a full pipe cannot stall its shutdown logging.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    drain.abort();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn test_subcommand_runs_test_rules_and_fails_on_any_failure() {
     let dir = policy_dir(&[
