@@ -24,7 +24,7 @@ use stepgate::{
     api::DecisionApi,
     audit::{AuditOptions, DecisionLog, Entry, OtlpSinkOptions},
     clock::SystemClock,
-    decision::{Caller, Decision, DecisionPipeline, Transport, check_input},
+    decision::{Caller, Decision, DecisionPipeline, Refusal, Transport, check_input},
     grants::MemoryGrantStore,
     policy::{Entrypoint, PolicyOptions, PolicySet, PolicySource, PolicyStore},
     proto::v1::{
@@ -281,7 +281,11 @@ fn decision_log_record(c: &mut Criterion) {
     };
     let log = DecisionLog::to_writer(Box::new(std::io::sink()), &options).expect("decision log");
     let input = input("issue");
-    let decision = Decision::deny("because", "sha256:bench".into(), chrono::Utc::now());
+    let decision = Decision::refused(
+        Refusal::Input("because".into()),
+        "sha256:bench".into(),
+        chrono::Utc::now(),
+    );
     let trace = (
         TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
         SpanId::from_hex("00f067aa0ba902b7").expect("span id"),

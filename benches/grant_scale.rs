@@ -530,21 +530,19 @@ fn under_load(
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
                         let allowed = match op {
-                            Op::Revalidate => {
-                                support::ready(s.fx.steps.revalidate(
-                                    &reval[i],
-                                    caller,
-                                    &ParentContext::none(),
-                                ))
-                                .expect("revalidate")
-                                .decision
-                                .allow
-                            }
+                            Op::Revalidate => support::ready(s.fx.steps.revalidate(
+                                &reval[i],
+                                caller,
+                                &ParentContext::none(),
+                            ))
+                            .expect("revalidate")
+                            .decision
+                            .allow(),
                             Op::Check => {
                                 s.fx.pipeline
                                     .check(&check[i], caller, &ParentContext::none())
                                     .expect("check")
-                                    .allow
+                                    .allow()
                             }
                         };
                         let took = started.elapsed();

@@ -51,13 +51,13 @@ fn steps(c: &mut Criterion) {
     let req = revalidate(&id);
     let outcome = support::ready(fx.steps.revalidate(&req, &caller, &ParentContext::none()))
         .expect("revalidate runs");
-    assert!(outcome.decision.allow, "{:?}", outcome.decision.reasons);
+    assert!(outcome.decision.allow(), "{:?}", outcome.decision.reasons());
     group.bench_function("revalidate", |b| {
         b.iter(|| {
             let outcome =
                 support::ready(fx.steps.revalidate(&req, &caller, &ParentContext::none()))
                     .expect("revalidate");
-            debug_assert!(outcome.decision.allow);
+            debug_assert!(outcome.decision.allow());
             black_box(outcome)
         })
     });
@@ -81,7 +81,7 @@ fn steps(c: &mut Criterion) {
         .pipeline
         .check(&check, &caller, &ParentContext::none())
         .expect("valid check");
-    assert!(decision.allow, "{:?}", decision.reasons);
+    assert!(decision.allow(), "{:?}", decision.reasons());
     group.bench_function("check_use", |b| {
         b.iter(|| {
             black_box(

@@ -316,7 +316,7 @@ fn eval(args: EvalArgs) -> ExitCode {
     };
     let decision = Decision::from_evaluation(outcome, set.provenance(), now, started.elapsed());
     out!("{}", decision_json(&decision));
-    if (args.fail && !decision.allow) || (args.fail_defined && decision.allow) {
+    if (args.fail && !decision.allow()) || (args.fail_defined && decision.allow()) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -325,19 +325,19 @@ fn eval(args: EvalArgs) -> ExitCode {
 
 fn decision_json(decision: &Decision) -> String {
     let obligations: serde_json::Value = decision
-        .obligations
+        .obligations()
         .to_json_str()
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
     let json = serde_json::json!({
-        "allow": decision.allow,
-        "reasons": decision.reasons,
+        "allow": decision.allow(),
+        "reasons": decision.reasons(),
         "obligations": obligations,
-        "decision_id": decision.id.to_string(),
-        "policy_revision": &*decision.policy_revision,
-        "decided_at": decision.decided_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        "eval_duration_us": decision.eval_duration.as_secs_f64() * 1e6,
+        "decision_id": decision.id().to_string(),
+        "policy_revision": &**decision.policy_revision(),
+        "decided_at": decision.decided_at().to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        "eval_duration_us": decision.eval_duration().as_secs_f64() * 1e6,
     });
     serde_json::to_string_pretty(&json).unwrap_or_default()
 }

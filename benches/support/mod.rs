@@ -296,9 +296,9 @@ impl Fixture {
         ))
         .expect("request runs");
         assert!(
-            requested.decision.allow,
+            requested.decision.allow(),
             "request denied: {:?}",
-            requested.decision.reasons
+            requested.decision.reasons()
         );
         let grant = requested.grant.expect("a grant");
         assert_eq!(grant.state, GrantState::Pending, "one approval required");
@@ -309,9 +309,9 @@ impl Fixture {
         )
         .expect("approve runs");
         assert!(
-            approved.decision.allow,
+            approved.decision.allow(),
             "approval denied: {:?}",
-            approved.decision.reasons
+            approved.decision.reasons()
         );
         assert_eq!(approved.grant.expect("the grant").state, GrantState::Active);
         id

@@ -115,7 +115,7 @@ async fn evaluations(State(state): State<HttpState>, request: Request) -> Respon
             // Short-circuit semantics: the answers end at the first deny / permit.
             let stop = decisions
                 .iter()
-                .position(|d| d.allow == (semantic == Semantic::PermitOnFirstPermit));
+                .position(|d| d.allow() == (semantic == Semantic::PermitOnFirstPermit));
             if let Some(stop) = stop {
                 decisions.truncate(stop + 1);
             }
@@ -266,10 +266,10 @@ fn check_from(defaults: &Value, item: Option<&Value>) -> Result<CheckRequest, In
 
 fn decision_json(decision: &Decision) -> serde_json::Value {
     serde_json::json!({
-        "decision": decision.allow,
+        "decision": decision.allow(),
         "context": {
-            "decision_id": decision.id.to_string(),
-            "reasons": decision.reasons,
+            "decision_id": decision.id().to_string(),
+            "reasons": decision.reasons(),
         },
     })
 }

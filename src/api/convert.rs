@@ -13,12 +13,12 @@ use crate::{
 /// A decision as the wire message.
 pub(crate) fn decision_message(decision: Decision) -> v1::Decision {
     v1::Decision {
-        allow: decision.allow,
-        reasons: decision.reasons,
-        obligations: Some(value_to_struct(&decision.obligations)),
-        decision_id: decision.id.to_string(),
-        policy_revision: decision.policy_revision.to_string(),
-        decided_at: Some(timestamp(decision.decided_at)),
+        allow: decision.allow(),
+        obligations: Some(value_to_struct(decision.obligations())),
+        decision_id: decision.id().to_string(),
+        policy_revision: decision.policy_revision().to_string(),
+        decided_at: Some(timestamp(decision.decided_at())),
+        reasons: decision.into_reasons(),
     }
 }
 

@@ -26,7 +26,8 @@ use regorus::Value;
 use super::{caller::http_caller, http::HttpState};
 use crate::{
     decision::{
-        Caller, Decision, RawTarget, canonical_identities, validate_input_depth, with_server_facts,
+        Caller, Decision, RawTarget, RawVerdict, canonical_identities, validate_input_depth,
+        with_server_facts,
     },
     policy::Entrypoint,
     telemetry::ParentContext,
@@ -210,13 +211,13 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     }
     body.insert(
         Value::from("decision_id"),
-        Value::from(decision.id.to_string()),
+        Value::from(decision.id().to_string()),
     );
     if call.params.metrics {
         let mut metrics = regorus::value::Object::new();
         metrics.insert(
             Value::from("timer_rego_query_eval_ns"),
-            Value::from(decision.eval_duration.as_nanos() as u64),
+            Value::from(decision.eval_duration().as_nanos() as u64),
         );
         metrics.insert(
             Value::from("timer_server_handler_ns"),
@@ -228,8 +229,8 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
         body.insert(
             Value::from("provenance"),
             provenance(
-                &decision.policy_revision,
-                decision.bundle_revision.as_deref(),
+                decision.policy_revision(),
+                decision.bundle_revision().map(|r| &**r),
             ),
         );
     }
@@ -331,8 +332,10 @@ fn document_name(segments: &[&str]) -> String {
 }
 
 /// Evaluates through the decision pipeline, so the query gets its span, metrics and
-/// decision-log record. The record allows when the result is `true` or an object whose
-/// `allow`/`allowed` is `true`, and names the document queried.
+/// decision-log record. The record names the document queried; it reads the decision
+/// entrypoint's result as a Check does (a malformed decision document is a deny, though
+/// the answer is the document as OPA returns it), and any other document as allowing when
+/// it is `true` or an object whose `allow`/`allowed` is `true`.
 fn query(
     state: &HttpState,
     call: &Call,
@@ -341,19 +344,20 @@ fn query(
     document: &str,
 ) -> (Decision, Result<Value, String>) {
     let input = Ok::<_, Infallible>(input.unwrap_or_else(Value::new_object));
+    let decision_document = *state.pipeline.policies().options().decision_entrypoint == *document;
     let (decision, Ok(answer)) = state
         .pipeline
         .decide_raw(target, input, &call.parent, |result| match result {
-            Ok(value) => {
-                let allow = value == Value::from(true)
-                    || value["allow"] == Value::from(true)
-                    || value["allowed"] == Value::from(true);
-                (Ok(value), allow, vec![format!("queried {document}")])
+            Ok(result) => {
+                let note = format!("queried {document}");
+                let verdict = if decision_document {
+                    result.decision_verdict(note)
+                } else {
+                    result.flag_verdict(&["allow", "allowed"], vec![note])
+                };
+                (Ok(result.into_value()), verdict)
             }
-            Err(err) => {
-                let err = err.to_string();
-                (Err(err.clone()), false, vec![err])
-            }
+            Err(refusal) => (Err(refusal.to_string()), RawVerdict::refused(&refusal)),
         });
     (decision, answer)
 }
@@ -373,7 +377,7 @@ fn bare_answer(
         .into_response(),
         Ok(result) => {
             let mut response = encode(StatusCode::OK, &result, call.params.pretty);
-            if let Ok(id) = decision.id.to_string().parse() {
+            if let Ok(id) = decision.id().to_string().parse() {
                 response.headers_mut().insert("x-decision-id", id);
             }
             response

@@ -11,7 +11,9 @@ mod identities;
 mod input;
 mod nesting;
 mod pipeline;
+mod raw;
 mod record;
+mod refusal;
 mod spec_values;
 
 pub use caller::{Caller, Transport};
@@ -24,5 +26,7 @@ pub use input::{
 };
 pub(crate) use input::{caller_value, struct_to_value, validate_agent, validate_step};
 pub use nesting::validate_input_depth;
-pub use pipeline::{DecisionPipeline, Pending, RawTarget};
+pub use pipeline::{DecisionPipeline, Pending};
+pub use raw::{PolicyResult, RawTarget, RawVerdict};
 pub use record::Decision;
+pub use refusal::Refusal;

@@ -16,18 +16,17 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField, check_input,
+    Caller, Decision, InvalidField, PolicyResult, RawTarget, RawVerdict, Refusal, check_input,
     gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
-    record::fail_closed,
     validate_check,
 };
 use crate::{
-    audit::{DecisionAttributes, DecisionLog, Entry, LOG_FULL_DENY, Slot},
+    audit::{DecisionAttributes, DecisionLog, Entry, Slot},
     clock::Clock,
     grants::{Grant, GrantView},
-    policy::{Entrypoint, EvalError, PolicyStore, Provenance},
+    policy::{Entrypoint, PolicyStore, Provenance},
     proto::v1::CheckRequest,
     telemetry::{ParentContext, Snapshot, Telemetry, step_index},
 };
@@ -74,8 +73,7 @@ impl Pending {
     /// The same decision (id, place in the log) as a deny for `reason` alone: for a
     /// record made without evaluating whose premise turned out false.
     pub fn refused(mut self, reason: impl Into<String>) -> Self {
-        self.decision.allow = false;
-        self.decision.reasons = vec![reason.into()];
+        self.decision = self.decision.replaced_by_deny(reason.into());
         self
     }
 }
@@ -269,9 +267,10 @@ impl DecisionPipeline {
                 Err(_) => {
                     let now = self.clock.now();
                     let len = ((t + 1) * chunk).min(checks.len()) - t * chunk;
-                    decisions.extend((0..len).map(|_| {
-                        Decision::deny("internal error (fail closed)", Provenance::none(), now)
-                    }));
+                    decisions
+                        .extend((0..len).map(|_| {
+                            Decision::refused(Refusal::Internal, Provenance::none(), now)
+                        }));
                 }
             }
         }
@@ -317,11 +316,11 @@ impl DecisionPipeline {
     pub fn evaluate(&self, input: Value, now: DateTime<Utc>, parent: &ParentContext) -> Pending {
         let begun = self.begin();
         let decision = if begun.slot.is_none() && self.log_required() {
-            Decision::deny(LOG_FULL_DENY, self.serving_provenance(), now)
+            Decision::refused(Refusal::LogFull, self.serving_provenance(), now)
         } else {
             let current = self.policies.current();
             match current.as_ref() {
-                None => Decision::deny(fail_closed::NO_POLICY, Provenance::none(), now),
+                None => Decision::refused(Refusal::NoPolicy, Provenance::none(), now),
                 Some(set) => {
                     let eval_started = Instant::now();
                     let outcome = set.evaluate(Entrypoint::Decision, input.clone());
@@ -342,8 +341,8 @@ impl DecisionPipeline {
     /// that is full turns it into a deny.
     pub fn unevaluated(&self, decision: Decision, input: Value, parent: &ParentContext) -> Pending {
         let begun = self.begin();
-        let decision = if begun.slot.is_none() && self.log_required() && decision.allow {
-            decision.overruled(LOG_FULL_DENY)
+        let decision = if begun.slot.is_none() && self.log_required() && decision.allow() {
+            decision.overruled(Refusal::LogFull.to_string())
         } else {
             decision
         };
@@ -379,7 +378,7 @@ impl DecisionPipeline {
         let step = text(&input[&KEYS.step]).unwrap_or("");
         self.telemetry
             .metrics()
-            .record_decision(step_index(step), decision.allow, elapsed);
+            .record_decision(step_index(step), decision.allow(), elapsed);
         let entry = decision.entry(&input, grant.as_deref());
         let span = start_time.and_then(|start| {
             self.telemetry
@@ -400,9 +399,10 @@ impl DecisionPipeline {
 
     /// Evaluates `target` on an adapter's input for an adapter whose answer is the
     /// policy's raw result (Envoy ext_authz, the OPA REST API), observed like every other
-    /// decision: `read` turns the result (or why there is none) into the adapter's
-    /// answer and the record's allow and reasons, then the decision is concluded (span,
-    /// metrics, decision log) and returned with the answer.
+    /// decision: `read` turns the result (or the [`Refusal`] there is instead) into the
+    /// adapter's answer and the record's [`RawVerdict`] (an allow only as read from the
+    /// [`PolicyResult`]), then the decision is concluded (span, metrics, decision log)
+    /// and returned with the answer.
     ///
     /// An input the adapter could not build (`Err(refusal)`) is not evaluated: it is
     /// recorded as a deny for the refusal (with an empty input) and handed back.
@@ -411,13 +411,17 @@ impl DecisionPipeline {
         target: RawTarget<'_>,
         input: Result<Value, E>,
         parent: &ParentContext,
-        read: impl FnOnce(Result<Value, EvalError>) -> (T, bool, Vec<String>),
+        read: impl FnOnce(Result<PolicyResult, Refusal>) -> (T, RawVerdict),
     ) -> (Decision, Result<T, E>) {
         let now = self.clock.now();
         let input = match input {
             Ok(input) => input,
             Err(refusal) => {
-                let denied = Decision::deny(refusal.to_string(), self.serving_provenance(), now);
+                let denied = Decision::refused(
+                    Refusal::Input(refusal.to_string()),
+                    self.serving_provenance(),
+                    now,
+                );
                 let pending = self.unevaluated(denied, Value::new_object(), parent);
                 return (self.conclude(pending, None), Err(refusal));
             }
@@ -426,15 +430,11 @@ impl DecisionPipeline {
         let current = self.policies.current();
         let (outcome, provenance, eval_duration) = match current.as_ref() {
             _ if begun.slot.is_none() && self.log_required() => (
-                Err(EvalError::Failed(LOG_FULL_DENY.into())),
+                Err(Refusal::LogFull),
                 self.serving_provenance(),
                 Duration::ZERO,
             ),
-            None => (
-                Err(EvalError::Failed(fail_closed::NO_POLICY.into())),
-                Provenance::none(),
-                Duration::ZERO,
-            ),
+            None => (Err(Refusal::NoPolicy), Provenance::none(), Duration::ZERO),
             Some(set) => {
                 let eval_started = Instant::now();
                 let outcome = match target {
@@ -443,20 +443,15 @@ impl DecisionPipeline {
                         set.evaluate_path(path, has_input.then(|| input.clone()))
                     }
                 };
-                (outcome, set.provenance(), eval_started.elapsed())
+                (
+                    outcome.map(PolicyResult::new).map_err(Refusal::from),
+                    set.provenance(),
+                    eval_started.elapsed(),
+                )
             }
         };
-        let (answer, allow, reasons) = read(outcome);
-        let decision = Decision {
-            id: uuid::Uuid::now_v7(),
-            allow,
-            reasons,
-            obligations: Value::new_object(),
-            policy_revision: provenance.revision,
-            bundle_revision: provenance.bundle_revision,
-            decided_at: now,
-            eval_duration,
-        };
+        let (answer, verdict) = read(outcome);
+        let decision = Decision::from_raw(verdict, provenance, now, eval_duration);
         let pending = begun.into_pending(decision, input, parent);
         (self.conclude(pending, None), Ok(answer))
     }
@@ -481,18 +476,4 @@ impl Begun {
             slot: self.slot,
         }
     }
-}
-
-/// What a raw evaluation evaluates.
-#[derive(Debug, Clone, Copy)]
-pub enum RawTarget<'a> {
-    /// A configured entrypoint (compiled; RVM where possible).
-    Entrypoint(Entrypoint),
-    /// The document at `data.<path>`, with the input or with `input` undefined.
-    Data {
-        /// The path below `data`.
-        path: &'a [&'a str],
-        /// Whether the input is given (else `input` is undefined, as OPA leaves it).
-        has_input: bool,
-    },
 }

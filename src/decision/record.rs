@@ -6,45 +6,73 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 use uuid::Uuid;
 
-use super::input::{KEYS, text};
+use super::{
+    RawVerdict, Refusal,
+    input::{KEYS, text},
+    refusal::fail_closed,
+};
 use crate::{
     audit::Entry,
     grants::Grant,
     policy::{EvalError, Provenance},
 };
 
-/// One decision: the answer and its evidence.
+/// One decision: the answer and its evidence. Its fields are private and its
+/// constructors typed, so an allow can only come from reading a policy's result
+/// ([`Decision::from_evaluation`], or a raw result's [`RawVerdict`] read from a
+/// [`PolicyResult`](super::PolicyResult)); every other decision is a deny for a
+/// [`Refusal`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// Unique, time-ordered (UUIDv7).
-    pub id: Uuid,
-    /// True only when the policy returned `allow: true` in a well-formed result.
-    pub allow: bool,
-    /// The policy's reasons, or why the decision failed closed.
-    pub reasons: Vec<String>,
-    /// The policy's obligations (always an object).
-    pub obligations: Value,
-    /// The policy revision that decided (`none` when no policy was loaded).
-    pub policy_revision: Arc<str>,
-    /// The revision of the OPA bundle that revision came from (its manifest's), when it
-    /// came from a bundle.
-    pub bundle_revision: Option<Arc<str>>,
-    /// When the decision was made.
-    pub decided_at: DateTime<Utc>,
-    /// How long the policy evaluation took.
-    pub eval_duration: Duration,
+    id: Uuid,
+    allow: bool,
+    reasons: Vec<String>,
+    obligations: Value,
+    policy_revision: Arc<str>,
+    bundle_revision: Option<Arc<str>>,
+    decided_at: DateTime<Utc>,
+    eval_duration: Duration,
 }
 
-/// Reasons given when a decision fails closed.
-pub(crate) mod fail_closed {
-    pub(crate) const NO_POLICY: &str = "no policy revision is loaded (fail closed)";
-    pub(crate) const UNDEFINED: &str = "policy result is undefined (fail closed)";
-    pub(crate) const NOT_OBJECT: &str = "policy result is not an object (fail closed)";
-    pub(crate) const NO_ALLOW: &str = "policy result has no boolean \"allow\" (fail closed)";
-    pub(crate) const BAD_REASONS: &str =
-        "policy result \"reasons\" is not an array of strings (fail closed)";
-    pub(crate) const BAD_OBLIGATIONS: &str =
-        "policy result \"obligations\" is not an object (fail closed)";
+/// An allow or a deny with its reasons and obligations, before it becomes a decision.
+/// `allow: true` is written in [`Verdict::allowing`] alone, whose callers each read a
+/// policy's result (or, for a revocation's confirmation, no policy at all: see
+/// [`Decision::revocation_confirmed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Verdict {
+    allow: bool,
+    reasons: Vec<String>,
+    obligations: Value,
+}
+
+impl Verdict {
+    pub(super) fn allowing(reasons: Vec<String>, obligations: Value) -> Self {
+        Self {
+            allow: true,
+            reasons,
+            obligations,
+        }
+    }
+
+    pub(super) fn denying(reasons: Vec<String>) -> Self {
+        Self {
+            allow: false,
+            reasons,
+            obligations: Value::new_object(),
+        }
+    }
+
+    /// The same verdict with other reasons.
+    pub(super) fn with_reasons(self, reasons: Vec<String>) -> Self {
+        Self { reasons, ..self }
+    }
+}
+
+/// A decision document read: its verdict (a deny with the problems appended when it is
+/// malformed), and the problems alone.
+pub(super) struct Read {
+    pub(super) verdict: Verdict,
+    pub(super) problems: Vec<&'static str>,
 }
 
 impl Decision {
@@ -56,10 +84,57 @@ impl Decision {
         decided_at: DateTime<Utc>,
         eval_duration: Duration,
     ) -> Self {
-        let (allow, reasons, obligations) = match outcome {
-            Err(err) => (false, vec![err.to_string()], Value::new_object()),
-            Ok(result) => map_result(&result),
+        let verdict = match outcome {
+            Err(err) => Verdict::denying(vec![err.to_string()]),
+            Ok(result) => read_decision(&result).verdict,
         };
+        Self::new(verdict, provenance, decided_at, eval_duration)
+    }
+
+    /// A deny made without a policy's allow (no policy loaded, a full required log, a
+    /// grant missing, ...), with no evaluation time.
+    pub fn refused(refusal: Refusal, provenance: Provenance, decided_at: DateTime<Utc>) -> Self {
+        Self::new(
+            Verdict::denying(vec![refusal.to_string()]),
+            provenance,
+            decided_at,
+            Duration::ZERO,
+        )
+    }
+
+    /// The record of a raw evaluation: its verdict as the adapter read it.
+    pub(super) fn from_raw(
+        verdict: RawVerdict,
+        provenance: Provenance,
+        decided_at: DateTime<Utc>,
+        eval_duration: Duration,
+    ) -> Self {
+        Self::new(verdict.0, provenance, decided_at, eval_duration)
+    }
+
+    /// The record of a revocation's confirmation: the one step no policy decides (an
+    /// admin reports evidence; the allow-list is its guard), recorded as accepted so it
+    /// is observed like every decision. A required log that is full still denies it.
+    pub fn revocation_confirmed(provenance: Provenance, decided_at: DateTime<Utc>) -> Self {
+        Self::new(
+            Verdict::allowing(vec!["revocation confirmed".into()], Value::new_object()),
+            provenance,
+            decided_at,
+            Duration::ZERO,
+        )
+    }
+
+    fn new(
+        verdict: Verdict,
+        provenance: Provenance,
+        decided_at: DateTime<Utc>,
+        eval_duration: Duration,
+    ) -> Self {
+        let Verdict {
+            allow,
+            reasons,
+            obligations,
+        } = verdict;
         Self {
             id: Uuid::now_v7(),
             allow,
@@ -72,36 +147,50 @@ impl Decision {
         }
     }
 
-    /// A deny made without evaluating (no policy loaded, grant missing, ...).
-    pub fn deny(
-        reason: impl Into<String>,
-        provenance: Provenance,
-        decided_at: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            id: Uuid::now_v7(),
-            allow: false,
-            reasons: vec![reason.into()],
-            obligations: Value::new_object(),
-            policy_revision: provenance.revision,
-            bundle_revision: provenance.bundle_revision,
-            decided_at,
-            eval_duration: Duration::ZERO,
-        }
+    /// Unique, time-ordered (UUIDv7).
+    pub fn id(&self) -> Uuid {
+        self.id
     }
-}
 
-impl Decision {
-    /// A record made without evaluating that accepts a call (a confirmation of evidence).
-    pub fn accepted(
-        reason: impl Into<String>,
-        provenance: Provenance,
-        decided_at: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            allow: true,
-            ..Self::deny(reason, provenance, decided_at)
-        }
+    /// True only when a policy's well-formed result allowed.
+    pub fn allow(&self) -> bool {
+        self.allow
+    }
+
+    /// The policy's reasons, or why the decision failed closed.
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
+
+    /// The reasons, taken (for an answer built from the decision).
+    pub fn into_reasons(self) -> Vec<String> {
+        self.reasons
+    }
+
+    /// The policy's obligations (always an object).
+    pub fn obligations(&self) -> &Value {
+        &self.obligations
+    }
+
+    /// The policy revision that decided (`none` when no policy was loaded).
+    pub fn policy_revision(&self) -> &Arc<str> {
+        &self.policy_revision
+    }
+
+    /// The revision of the OPA bundle that revision came from (its manifest's), when it
+    /// came from a bundle.
+    pub fn bundle_revision(&self) -> Option<&Arc<str>> {
+        self.bundle_revision.as_ref()
+    }
+
+    /// When the decision was made.
+    pub fn decided_at(&self) -> DateTime<Utc> {
+        self.decided_at
+    }
+
+    /// How long the policy evaluation took.
+    pub fn eval_duration(&self) -> Duration {
+        self.eval_duration
     }
 
     /// This decision's decision-log entry, made on `input`, about `grant` (after the
@@ -129,16 +218,28 @@ impl Decision {
         self.reasons.push(reason.into());
         self
     }
+
+    /// This decision (same id) as a deny for `reason` alone: for a record made without
+    /// evaluating whose premise turned out false.
+    pub(super) fn replaced_by_deny(mut self, reason: String) -> Self {
+        self.allow = false;
+        self.reasons = vec![reason];
+        self
+    }
 }
 
-fn map_result(result: &Value) -> (bool, Vec<String>, Value) {
+/// Reads a decision document (the decision entrypoint's result).
+pub(super) fn read_decision(result: &Value) -> Read {
     let Value::Object(object) = result else {
         let reason = if *result == Value::Undefined {
             fail_closed::UNDEFINED
         } else {
             fail_closed::NOT_OBJECT
         };
-        return (false, vec![reason.into()], Value::new_object());
+        return Read {
+            verdict: Verdict::denying(vec![reason.into()]),
+            problems: vec![reason],
+        };
     };
     let mut problems = Vec::new();
     let allow = match object.get(&KEYS.allow) {
@@ -168,12 +269,21 @@ fn map_result(result: &Value) -> (bool, Vec<String>, Value) {
             Value::new_object()
         }
     };
-    if problems.is_empty() {
-        (allow, reasons, obligations)
+    let verdict = if !problems.is_empty() {
+        reasons.extend(problems.iter().map(|p| (*p).to_string()));
+        Verdict {
+            obligations,
+            ..Verdict::denying(reasons)
+        }
+    } else if allow {
+        Verdict::allowing(reasons, obligations)
     } else {
-        reasons.extend(problems.into_iter().map(String::from));
-        (false, reasons, obligations)
-    }
+        Verdict {
+            obligations,
+            ..Verdict::denying(reasons)
+        }
+    };
+    Read { verdict, problems }
 }
 
 /// The texts of `items` when every one is a string.
@@ -184,6 +294,7 @@ fn strings<'a>(items: impl Iterator<Item = &'a Value>) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::LimitKind;
 
     fn decide(json: &str) -> Decision {
         let value = if json.is_empty() {
@@ -242,13 +353,19 @@ mod tests {
     #[test]
     fn evaluation_errors_fail_closed() {
         let d = Decision::from_evaluation(
-            Err(EvalError::LimitExceeded("instructions".into())),
+            Err(EvalError::Limit {
+                kind: LimitKind::Instructions,
+                detail: "more than 10".into(),
+            }),
             "rev".into(),
             Utc::now(),
             Duration::ZERO,
         );
         assert!(!d.allow);
-        assert_eq!(d.reasons, ["evaluation limit exceeded: instructions"]);
+        assert_eq!(
+            d.reasons,
+            ["evaluation limit exceeded: instructions: more than 10"]
+        );
     }
 
     #[test]

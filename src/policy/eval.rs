@@ -95,7 +95,7 @@ impl PolicySet {
             match catch_unwind(AssertUnwindSafe(|| engine.eval_query(query.clone(), false))) {
                 Ok(Ok(results)) => Ok(results),
                 Ok(Err(err)) => Err(classify_engine_error(&err)),
-                Err(_) => Err(EvalError::Failed("the policy engine panicked".into())),
+                Err(_) => Err(EvalError::Panicked),
             }
         })?;
         Ok(results
@@ -122,7 +122,7 @@ impl PolicySet {
                 *cached = Some(self.new_vm(program)?);
             }
             let Some(cached) = cached.as_mut() else {
-                return Err(EvalError::Failed("no VM".into()));
+                return Err(EvalError::Engine("no VM".into()));
             };
             cached.vm.set_input(input);
             let result = catch_unwind(AssertUnwindSafe(|| cached.vm.execute()));
@@ -133,7 +133,7 @@ impl PolicySet {
                 Ok(Err(err)) => Err(classify_vm_error(err)),
                 Err(_) => {
                     vms[slot] = None;
-                    Err(EvalError::Failed("the policy engine panicked".into()))
+                    Err(EvalError::Panicked)
                 }
             }
         })
@@ -143,7 +143,7 @@ impl PolicySet {
         let mut vm = RegoVM::new();
         vm.load_program(program.clone());
         vm.set_data(self.data.clone())
-            .map_err(|e| EvalError::Failed(e.to_string()))?;
+            .map_err(|e| EvalError::Engine(e.to_string()))?;
         vm.set_max_instructions(self.limits.max_instructions);
         vm.set_execution_timer_config(Some(self.limits.timer()));
         vm.set_memory_budget_config(
@@ -167,7 +167,7 @@ impl PolicySet {
         })) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(classify_engine_error(&err)),
-            Err(_) => Err(EvalError::Failed("the policy engine panicked".into())),
+            Err(_) => Err(EvalError::Panicked),
         }
     }
 }
@@ -252,7 +252,16 @@ mod tests {
         let err = set
             .evaluate(Entrypoint::Decision, input(r#"{"n": 100000}"#))
             .unwrap_err();
-        assert!(matches!(err, EvalError::LimitExceeded(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                EvalError::Limit {
+                    kind: LimitKind::Instructions,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Small inputs still evaluate under the same limit.
         assert!(
             set.evaluate(Entrypoint::Decision, input(r#"{"n": 3}"#))
@@ -273,7 +282,13 @@ mod tests {
             .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
         assert!(
-            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            matches!(
+                &err,
+                EvalError::Limit {
+                    kind: LimitKind::Time,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -294,7 +309,40 @@ mod tests {
             .evaluate(Entrypoint::Decision, input(r#"{"n": 2000000}"#))
             .unwrap_err();
         assert!(
-            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("time")),
+            matches!(
+                &err,
+                EvalError::Limit {
+                    kind: LimitKind::Time,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_limit_hit_inside_a_function_is_still_a_limit() {
+        // A user-defined function re-raises its body's error as text: the typed limit
+        // error is gone, and only its message says which bound stopped it.
+        test_heap_limit();
+        let rego = "package stepgate\nf(n) := count([x | some x in numbers.range(1, n); x > 0])\ndecision := {\"allow\": f(input.n) > 0}\n";
+        let limits = EvalLimits {
+            max_instructions: usize::MAX,
+            timeout: Duration::from_millis(2),
+            max_memory: 1 << 30,
+        };
+        let set = set(rego, limits);
+        let err = set
+            .evaluate_interpreted(Entrypoint::Decision, input(r#"{"n": 300000}"#))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EvalError::Limit {
+                    kind: LimitKind::Time,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -315,7 +363,13 @@ mod tests {
             .evaluate(Entrypoint::Decision, input(r#"{"n": 200000}"#))
             .unwrap_err();
         assert!(
-            matches!(&err, EvalError::LimitExceeded(m) if m.starts_with("memory")),
+            matches!(
+                &err,
+                EvalError::Limit {
+                    kind: LimitKind::Memory,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(limit_hits()[LimitKind::Memory as usize] > before);
@@ -342,7 +396,7 @@ mod tests {
             .evaluate(Entrypoint::Decision, input(r#"{"n": 100000000}"#))
             .unwrap_err();
         assert!(
-            matches!(&err, EvalError::LimitExceeded(m) if m.contains("heap limit")),
+            matches!(&err, EvalError::Limit { kind: LimitKind::Memory, detail } if detail.contains("heap limit")),
             "{err}"
         );
         assert!(

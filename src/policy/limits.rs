@@ -20,7 +20,7 @@ use std::{
 use regorus::{Engine, LimitError, rvm::vm::VmError, utils::limits::ExecutionTimerConfig};
 use regorus_mimalloc::limits::{MemoryBudgetUsage, with_memory_budget_usage_scope};
 
-/// Bounds on one evaluation. Exceeding any is an [`EvalError::LimitExceeded`].
+/// Bounds on one evaluation. Exceeding any is an [`EvalError::Limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalLimits {
     /// Most RVM instructions one evaluation may execute.
@@ -60,7 +60,7 @@ pub(super) fn timer(limit: Duration) -> ExecutionTimerConfig {
 
 /// Sets the process heap limit: once the bytes live in the whole process exceed it,
 /// every evaluation, compile and policy test stops with
-/// [`EvalError::LimitExceeded`] instead of allocating more (`None`: no limit).
+/// [`EvalError::Limit`] instead of allocating more (`None`: no limit).
 ///
 /// This is the only bound regorus checks *inside* a builtin call (`numbers.range`,
 /// `strings.repeat`, ... check it as they grow their result), so it is what stops one
@@ -72,7 +72,7 @@ pub fn set_heap_limit(limit: Option<u64>) {
     regorus::set_global_memory_limit(limit);
 }
 
-/// Which bound stopped an evaluation, for [`limit_hits`].
+/// Which bound stopped an evaluation (counted in [`limit_hits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     /// The evaluation's time limit.
@@ -111,9 +111,9 @@ const HEAP_STOP: &str = "the process heap";
 /// Heap-limit stops retried, at most, per evaluation.
 const HEAP_RETRIES: u32 = 2;
 
-/// The error of an evaluation stopped by `kind`: its reason is `<kind>: <message>`.
-fn stopped(kind: LimitKind, message: String) -> EvalError {
-    EvalError::LimitExceeded(format!("{}: {message}", kind.label()))
+/// The error of an evaluation stopped by `kind`: its reason is `<kind>: <detail>`.
+fn stopped(kind: LimitKind, detail: String) -> EvalError {
+    EvalError::Limit { kind, detail }
 }
 
 /// Runs one evaluation (`attempt`), and counts and logs the bound that stopped it.
@@ -136,12 +136,12 @@ pub(super) fn bounded<T>(
         // `doc(hidden)` in regorus-mimalloc, but public: the accounting regorus' own
         // suspendable executions use (an allocation adds its size to the selected usage).
         let result = with_memory_budget_usage_scope(usage, &mut usage, &mut attempt);
-        let Err(EvalError::LimitExceeded(reason)) = &result else {
+        let Err(EvalError::Limit { kind, detail }) = &result else {
             return result;
         };
-        let (label, message) = reason.split_once(": ").unwrap_or_default();
         let asked = usage.map_or(u64::MAX, |u| u.requested_bytes());
-        if message.starts_with(HEAP_STOP) && asked < own_budget && retries < HEAP_RETRIES {
+        // A heap stop is recognised by the message stepgate itself wrote ([`heap_message`]).
+        if detail.starts_with(HEAP_STOP) && asked < own_budget && retries < HEAP_RETRIES {
             retries += 1;
             // Let the other evaluation fail and free: yield, then a millisecond.
             if retries == 1 {
@@ -151,10 +151,8 @@ pub(super) fn bounded<T>(
             }
             continue;
         }
-        if let Some(kind) = LimitKind::ALL.into_iter().find(|k| k.label() == label) {
-            LIMIT_HITS[kind as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::warn!(limit = label, %reason, retries, "evaluation stopped by a limit (denied)");
+        LIMIT_HITS[*kind as usize].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(limit = kind.label(), %detail, retries, "evaluation stopped by a limit (denied)");
         return result;
     }
 }
@@ -165,12 +163,20 @@ pub enum EvalError {
     /// The policy set defines no rule at the entrypoint.
     #[error("entrypoint {0} is not defined by the policy set")]
     MissingEntrypoint(Arc<str>),
-    /// An evaluation limit was exceeded.
-    #[error("evaluation limit exceeded: {0}")]
-    LimitExceeded(String),
+    /// A bound (time, instructions, memory) stopped the evaluation.
+    #[error("evaluation limit exceeded: {}: {detail}", kind.label())]
+    Limit {
+        /// Which bound.
+        kind: LimitKind,
+        /// What the engine measured against it.
+        detail: String,
+    },
     /// The engine reported an error (type error, builtin error, conflict, ...).
     #[error("policy evaluation failed: {0}")]
-    Failed(String),
+    Engine(String),
+    /// The engine panicked (caught; its cached VM is dropped).
+    #[error("policy evaluation failed: the policy engine panicked")]
+    Panicked,
 }
 
 pub(super) fn apply_engine_limits(engine: &mut Engine, limits: &EvalLimits) {
@@ -195,7 +201,7 @@ pub(super) fn classify_vm_error(err: VmError) -> EvalError {
             stopped(LimitKind::Memory, heap_message(usage, limit))
         }
         VmError::RegexSizeLimitExceeded { .. } => stopped(LimitKind::Memory, err.to_string()),
-        other => EvalError::Failed(other.to_string()),
+        other => EvalError::Engine(other.to_string()),
     }
 }
 
@@ -213,8 +219,40 @@ pub(super) fn classify_engine_error(err: &anyhow::Error) -> EvalError {
         Some(LimitError::RegexSizeLimitExceeded { .. }) => {
             stopped(LimitKind::Memory, err.to_string())
         }
-        None if err.to_string().contains("time limit") => stopped(LimitKind::Time, err.to_string()),
-        None => EvalError::Failed(err.to_string()),
+        None => {
+            let message = err.to_string();
+            match limit_in_message(&message) {
+                // regorus' memory limit is the process heap limit (typed above as such).
+                Some(LimitKind::Memory) if message.starts_with(HEAP_LIMIT_MESSAGE) => {
+                    stopped(LimitKind::Memory, format!("{HEAP_STOP} limit: {message}"))
+                }
+                Some(kind) => stopped(kind, message),
+                None => EvalError::Engine(message),
+            }
+        }
+    }
+}
+
+/// How regorus' `LimitError::MemoryLimitExceeded` (the process heap limit) reads.
+const HEAP_LIMIT_MESSAGE: &str = "execution exceeded memory limit";
+
+/// The bound a limit error names when only its message reached us.
+///
+/// The interpreter keeps regorus' typed [`LimitError`] through `?`, but a user-defined
+/// function collects its bodies' errors and re-raises the first as its text
+/// (`anyhow!(e.to_string())` in regorus 0.14's `eval_user_defined_function`), so a limit
+/// hit inside a function arrives as `LimitError`'s `Display` alone. These are its
+/// prefixes; `limit_messages_are_regorus_own` pins them, so an upgrade that rewords them
+/// fails that test instead of turning limit stops into engine errors.
+fn limit_in_message(message: &str) -> Option<LimitKind> {
+    if message.starts_with("execution exceeded time limit") {
+        Some(LimitKind::Time)
+    } else if message.starts_with(HEAP_LIMIT_MESSAGE)
+        || message.starts_with("compiled regex exceeded size limit")
+    {
+        Some(LimitKind::Memory)
+    } else {
+        None
     }
 }
 
@@ -270,7 +308,7 @@ mod tests {
         });
         assert_eq!(tries, 1 + HEAP_RETRIES);
         assert!(
-            matches!(&result, Err(EvalError::LimitExceeded(m)) if m.starts_with("memory: the process heap reached 300.0 MiB")),
+            matches!(&result, Err(EvalError::Limit { kind: LimitKind::Memory, detail }) if detail.starts_with("the process heap reached 300.0 MiB")),
             "{result:?}"
         );
         assert!(limit_hits()[LimitKind::Memory as usize] > before);
@@ -297,7 +335,7 @@ mod tests {
                 LimitKind::Memory,
                 "the evaluation allocated 40.0 MiB over its budget of 32.0 MiB".into(),
             ),
-            EvalError::Failed("type error".into()),
+            EvalError::Engine("type error".into()),
         ] {
             let mut tries = 0;
             let result: Result<(), _> = bounded(1 << 20, || {
@@ -306,5 +344,43 @@ mod tests {
             });
             assert_eq!((result, tries), (Err(error), 1));
         }
+    }
+
+    #[test]
+    fn limit_messages_are_regorus_own() {
+        let errors = [
+            (
+                LimitError::TimeLimitExceeded {
+                    elapsed: Duration::from_millis(7),
+                    limit: Duration::from_millis(5),
+                },
+                LimitKind::Time,
+            ),
+            (
+                LimitError::MemoryLimitExceeded {
+                    usage: 2 << 20,
+                    limit: 1 << 20,
+                },
+                LimitKind::Memory,
+            ),
+            (
+                LimitError::RegexSizeLimitExceeded { limit: 1 << 20 },
+                LimitKind::Memory,
+            ),
+        ];
+        for (error, kind) in errors {
+            let message = error.to_string();
+            assert_eq!(limit_in_message(&message), Some(kind), "{message}");
+            // Typed, and as the text a user-defined function re-raises.
+            for err in [anyhow::Error::new(error), anyhow::anyhow!(message.clone())] {
+                let classified = classify_engine_error(&err);
+                assert!(
+                    matches!(&classified, EvalError::Limit { kind: k, .. } if *k == kind),
+                    "{classified}"
+                );
+            }
+        }
+        let other = classify_engine_error(&anyhow::anyhow!("rego_type_error: x"));
+        assert_eq!(other, EvalError::Engine("rego_type_error: x".into()));
     }
 }

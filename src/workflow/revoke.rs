@@ -106,10 +106,10 @@ impl<S: GrantStore> GrantSteps<S> {
             }
         };
         let pending = self.pipeline.evaluate(input, now, parent);
-        if !pending.decision().allow {
+        if !pending.decision().allow() {
             let grant = match grant {
                 Some(grant) => Some(
-                    self.push_decision(&grant.id().to_string(), pending.decision().id)
+                    self.push_decision(&grant.id().to_string(), pending.decision().id())
                         .await?
                         .grant,
                 ),
@@ -120,7 +120,7 @@ impl<S: GrantStore> GrantSteps<S> {
         let revocation = Revocation {
             by,
             reason: req.reason.clone(),
-            decision_id: Some(pending.decision().id),
+            decision_id: Some(pending.decision().id()),
         };
         let (grant, revoked) = match target {
             Target::GrantId(id) => {

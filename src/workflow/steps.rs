@@ -17,7 +17,7 @@ use crate::{
     clock::Clock,
     decision::{
         ApprovalInput, Caller, Decision, DecisionPipeline, GrantStepInput, InvalidField, Pending,
-        StepInput, accept_identity, validate_agent, validate_check, validate_step,
+        Refusal, StepInput, accept_identity, validate_agent, validate_check, validate_step,
     },
     document::KEYS,
     grants::{
@@ -190,11 +190,11 @@ impl<S: GrantStore> GrantSteps<S> {
         }
         let input = StepInput::of_check(&probe, caller).build(now, None, &extra);
         let pending = self.pipeline.evaluate(input, now, parent);
-        if !pending.decision().allow {
+        if !pending.decision().allow() {
             return Ok(Step::without_grant(pending));
         }
         let terms = match GrantTerms::from_obligations(
-            &pending.decision().obligations,
+            pending.decision().obligations(),
             requested_ttl,
             self.default_approval_timeout,
         ) {
@@ -220,8 +220,8 @@ impl<S: GrantStore> GrantSteps<S> {
             approval_deadline: now + terms.approval_timeout,
             ttl: terms.ttl,
             max_uses: terms.max_uses,
-            policy_revision: decision.policy_revision.clone(),
-            decision_id: decision.id,
+            policy_revision: decision.policy_revision().clone(),
+            decision_id: decision.id(),
         };
         let grant = match Grant::new(request, now) {
             Ok(grant) => grant,
@@ -265,7 +265,7 @@ impl<S: GrantStore> GrantSteps<S> {
                             approver: approver.as_ref().into(),
                             role: req.role.as_str().into(),
                             at: now,
-                            decision_id: decision.id,
+                            decision_id: decision.id(),
                             comment: req.comment.as_str().into(),
                         },
                         now,
@@ -302,7 +302,9 @@ impl<S: GrantStore> GrantSteps<S> {
                 parent,
                 None,
                 &|grant| approval.extra(grant),
-                |grant, decision, now| grant.reject(&approver, &req.reason, Some(decision.id), now),
+                |grant, decision, now| {
+                    grant.reject(&approver, &req.reason, Some(decision.id()), now)
+                },
             )
             .await
         }
@@ -350,7 +352,7 @@ impl<S: GrantStore> GrantSteps<S> {
             }
             .build(now, None, &[(&k.grant, named.into_value())]);
             let decision =
-                Decision::deny(format!("grant {} not found", req.grant_id), revision, now);
+                Decision::refused(Refusal::GrantNotFound(req.grant_id.clone()), revision, now);
             return Ok(Step::without_grant(
                 self.pipeline.unevaluated(decision, input, parent),
             ));
@@ -364,16 +366,19 @@ impl<S: GrantStore> GrantSteps<S> {
         }
         .build(&grant, now, &[]);
         if let Err(refusal) = grant.check_usable(now) {
-            let decision =
-                Decision::deny(refusal.to_string(), self.pipeline.serving_provenance(), now);
+            let decision = Decision::refused(
+                Refusal::GrantUnusable(refusal),
+                self.pipeline.serving_provenance(),
+                now,
+            );
             let pending = self.pipeline.unevaluated(decision, input, parent);
             return self.record_denial(&req.grant_id, pending).await;
         }
         let pending = self.pipeline.evaluate(input, now, parent);
-        if !pending.decision().allow {
+        if !pending.decision().allow() {
             return self.record_denial(&req.grant_id, pending).await;
         }
-        let decision_id = pending.decision().id;
+        let decision_id = pending.decision().id();
         match self
             .store
             .transition(&req.grant_id, self.clock.now(), &mut |g, now| {
@@ -423,7 +428,7 @@ impl<S: GrantStore> GrantSteps<S> {
                 req.context.as_ref(),
                 &extra,
                 |grant, decision, now| {
-                    let cap = match obligation_seconds(&decision.obligations, "max_ttl_seconds") {
+                    let cap = match obligation_seconds(decision.obligations(), "max_ttl_seconds") {
                         Ok(cap) => cap,
                         Err(_) => {
                             return Err(crate::grants::TransitionError::Forbidden(
@@ -435,7 +440,7 @@ impl<S: GrantStore> GrantSteps<S> {
                     let end = now
                         .checked_add_signed(ttl)
                         .ok_or(crate::grants::TransitionError::TimeOutOfRange)?;
-                    grant.renew(end, decision.id, now)
+                    grant.renew(end, decision.id(), now)
                 },
             )
             .await
@@ -480,12 +485,10 @@ impl<S: GrantStore> GrantSteps<S> {
         .build(&grant, now, &[]);
         // Reserved before the store changes, so a required decision log that is full
         // refuses the confirmation instead of leaving it unrecorded.
-        let pending = self.pipeline.unevaluated(
-            Decision::accepted("revocation confirmed", revision, now),
-            input,
-            parent,
-        );
-        if !pending.decision().allow {
+        let pending =
+            self.pipeline
+                .unevaluated(Decision::revocation_confirmed(revision, now), input, parent);
+        if !pending.decision().allow() {
             return self.record_denial(&req.grant_id, pending).await;
         }
         let evidence = req.evidence.as_str();
@@ -498,7 +501,7 @@ impl<S: GrantStore> GrantSteps<S> {
         {
             Ok(updated) => {
                 let updated = self
-                    .push_decision(&req.grant_id, pending.decision().id)
+                    .push_decision(&req.grant_id, pending.decision().id())
                     .await
                     .map(|u| u.grant)
                     .unwrap_or(updated.grant);
@@ -564,7 +567,7 @@ impl<S: GrantStore> GrantSteps<S> {
         }
         .build(&grant, now, &extra(&grant));
         let pending = self.pipeline.evaluate(input, now, parent);
-        if !pending.decision().allow {
+        if !pending.decision().allow() {
             return self.record_denial(id, pending).await;
         }
         let decision = pending.decision();
@@ -602,7 +605,7 @@ impl<S: GrantStore> GrantSteps<S> {
 
     /// Adds a denied step's decision to the grant's evidence trail (no state change).
     async fn record_denial(&self, id: &str, pending: Pending) -> Result<Step, GrantStepError> {
-        let updated = self.push_decision(id, pending.decision().id).await?;
+        let updated = self.push_decision(id, pending.decision().id()).await?;
         Ok(Step {
             grant: Some(updated.grant),
             pending,

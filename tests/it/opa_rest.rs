@@ -309,3 +309,82 @@ async fn decision_callers_and_mtls_apply_to_http_too() {
     assert!(refused, "an HTTPS client without a certificate was served");
     server.stop().await;
 }
+
+/// The record of a REST query of the decision entrypoint reads the result as a Check
+/// does: `{"allow": true, "reasons": "x"}` is answered as the document it is (as OPA
+/// answers) and recorded as the deny a Check would be; a well-formed allow is recorded
+/// as an allow. The same document at another path is read by its `allow` flag.
+#[tokio::test]
+async fn a_malformed_decision_document_is_answered_raw_and_recorded_as_a_deny() {
+    use stepgate::audit::Destination;
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("decisions.jsonl");
+    let log = path.clone();
+    let policy = r#"package stepgate
+
+decision := {"allow": true, "reasons": "x"} if input.action == "malformed"
+
+decision := {"allow": true, "reasons": ["ok"]} if input.action == "fine"
+
+other := {"allow": true, "reasons": "x"}
+"#;
+    let server = Server::start_with(&[("stepgate.rego", policy)], move |config| {
+        config.audit.destination = Destination::File(log);
+    })
+    .await;
+    let asked = [
+        ("/", r#"{"action": "malformed"}"#),
+        (
+            "/v1/data/stepgate/decision",
+            r#"{"input": {"action": "malformed"}}"#,
+        ),
+        ("/", r#"{"action": "fine"}"#),
+        ("/v1/data/stepgate/other", "{}"),
+    ];
+    let mut ids = Vec::new();
+    for (path, body) in asked {
+        let reply = post(&server, path, body).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let answer = reply.json();
+        let (document, id) = if path == "/" {
+            let id = reply.headers["x-decision-id"].to_str().unwrap().to_string();
+            (answer, id)
+        } else {
+            let id = answer["decision_id"].as_str().unwrap().to_string();
+            (answer["result"].clone(), id)
+        };
+        assert_eq!(document["allow"], json!(true), "{path}: the raw document");
+        ids.push(id);
+    }
+    server.stop().await;
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let record = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["decision_id"] == id)
+            .unwrap_or_else(|| panic!("decision {id} not logged: {records:?}"))
+            .clone()
+    };
+    let malformed = json!([
+        "queried data.stepgate.decision",
+        "policy result \"reasons\" is not an array of strings (fail closed)"
+    ]);
+    for id in &ids[..2] {
+        let denied = record(id);
+        assert_eq!(denied["allow"], json!(false), "{denied}");
+        assert_eq!(denied["reasons"], malformed);
+    }
+    let allowed = record(&ids[2]);
+    assert_eq!(allowed["allow"], json!(true), "{allowed}");
+    assert_eq!(
+        allowed["reasons"],
+        json!(["queried data.stepgate.decision"])
+    );
+    let other = record(&ids[3]);
+    assert_eq!(other["allow"], json!(true), "{other}");
+}

@@ -28,7 +28,7 @@ use super::{
     manual_services::envoy_auth::authorization_server::Authorization,
 };
 use crate::{
-    decision::{Caller, Decision, DecisionPipeline, RawTarget},
+    decision::{Caller, Decision, DecisionPipeline, RawTarget, RawVerdict},
     policy::Entrypoint,
     telemetry::ParentContext,
 };
@@ -61,18 +61,20 @@ impl ExtAuthzApi {
             RawTarget::Entrypoint(Entrypoint::Envoy),
             envoy_input(request, caller),
             parent,
-            |result| {
-                let verdict = result
-                    .map_err(|err| err.to_string())
-                    .and_then(|value| envoy_verdict(&value));
-                let (allow, reasons) = match &verdict {
-                    Ok(verdict) => (verdict.allowed, Vec::new()),
-                    Err(err) => (false, vec![err.clone()]),
-                };
-                (verdict, allow, reasons)
+            |result| match result {
+                // The record reads `allowed` from the result itself; a result the plugin
+                // cannot read is a deny with the plugin's words.
+                Ok(result) => match envoy_verdict(result.value()) {
+                    Ok(verdict) => (Ok(verdict), result.flag_verdict(&["allowed"], Vec::new())),
+                    Err(err) => {
+                        let record = RawVerdict::deny(err.clone());
+                        (Err(err), record)
+                    }
+                },
+                Err(refusal) => (Err(refusal.to_string()), RawVerdict::refused(&refusal)),
             },
         );
-        let id = decision.id.to_string();
+        let id = decision.id().to_string();
         let failed = |err: String| {
             Status::unknown(format!(
                 "decision {id}: envoy ext_authz evaluation failed: {err}"
