@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Status, service::Interceptor};
 
-use super::caller::caller_of;
+use super::{caller::caller_of, error::ApiError};
 use crate::decision::Caller;
 
 /// Which callers may call something.
@@ -38,13 +38,14 @@ impl CallerAllowList {
         }
     }
 
-    /// `PERMISSION_DENIED` naming the caller and `what` when it is not on the list.
-    pub(crate) fn check(&self, caller: &Caller, what: &str) -> Result<(), Status> {
+    /// A refusal naming the caller and what it may not do (`call Approve`, `query
+    /// decisions`) when it is not on the list.
+    pub(crate) fn check(&self, caller: &Caller, verb: &str, what: &str) -> Result<(), ApiError> {
         if self.allows(caller) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "caller {} may not call {what}",
+            Err(ApiError::Forbidden(format!(
+                "caller {} may not {verb} {what}",
                 caller.id
             )))
         }
@@ -67,7 +68,8 @@ impl ServiceGuard {
 impl Interceptor for ServiceGuard {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         if let CallerAllowList::Only(_) = self.callers {
-            self.callers.check(&caller_of(&request), self.service)?;
+            self.callers
+                .check(&caller_of(&request), "call", self.service)?;
         }
         Ok(request)
     }

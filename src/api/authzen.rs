@@ -22,7 +22,7 @@ use axum::{
 };
 use regorus::Value;
 
-use super::{caller::http_caller, convert::value_to_struct, http::HttpState};
+use super::{caller::http_caller, convert::value_to_struct, error::ApiError, http::HttpState};
 use crate::{
     decision::{Decision, InvalidField},
     proto::v1::{CheckRequest, Context, Resource, Subject},
@@ -36,48 +36,16 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/access/v1/evaluations", post(evaluations))
 }
 
-/// Why a request was refused, as `{"code", "message"}` (the shape of the OPA API on the
-/// same listener).
-struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-impl From<InvalidField> for Refusal {
-    fn from(err: InvalidField) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: err.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let code = match self.status {
-            StatusCode::FORBIDDEN => "unauthorized",
-            _ => "invalid_parameter",
-        };
-        let body = serde_json::json!({"code": code, "message": self.message});
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
 /// `POST /access/v1/evaluation`.
 async fn evaluation(State(state): State<HttpState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
     let answer = async {
         let parent = ParentContext::from_headers(request.headers());
         let (caller, body) = read(&state, request).await?;
-        let check = check_from(&body, None).map_err(Refusal::from)?;
+        let check = check_from(&body, None).map_err(ApiError::from)?;
         let _turn = state.pipeline.admitted().await;
         let decision = state.pipeline.check(&check, &caller, &parent)?;
-        Ok::<_, Refusal>(decision_json(&decision))
+        Ok::<_, ApiError>(decision_json(&decision))
     }
     .await;
     respond(answer, request_id)
@@ -157,14 +125,11 @@ fn semantic(body: &Value) -> Result<Option<Semantic>, InvalidField> {
 async fn read(
     state: &HttpState,
     request: Request,
-) -> Result<(crate::decision::Caller, Value), Refusal> {
+) -> Result<(crate::decision::Caller, Value), ApiError> {
     let caller = http_caller(&request);
-    if !state.decision_callers.allows(&caller) {
-        return Err(Refusal {
-            status: StatusCode::FORBIDDEN,
-            message: format!("caller {} may not ask for decisions", caller.id),
-        });
-    }
+    state
+        .decision_callers
+        .check(&caller, "ask for", "decisions")?;
     let body = state.read_body(request.into_body()).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| InvalidField::new("request body", "not UTF-8"))?;
@@ -279,7 +244,7 @@ fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn respond(
-    answer: Result<serde_json::Value, Refusal>,
+    answer: Result<serde_json::Value, ApiError>,
     request_id: Option<HeaderValue>,
 ) -> Response {
     let mut response = match answer {

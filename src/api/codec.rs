@@ -20,6 +20,8 @@ use tonic::{
 };
 use tonic_prost::ProstEncoder;
 
+use super::error::status;
+
 /// How deep prost decodes nested messages before it refuses (its `RECURSION_LIMIT`, which
 /// the crate does not export).
 pub(crate) const PROTOBUF_NESTING_LIMIT: usize = 100;
@@ -99,13 +101,7 @@ impl Malformed {
 pub(crate) fn refusal(error: &prost::DecodeError) -> Status {
     let malformed = Malformed::of(error);
     tracing::debug!(%malformed, "malformed request refused");
-    malformed.into()
-}
-
-impl From<Malformed> for Status {
-    fn from(malformed: Malformed) -> Self {
-        Status::invalid_argument(malformed.to_string())
-    }
+    status(malformed)
 }
 
 /// prost's codec with [`Malformed`] decode errors: encodes `T`, decodes `U`.
@@ -191,7 +187,7 @@ mod tests {
         let malformed = Malformed::of(&err);
         assert_eq!(malformed, Malformed::NestedTooDeeply);
         assert_eq!(
-            Status::from(malformed).message(),
+            status(malformed).message(),
             "request: nested too deeply (protobuf messages nest at most 100 levels)"
         );
     }
@@ -213,7 +209,7 @@ mod tests {
             matches!(&malformed, Malformed::InvalidUtf8 { field } if field == "subject.id"),
             "{malformed:?}"
         );
-        let status = Status::from(malformed);
+        let status = status(malformed);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             status.message(),

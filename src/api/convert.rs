@@ -3,12 +3,8 @@
 use chrono::{DateTime, Utc};
 use prost_types::{ListValue, Struct, Timestamp, value::Kind};
 use regorus::Value;
-use tonic::Status;
 
-use crate::{
-    decision::{Decision, InvalidField},
-    proto::v1,
-};
+use crate::{decision::Decision, proto::v1};
 
 /// A decision as the wire message.
 pub(crate) fn decision_message(decision: Decision) -> v1::Decision {
@@ -20,11 +16,6 @@ pub(crate) fn decision_message(decision: Decision) -> v1::Decision {
         decided_at: Some(timestamp(decision.decided_at())),
         reasons: decision.into_reasons(),
     }
-}
-
-/// An invalid field as `INVALID_ARGUMENT` naming it.
-pub(crate) fn invalid_argument(err: InvalidField) -> Status {
-    Status::invalid_argument(err.to_string())
 }
 
 /// A UTC time as a protobuf timestamp.

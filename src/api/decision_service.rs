@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     caller::{caller_of, parent_of},
-    convert::{decision_message, invalid_argument},
+    convert::decision_message,
+    error::status,
 };
 use crate::{
     decision::DecisionPipeline,
@@ -40,7 +41,7 @@ impl DecisionService for DecisionApi {
         let decision = self
             .pipeline
             .check(request.get_ref(), &caller, &parent_of(&request))
-            .map_err(invalid_argument)?;
+            .map_err(status)?;
         Ok(Response::new(CheckResponse {
             decision: Some(decision_message(decision)),
         }))
@@ -57,7 +58,7 @@ impl DecisionService for DecisionApi {
             .pipeline
             .batch_check("checks", checks.into_iter().map(Ok), caller, parent)
             .await
-            .map_err(invalid_argument)?;
+            .map_err(status)?;
         Ok(Response::new(BatchCheckResponse {
             decisions: decisions.into_iter().map(decision_message).collect(),
         }))

@@ -9,12 +9,13 @@ use tonic::{Request, Response, Status};
 use super::{
     AdminCallers,
     caller::{caller_of, parent_of},
-    convert::{decision_message, invalid_argument},
+    convert::decision_message,
+    error::{ApiError, status},
     grant_convert::state_filter,
 };
 use crate::{
     decision::validate_identity,
-    grants::{FeedGap, GrantStore, ListFilter, MemoryGrantStore},
+    grants::{GrantStore, ListFilter, MemoryGrantStore},
     identity,
     proto::v1::{
         self, ApproveRequest, ConfirmRevocationRequest, GetGrantRequest, GrantEvent, GrantResponse,
@@ -22,7 +23,7 @@ use crate::{
         RevalidateRequest, RevokeRequest, RevokeResponse, WatchGrantsRequest,
         grant_service_server::GrantService,
     },
-    workflow::{GrantStepError, GrantSteps, StepOutcome},
+    workflow::{GrantSteps, StepOutcome},
 };
 
 /// The gRPC adapter over the grant steps (on the embedded store unless another
@@ -49,14 +50,6 @@ impl<S: GrantStore> GrantApi<S> {
     }
 }
 
-fn status(err: GrantStepError) -> Status {
-    match err {
-        GrantStepError::Invalid(field) => invalid_argument(field),
-        GrantStepError::NotFound(id) => Status::not_found(format!("grant {id} not found")),
-        GrantStepError::Store(err) => Status::unavailable(format!("grant store: {err}")),
-    }
-}
-
 fn grant_response(outcome: StepOutcome) -> Response<GrantResponse> {
     Response::new(GrantResponse {
         grant: outcome.grant.as_deref().map(v1::Grant::from),
@@ -67,7 +60,7 @@ fn grant_response(outcome: StepOutcome) -> Response<GrantResponse> {
 /// A subject filter as the grants hold subject ids: canonical (a malformed one is
 /// `INVALID_ARGUMENT`); empty means no filter.
 fn subject_filter(mut subject_id: String) -> Result<Option<String>, Status> {
-    validate_identity(&subject_id, "subject_id").map_err(invalid_argument)?;
+    validate_identity(&subject_id, "subject_id").map_err(status)?;
     identity::canonicalize(&mut subject_id);
     Ok(Some(subject_id).filter(|s| !s.is_empty()))
 }
@@ -94,7 +87,7 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
         request: Request<ApproveRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
-        self.admins.check(&caller, "Approve")?;
+        self.admins.check(&caller, "call", "Approve")?;
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .approve(request.get_ref(), &caller, &parent_of(&request))
@@ -108,7 +101,7 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
         request: Request<RejectRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
-        self.admins.check(&caller, "Reject")?;
+        self.admins.check(&caller, "call", "Reject")?;
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .reject(request.get_ref(), &caller, &parent_of(&request))
@@ -148,7 +141,7 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
         let caller = caller_of(&request);
-        self.admins.check(&caller, "Revoke")?;
+        self.admins.check(&caller, "call", "Revoke")?;
         let _turn = self.steps.pipeline().admitted().await;
         let outcome = self
             .steps
@@ -170,7 +163,7 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
         request: Request<ConfirmRevocationRequest>,
     ) -> Result<Response<GrantResponse>, Status> {
         let caller = caller_of(&request);
-        self.admins.check(&caller, "ConfirmRevocation")?;
+        self.admins.check(&caller, "call", "ConfirmRevocation")?;
         let _turn = self.steps.pipeline().admitted().await;
         self.steps
             .confirm_revocation(request.get_ref(), &caller, &parent_of(&request))
@@ -200,10 +193,10 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
             Ok(v1::GrantState::Unspecified) => None,
             Ok(state) => state_filter(state),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
+                return Err(status(ApiError::Invalid(format!(
                     "state: {} is not a GrantState",
                     req.state
-                )));
+                ))));
             }
         };
         let filter = ListFilter {
@@ -241,9 +234,7 @@ impl<S: GrantStore> GrantService for GrantApi<S> {
         let stream = events.filter_map(move |event| match event {
             Ok(event) if filter.matches(&event.grant) => Some(Ok(GrantEvent::from(&event))),
             Ok(_) => None,
-            Err(FeedGap { missed }) => Some(Err(Status::aborted(format!(
-                "watcher fell {missed} events behind; re-list with ListGrants and watch again"
-            )))),
+            Err(gap) => Some(Err(status(gap))),
         });
         Ok(Response::new(Box::pin(stream)))
     }

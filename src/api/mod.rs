@@ -10,6 +10,7 @@ pub(crate) mod codec;
 mod content_type;
 mod convert;
 mod decision_service;
+mod error;
 mod ext_authz;
 mod grant_convert;
 mod grant_service;

@@ -23,7 +23,7 @@ use axum::{
 };
 use regorus::Value;
 
-use super::{caller::http_caller, http::HttpState};
+use super::{caller::http_caller, error::ApiError, http::HttpState};
 use crate::{
     decision::{
         Caller, Decision, RawTarget, RawVerdict, canonical_identities, validate_input_depth,
@@ -42,38 +42,6 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/v1/data/{*path}", get(data_v1).post(data_v1))
         .route("/v0/data/{*path}", post(data_v0))
         .route("/v1/policies", get(policies))
-}
-
-/// An OPA-shaped error response.
-struct OpaError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl OpaError {
-    fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_parameter",
-            message: message.into(),
-        }
-    }
-
-    fn internal(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal_error",
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for OpaError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"code": self.code, "message": self.message});
-        json_response(self.status, body.to_string().into_bytes())
-    }
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -122,20 +90,16 @@ struct Call {
 async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response> {
     let started = Instant::now();
     let caller = http_caller(&request);
-    if !state.decision_callers.allows(&caller) {
-        return Err(OpaError {
-            status: StatusCode::FORBIDDEN,
-            code: "unauthorized",
-            message: format!("caller {} may not query decisions", caller.id),
-        }
-        .into_response());
-    }
+    state
+        .decision_callers
+        .check(&caller, "query", "decisions")
+        .map_err(IntoResponse::into_response)?;
     let params = Params::parse(request.uri().query());
     let parent = ParentContext::from_headers(request.headers());
     let body = state
         .read_body(request.into_body())
         .await
-        .map_err(|field| OpaError::invalid(field.to_string()).into_response())?;
+        .map_err(|field| ApiError::from(field).into_response())?;
     Ok(Call {
         caller,
         parent,
@@ -147,11 +111,11 @@ async fn read_call(state: &HttpState, request: Request) -> Result<Call, Response
 }
 
 /// Parses a JSON document (the input of v0 and `POST /`, or the `{"input": ...}` body).
-fn parse_json(text: &[u8], what: &str) -> Result<Value, OpaError> {
+fn parse_json(text: &[u8], what: &str) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(text)
-        .map_err(|_| OpaError::invalid(format!("{what} is not valid UTF-8")))?;
+        .map_err(|_| ApiError::Invalid(format!("{what} is not valid UTF-8")))?;
     Value::from_json_str(text)
-        .map_err(|e| OpaError::invalid(format!("{what} contains malformed input document: {e}")))
+        .map_err(|e| ApiError::Invalid(format!("{what} contains malformed input document: {e}")))
 }
 
 /// The `data` path of a request: `/v1/data/a/b` → `["a", "b"]` (empty segments, as from
@@ -191,7 +155,7 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     };
     let input = match input.map(canonical_identities).transpose() {
         Ok(input) => input,
-        Err(field) => return OpaError::invalid(field.within("input").to_string()).into_response(),
+        Err(field) => return ApiError::from(field.within("input")).into_response(),
     };
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     let target = RawTarget::Data {
@@ -203,7 +167,7 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
     drop(turn);
     let result = match result {
         Ok(result) => result,
-        Err(err) => return OpaError::internal(err).into_response(),
+        Err(err) => return ApiError::Failed(err).into_response(),
     };
     let mut body = regorus::value::Object::new();
     if result != Value::Undefined {
@@ -238,7 +202,7 @@ async fn data_v1(State(state): State<HttpState>, request: Request) -> Response {
 }
 
 /// The input of a v1 Data API call: `{"input": ...}` in a POST body, `?input=` on GET.
-fn v1_input(call: &Call, is_get: bool) -> Result<Option<Value>, OpaError> {
+fn v1_input(call: &Call, is_get: bool) -> Result<Option<Value>, ApiError> {
     let input = if is_get {
         call.params
             .input
@@ -251,8 +215,8 @@ fn v1_input(call: &Call, is_get: bool) -> Result<Option<Value>, OpaError> {
         match parse_json(&call.body, "body")? {
             Value::Object(object) => object.get(&Value::from("input")).cloned(),
             _ => {
-                return Err(OpaError::invalid(
-                    "body contains malformed input document: not an object",
+                return Err(ApiError::Invalid(
+                    "body contains malformed input document: not an object".into(),
                 ));
             }
         }
@@ -261,8 +225,8 @@ fn v1_input(call: &Call, is_get: bool) -> Result<Option<Value>, OpaError> {
 }
 
 /// The input, if it nests no deeper than a Check's could (see [`validate_input_depth`]).
-fn bounded(input: Value) -> Result<Value, OpaError> {
-    validate_input_depth(&input).map_err(|field| OpaError::invalid(field.to_string()))?;
+fn bounded(input: Value) -> Result<Value, ApiError> {
+    validate_input_depth(&input).map_err(ApiError::from)?;
     Ok(input)
 }
 
@@ -312,7 +276,7 @@ async fn default_decision(State(state): State<HttpState>, request: Request) -> R
     bare_answer(answer, &rule, &call)
 }
 
-fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
+fn raw_input(call: &Call) -> Result<Option<Value>, ApiError> {
     if call.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -320,7 +284,7 @@ fn raw_input(call: &Call) -> Result<Option<Value>, OpaError> {
     let input = with_server_facts(input, &call.caller, call.now);
     canonical_identities(input)
         .map(Some)
-        .map_err(|field| OpaError::invalid(field.to_string()))
+        .map_err(ApiError::from)
 }
 
 /// `data.a.b` for the path `["a", "b"]`.
@@ -368,13 +332,10 @@ fn bare_answer(
     call: &Call,
 ) -> Response {
     match result {
-        Err(err) => OpaError::internal(err).into_response(),
-        Ok(Value::Undefined) => OpaError {
-            status: StatusCode::NOT_FOUND,
-            code: "undefined_document",
-            message: format!("document missing or undefined: {document}"),
+        Err(err) => ApiError::Failed(err).into_response(),
+        Ok(Value::Undefined) => {
+            ApiError::NotFound(format!("document missing or undefined: {document}")).into_response()
         }
-        .into_response(),
         Ok(result) => {
             let mut response = encode(StatusCode::OK, &result, call.params.pretty);
             if let Ok(id) = decision.id().to_string().parse() {
@@ -429,7 +390,7 @@ fn encode(status: StatusCode, value: &Value, pretty: bool) -> Response {
     match bytes {
         Ok(bytes) => json_response(status, bytes),
         Err(err) => {
-            OpaError::internal(format!("result not representable as JSON: {err}")).into_response()
+            ApiError::Failed(format!("result not representable as JSON: {err}")).into_response()
         }
     }
 }

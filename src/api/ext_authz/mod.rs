@@ -25,6 +25,7 @@ use verdict::{CODE_OK, bad_request_response, envoy_verdict, status, verdict_resp
 
 use super::{
     caller::{caller_of, parent_of},
+    error::ApiError,
     manual_services::envoy_auth::authorization_server::Authorization,
 };
 use crate::{
@@ -76,9 +77,9 @@ impl ExtAuthzApi {
         );
         let id = decision.id().to_string();
         let failed = |err: String| {
-            Status::unknown(format!(
+            Status::from(ApiError::Failed(format!(
                 "decision {id}: envoy ext_authz evaluation failed: {err}"
-            ))
+            )))
         };
         let response = match outcome {
             Ok(Ok(verdict)) => verdict_response(verdict).map_err(failed),
