@@ -25,6 +25,9 @@ pub(crate) enum ApiError {
     Unavailable(String),
     /// A stream can no longer follow what it was following (a watcher that fell behind).
     Aborted(String),
+    /// A bound of the server's is reached (calls in flight, request bytes held): the
+    /// call may be tried again.
+    Exhausted(String),
     /// The call could not be answered (a policy evaluation that produced no result).
     Failed(String),
 }
@@ -68,6 +71,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(message) => Status::not_found(message),
             ApiError::Unavailable(message) => Status::unavailable(message),
             ApiError::Aborted(message) => Status::aborted(message),
+            ApiError::Exhausted(message) => Status::resource_exhausted(message),
             ApiError::Failed(message) => Status::unknown(message),
         }
     }
@@ -89,6 +93,9 @@ impl IntoResponse for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
             ApiError::Aborted(message) => (StatusCode::CONFLICT, "aborted", message),
+            ApiError::Exhausted(message) => {
+                (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", message)
+            }
             ApiError::Failed(message) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
             }
@@ -134,6 +141,11 @@ mod tests {
                 ApiError::Aborted("behind".into()),
                 tonic::Code::Aborted,
                 409,
+            ),
+            (
+                ApiError::Exhausted("busy".into()),
+                tonic::Code::ResourceExhausted,
+                429,
             ),
             (ApiError::Failed("failed".into()), tonic::Code::Unknown, 500),
         ];

@@ -36,7 +36,10 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::request_budget::{BudgetedBody, CallLimit, RequestBudget};
+use super::{
+    error::ApiError,
+    request_budget::{BudgetedBody, CallLimit, RequestBudget},
+};
 use crate::telemetry::ListenerMetrics;
 
 /// Bytes of the HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -624,9 +627,9 @@ where
             .remove::<ConnectionInfo>()
             .map(|info| info.restore(request.extensions_mut()));
         let Some(permit) = self.accounting.calls.start() else {
-            let refused = tonic::Status::resource_exhausted(
-                "too many calls in flight (--max-concurrent-calls); try again",
-            )
+            let refused = tonic::Status::from(ApiError::Exhausted(
+                "too many calls in flight (--max-concurrent-calls); try again".into(),
+            ))
             .into_http::<ResBody>();
             return Box::pin(std::future::ready(Ok(
                 refused.map(|body| CountedBody::new(body, call))

@@ -28,6 +28,8 @@ use std::{
 use bytes::Buf;
 use prometheus::IntCounter;
 
+use super::error::ApiError;
+
 /// The errors bodies carry.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -235,8 +237,8 @@ where
                 max = self.budget.max,
                 "request buffer budget exhausted: refusing a request"
             );
-            return Poll::Ready(Some(Err(Box::new(tonic::Status::resource_exhausted(
-                "the server holds too many request bytes; try again",
+            return Poll::Ready(Some(Err(Box::new(tonic::Status::from(
+                ApiError::Exhausted("the server holds too many request bytes; try again".into()),
             )))));
         }
         Poll::Ready(Some(Ok(frame)))
