@@ -93,7 +93,7 @@ fuzz_target!(init: common::write_seeds(seeds), |data: &[u8]| {
         common::assert_json_round_trip(&check_input(&request, &caller, now, None));
     }
     match pipeline.check(&request, &caller, &ParentContext::none()) {
-        Ok(decision) => assert!(!decision.policy_revision.is_empty()),
+        Ok(decision) => assert!(!decision.policy_revision().is_empty()),
         Err(invalid) => assert!(validate_check(&request).is_err(), "{invalid}"),
     }
 });

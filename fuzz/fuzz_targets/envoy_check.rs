@@ -110,6 +110,6 @@ fuzz_target!(init: common::write_seeds(seeds), |data: &[u8]| {
     let api = ExtAuthzApi::new(common::pipeline().clone(), false);
     let (decision, _) = api.decide(&request, &caller, &ParentContext::none());
     if built.is_err() {
-        assert!(!decision.allow, "an unbuildable input was allowed");
+        assert!(!decision.allow(), "an unbuildable input was allowed");
     }
 });

@@ -91,3 +91,63 @@ impl RawVerdict {
         Self::deny(refusal.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::decision::Decision;
+
+    fn result(json: &str) -> PolicyResult {
+        PolicyResult::new(Value::from_json_str(json).unwrap())
+    }
+
+    /// The record a verdict makes.
+    fn record(verdict: RawVerdict) -> Decision {
+        Decision::from_raw(verdict, "rev".into(), Utc::now(), Duration::ZERO)
+    }
+
+    #[test]
+    fn a_decision_document_is_read_as_a_check_reads_it() {
+        let fine =
+            record(result(r#"{"allow": true, "reasons": ["ok"]}"#).decision_verdict("q".into()));
+        assert!(fine.allow());
+        assert_eq!(fine.reasons(), ["q"]);
+        let malformed =
+            record(result(r#"{"allow": true, "reasons": "x"}"#).decision_verdict("q".into()));
+        assert!(!malformed.allow());
+        assert_eq!(
+            malformed.reasons(),
+            [
+                "q",
+                "policy result \"reasons\" is not an array of strings (fail closed)"
+            ]
+        );
+        let undefined = record(PolicyResult::new(Value::Undefined).decision_verdict("q".into()));
+        assert!(!undefined.allow());
+    }
+
+    #[test]
+    fn other_documents_allow_by_their_flag_only_when_it_is_true() {
+        let flags = ["allow", "allowed"];
+        for (json, expected) in [
+            ("true", true),
+            ("false", false),
+            (r#"{"allowed": true}"#, true),
+            (r#"{"allow": true, "reasons": "x"}"#, true),
+            (r#"{"allow": "true"}"#, false),
+            (r#"{"other": true}"#, false),
+            ("[true]", false),
+            ("1", false),
+        ] {
+            let verdict = record(result(json).flag_verdict(&flags, Vec::new()));
+            assert_eq!(verdict.allow(), expected, "{json}");
+        }
+        let envoy = record(result(r#"{"allow": true}"#).flag_verdict(&["allowed"], Vec::new()));
+        assert!(!envoy.allow(), "Envoy reads `allowed` only");
+        assert!(!record(RawVerdict::refused(&Refusal::NoPolicy)).allow());
+    }
+}
