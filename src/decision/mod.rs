@@ -12,6 +12,7 @@ mod input;
 mod nesting;
 mod pipeline;
 mod record;
+mod request;
 mod spec_values;
 
 pub use caller::{Caller, Transport};
@@ -22,7 +23,8 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{caller_value, struct_to_value, validate_agent, validate_step};
+pub(crate) use input::{caller_value, validate_agent, validate_step};
 pub use nesting::validate_input_depth;
 pub use pipeline::{DecisionPipeline, Pending, RawTarget};
 pub use record::Decision;
+pub use request::{AgentCall, CheckRequest, Context, NOT_FINITE, Resource, Subject, Workflow};

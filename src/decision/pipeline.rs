@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField, check_input,
+    Caller, CheckRequest, Decision, InvalidField, check_input,
     gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
@@ -28,7 +28,6 @@ use crate::{
     clock::Clock,
     grants::{Grant, GrantView},
     policy::{Entrypoint, EvalError, PolicyStore, Provenance},
-    proto::v1::CheckRequest,
     telemetry::{ParentContext, Snapshot, Telemetry, step_index},
 };
 
