@@ -134,7 +134,7 @@ fn evaluation(c: &mut Criterion) {
 }
 
 fn input_building(c: &mut Criterion) {
-    let req = issue_request();
+    let req: stepgate::decision::CheckRequest = issue_request().into();
     let caller = Caller {
         id: "spiffe://prod.example.com/ns/vault/sa/issuer".into(),
         authenticated: true,

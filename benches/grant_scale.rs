@@ -519,9 +519,9 @@ fn under_load(
                     .step_by(threads)
                     .collect();
                 let reval: Vec<_> = mine.iter().map(|(_, id)| revalidate(id)).collect();
-                let check: Vec<_> = mine
+                let check: Vec<stepgate::decision::CheckRequest> = mine
                     .iter()
-                    .map(|(i, id)| check_use(id, *i, &REALISTIC))
+                    .map(|(i, id)| check_use(id, *i, &REALISTIC).into())
                     .collect();
                 scope.spawn(move || {
                     let mut samples: Vec<Sample> = Vec::with_capacity(1 << 20);

@@ -65,18 +65,19 @@ fn steps(c: &mut Criterion) {
     // and building `input` with `input.grant`), part of `revalidate`.
     let grant = fx.store.get(&id).expect("the grant");
     let now = fx.store.now();
+    let context = req.context.clone().map(stepgate::decision::Context::from);
     group.bench_function("grant_input", |b| {
         b.iter(|| {
             let input = GrantStepInput {
                 step: "use",
                 caller: &caller,
                 agent: None,
-                context: req.context.as_ref(),
+                context: context.as_ref(),
             };
             black_box(input.build(&grant, now, &[]))
         })
     });
-    let check = check_use(&id, 0, &shape);
+    let check: stepgate::decision::CheckRequest = check_use(&id, 0, &shape).into();
     let decision = fx
         .pipeline
         .check(&check, &caller, &ParentContext::none())

@@ -1,5 +1,5 @@
-//! `stepgate.v1.CheckRequest` as protobuf bytes off the wire → validation → the input
-//! document → a decision by the example policies.
+//! `stepgate.v1.CheckRequest` as protobuf bytes off the wire → the core's request →
+//! validation → the input document → a decision by the example policies.
 //!
 //! Properties: no panic, no hang; a message that decodes re-encodes to bytes that decode
 //! and re-encode to the same bytes; a valid request's input document survives JSON; a decision
@@ -88,6 +88,7 @@ fuzz_target!(init: common::write_seeds(seeds), |data: &[u8]| {
     assert_eq!(again.encode_to_vec(), encoded, "protobuf round trip");
 
     let pipeline = common::pipeline();
+    let request = stepgate::decision::CheckRequest::from(request);
     if validate_check(&request).is_ok() {
         let now = pipeline.clock().now();
         common::assert_json_round_trip(&check_input(&request, &caller, now, None));

@@ -22,10 +22,11 @@ use axum::{
 };
 use regorus::Value;
 
-use super::{caller::http_caller, convert::value_to_struct, error::ApiError, http::HttpState};
+use super::{
+    caller::http_caller, error::ApiError, http::HttpState, request_convert::json_attributes,
+};
 use crate::{
-    decision::{Decision, InvalidField},
-    proto::v1::{CheckRequest, Context, Resource, Subject},
+    decision::{CheckRequest, Context, Decision, InvalidField, Resource, Subject},
     telemetry::ParentContext,
 };
 
@@ -164,10 +165,10 @@ fn string_field(object: &Value, name: &str, path: &str) -> Result<String, Invali
     }
 }
 
-fn properties(object: &Value, path: &str) -> Result<Option<prost_types::Struct>, InvalidField> {
+fn properties(object: &Value, path: &str) -> Result<Option<Value>, InvalidField> {
     match field(object, "properties") {
         None | Some(Value::Null) => Ok(None),
-        Some(value @ Value::Object(_)) => Ok(Some(value_to_struct(value))),
+        Some(value @ Value::Object(_)) => Ok(Some(json_attributes(value))),
         Some(_) => Err(InvalidField::new(
             format!("{path}.properties"),
             "must be an object",
@@ -223,7 +224,7 @@ fn check_from(defaults: &Value, item: Option<&Value>) -> Result<CheckRequest, In
             .transpose()?,
         context: context.map(|c| Context {
             source_ip: String::new(),
-            attributes: Some(value_to_struct(c)),
+            attributes: Some(json_attributes(c)),
         }),
         ..CheckRequest::default()
     })

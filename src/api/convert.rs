@@ -50,7 +50,7 @@ fn value_to_proto(value: &Value) -> prost_types::Value {
     let kind = match value {
         Value::Null | Value::Undefined => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_else(|| nearest_double(value))),
+        Value::Number(_) => Kind::NumberValue(value_as_double(value)),
         Value::String(s) => Kind::StringValue(s.to_string()),
         Value::Array(items) => Kind::ListValue(ListValue {
             values: items.iter().map(value_to_proto).collect(),
@@ -61,6 +61,14 @@ fn value_to_proto(value: &Value) -> prost_types::Value {
         Value::Object(_) => Kind::StructValue(value_to_struct(value)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// A number as a double: itself when regorus holds it as one, else the nearest.
+pub(crate) fn value_as_double(value: &Value) -> f64 {
+    match value {
+        Value::Number(n) => n.as_f64().unwrap_or_else(|| nearest_double(value)),
+        _ => f64::NAN,
+    }
 }
 
 /// The double nearest a number regorus holds no exact double for (an integer past ±2^53,

@@ -37,10 +37,12 @@ impl DecisionService for DecisionApi {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let caller = caller_of(&request);
+        let parent = parent_of(&request);
+        let check = request.into_inner().into();
         let _turn = self.pipeline.admitted().await;
         let decision = self
             .pipeline
-            .check(request.get_ref(), &caller, &parent_of(&request))
+            .check(&check, &caller, &parent)
             .map_err(status)?;
         Ok(Response::new(CheckResponse {
             decision: Some(decision_message(decision)),
@@ -56,7 +58,12 @@ impl DecisionService for DecisionApi {
         let checks = request.into_inner().checks;
         let decisions = self
             .pipeline
-            .batch_check("checks", checks.into_iter().map(Ok), caller, parent)
+            .batch_check(
+                "checks",
+                checks.into_iter().map(|check| Ok(check.into())),
+                caller,
+                parent,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(BatchCheckResponse {

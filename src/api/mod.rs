@@ -20,6 +20,7 @@ mod manual_services;
 mod observability;
 mod opa_rest;
 mod request_budget;
+mod request_convert;
 mod server;
 mod tls;
 mod uds_authority;

@@ -7,11 +7,12 @@ use std::borrow::Cow;
 
 use regorus::Value;
 
+use super::request::AgentCall;
 use super::{
     InvalidField,
     input::{Entries, KEYS},
 };
-use crate::{grants::Grant, identity, proto::v1::AgentCall};
+use crate::{grants::Grant, identity};
 
 /// An identity field in its canonical form, or `field: <problem>`; empty passes.
 pub(crate) fn accept_identity<'a>(
@@ -167,9 +168,10 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::{
-        decision::{Caller, check_input, input::tests::example, validate_check},
-        proto::v1::CheckRequest,
+    use crate::decision::{
+        Caller, CheckRequest, check_input,
+        input::tests::{example, wire_example},
+        validate_check,
     };
 
     fn json(value: &Value) -> serde_json::Value {
@@ -285,7 +287,7 @@ mod tests {
     fn a_lookalike_approver_is_shown_as_the_person_the_grant_names() {
         use crate::grants::{Approval, GrantRequest};
         let now = Utc::now();
-        let req = example();
+        let req = wire_example();
         let mut grant = Grant::new(
             GrantRequest {
                 subject: req.subject.unwrap(),

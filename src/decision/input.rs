@@ -8,20 +8,19 @@
 use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use prost_types::{Struct, value::Kind};
 use regorus::{Value, value::Object};
 
 use super::{
     Caller,
     identities::{validate_agent_identities, validate_identity},
-    nesting::validate_struct,
+    nesting::validate_attributes,
+    request::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
     spec_values::SpecValues,
 };
 pub(crate) use crate::document::{KEYS, text};
 use crate::{
     grants::{Grant, Terms},
     identity,
-    proto::v1::{AgentCall, CheckRequest, Context, Resource, Subject, Workflow},
 };
 
 /// A request field that is missing or malformed; the API maps it to `INVALID_ARGUMENT`.
@@ -78,19 +77,19 @@ pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
     if req.action.is_empty() {
         return Err(InvalidField::new("action", "required"));
     }
-    validate_struct(subject.attributes.as_ref(), "subject.attributes")?;
+    validate_attributes(subject.attributes.as_ref(), "subject.attributes")?;
     if let Some(resource) = &req.resource {
-        validate_struct(resource.attributes.as_ref(), "resource.attributes")?;
+        validate_attributes(resource.attributes.as_ref(), "resource.attributes")?;
     }
     if let Some(workflow) = &req.workflow {
         validate_identity(&workflow.requester, "workflow.requester")?;
-        validate_struct(workflow.attributes.as_ref(), "workflow.attributes")?;
+        validate_attributes(workflow.attributes.as_ref(), "workflow.attributes")?;
     }
     if let Some(agent) = &req.agent {
         validate_agent(agent)?;
     }
     if let Some(context) = &req.context {
-        validate_struct(context.attributes.as_ref(), "context.attributes")?;
+        validate_attributes(context.attributes.as_ref(), "context.attributes")?;
     }
     Ok(())
 }
@@ -99,7 +98,7 @@ pub fn validate_check(req: &CheckRequest) -> Result<(), InvalidField> {
 /// its arguments.
 pub(crate) fn validate_agent(agent: &AgentCall) -> Result<(), InvalidField> {
     validate_agent_identities(agent)?;
-    validate_struct(agent.arguments.as_ref(), "agent.arguments")
+    validate_attributes(agent.arguments.as_ref(), "agent.arguments")
 }
 
 /// A step is a lowercase identifier: one of the known steps or a custom one.
@@ -245,11 +244,19 @@ pub(super) struct TermValues {
 impl TermValues {
     /// A grant's terms as values.
     pub(super) fn of(terms: &Terms) -> Self {
+        // The terms are still `stepgate.v1` messages (see `grants::Terms`): turned into
+        // the core's types by `api`'s conversions, once per spec and thread.
         Self {
-            subject: Some(subject_value(&terms.subject)),
+            subject: Some(subject_value(&Subject::from(terms.subject.clone()))),
             action: (!terms.action.is_empty()).then(|| Value::from(terms.action.as_str())),
-            resource: terms.resource.as_ref().map(resource_value),
-            workflow: terms.workflow.as_ref().map(workflow_value),
+            resource: terms
+                .resource
+                .clone()
+                .map(|resource| resource_value(&Resource::from(resource))),
+            workflow: terms
+                .workflow
+                .clone()
+                .map(|workflow| workflow_value(&Workflow::from(workflow))),
         }
     }
 }
@@ -424,7 +431,7 @@ fn write_rfc3339(at: DateTime<Utc>, out: &mut [u8; 30]) -> Option<usize> {
 pub(crate) fn subject_value(subject: &Subject) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_struct(&mut o, &k.attributes, subject.attributes.as_ref());
+    insert_attributes(&mut o, &k.attributes, subject.attributes.as_ref());
     insert_identity(&mut o, &k.id, &subject.id);
     insert_str(&mut o, &k.kind, &subject.kind);
     insert_identity(&mut o, &k.owner, &subject.owner);
@@ -463,7 +470,7 @@ pub(crate) fn caller_value(caller: &Caller) -> Value {
 pub(crate) fn resource_value(resource: &Resource) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_struct(&mut o, &k.attributes, resource.attributes.as_ref());
+    insert_attributes(&mut o, &k.attributes, resource.attributes.as_ref());
     insert_str(&mut o, &k.id, &resource.id);
     insert_str(&mut o, &k.type_, &resource.r#type);
     o.into_value()
@@ -472,7 +479,7 @@ pub(crate) fn resource_value(resource: &Resource) -> Value {
 pub(crate) fn workflow_value(workflow: &Workflow) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_struct(&mut o, &k.attributes, workflow.attributes.as_ref());
+    insert_attributes(&mut o, &k.attributes, workflow.attributes.as_ref());
     o.insert(k.emergency.clone(), Value::from(workflow.emergency));
     insert_str(&mut o, &k.id, &workflow.id);
     insert_str(&mut o, &k.justification, &workflow.justification);
@@ -483,7 +490,7 @@ pub(crate) fn workflow_value(workflow: &Workflow) -> Value {
 pub(crate) fn agent_value(agent: &AgentCall) -> Value {
     let k = &*KEYS;
     let mut o = Entries::new();
-    insert_struct(&mut o, &k.arguments, agent.arguments.as_ref());
+    insert_attributes(&mut o, &k.arguments, agent.arguments.as_ref());
     let chain: Vec<Value> = agent
         .delegation_chain
         .iter()
@@ -499,7 +506,7 @@ pub(crate) fn context_value(context: Option<&Context>, now: DateTime<Utc>) -> Va
     let k = &*KEYS;
     let mut o = Entries::new();
     if let Some(context) = context {
-        insert_struct(&mut o, &k.attributes, context.attributes.as_ref());
+        insert_attributes(&mut o, &k.attributes, context.attributes.as_ref());
         insert_str(&mut o, &k.source_ip, &context.source_ip);
     }
     o.insert(k.time.clone(), rfc3339(now));
@@ -522,64 +529,20 @@ fn insert_identity(o: &mut Entries, key: &Value, value: &str) {
     }
 }
 
-fn insert_struct(o: &mut Entries, key: &Value, value: Option<&Struct>) {
-    if let Some(s) = value {
-        o.insert(key.clone(), struct_to_value(s));
+fn insert_attributes(o: &mut Entries, key: &Value, value: Option<&Value>) {
+    if let Some(value) = value {
+        o.insert(key.clone(), value.clone());
     }
-}
-
-/// A protobuf `Struct` as a regorus object. Non-finite numbers (refused by validation)
-/// become `null`.
-pub fn struct_to_value(s: &Struct) -> Value {
-    let mut o = Entries::new();
-    for (key, value) in &s.fields {
-        o.insert(
-            Value::from(key.as_str()),
-            proto_value_to_value(value.kind.as_ref()),
-        );
-    }
-    o.into_value()
-}
-
-fn proto_value_to_value(kind: Option<&Kind>) -> Value {
-    match kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::NumberValue(n)) if n.is_finite() => number_value(*n),
-        Some(Kind::NumberValue(_)) => Value::Null,
-        Some(Kind::StringValue(s)) => Value::from(s.as_str()),
-        Some(Kind::BoolValue(b)) => Value::from(*b),
-        Some(Kind::StructValue(s)) => struct_to_value(s),
-        Some(Kind::ListValue(l)) => Value::from(
-            l.values
-                .iter()
-                .map(|v| proto_value_to_value(v.kind.as_ref()))
-                .collect::<Vec<_>>(),
-        ),
-    }
-}
-
-/// Whole numbers stay integers so that `x == 3` and `sprintf("%d", [x])` behave in Rego,
-/// and keep their exact value: every double past 2^53 is whole, and as a float regorus
-/// writes it to JSON (the decision log, OPA's API) as its shortest digits padded with
-/// zeros, which read back as another integer (540431955284459520 as ...500).
-fn number_value(n: f64) -> Value {
-    const I64_RANGE: f64 = 9_223_372_036_854_775_808.0; // 2^63
-    if n.fract() != 0.0 {
-        return Value::from(n);
-    }
-    if n.abs() < I64_RANGE {
-        return Value::from(n as i64);
-    }
-    // `{:.0}` writes a double's exact decimal expansion, which reads as an exact integer.
-    Value::from_json_str(&format!("{n:.0}")).unwrap_or_else(|_| Value::from(n))
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::BTreeMap;
 
+    use prost_types::{Struct, value::Kind};
+
     use super::*;
-    use crate::decision::Transport;
+    use crate::{decision::Transport, proto::v1};
 
     fn strukt(json: serde_json::Value) -> Struct {
         fn conv(v: serde_json::Value) -> prost_types::Value {
@@ -606,11 +569,17 @@ pub(super) mod tests {
         }
     }
 
-    /// A valid `issue` check with a subject, owner, resource, workflow and context.
-    pub(in crate::decision) fn example() -> CheckRequest {
-        CheckRequest {
+    /// A JSON object as an attributes value.
+    fn attributes(json: serde_json::Value) -> Value {
+        Value::from_json_str(&json.to_string()).unwrap()
+    }
+
+    /// [`example`] as it comes off the wire (a grant's terms are still `stepgate.v1`
+    /// messages).
+    pub(in crate::decision) fn wire_example() -> v1::CheckRequest {
+        v1::CheckRequest {
             step: "issue".into(),
-            subject: Some(Subject {
+            subject: Some(v1::Subject {
                 id: "spiffe://prod/ns/payments/sa/deployer".into(),
                 kind: "service_account".into(),
                 owner: "team-payments".into(),
@@ -619,23 +588,28 @@ pub(super) mod tests {
                 )),
             }),
             action: "issue_credential".into(),
-            resource: Some(Resource {
+            resource: Some(v1::Resource {
                 r#type: "secret".into(),
                 id: "prod/db/password".into(),
                 attributes: None,
             }),
-            workflow: Some(Workflow {
+            workflow: Some(v1::Workflow {
                 id: "CHG-1234".into(),
                 requester: "alice".into(),
                 ..Default::default()
             }),
             agent: None,
-            context: Some(Context {
+            context: Some(v1::Context {
                 source_ip: "10.1.2.3".into(),
                 attributes: None,
             }),
             grant_id: String::new(),
         }
+    }
+
+    /// A valid `issue` check with a subject, owner, resource, workflow and context.
+    pub(in crate::decision) fn example() -> CheckRequest {
+        wire_example().into()
     }
 
     #[test]
@@ -691,7 +665,7 @@ pub(super) mod tests {
     /// An ACTIVE grant for `example()`'s subject, action, resource and workflow, with
     /// one approval and three uses.
     fn example_grant(now: DateTime<Utc>) -> Grant {
-        let req = example();
+        let req = wire_example();
         let mut grant = Grant::new(
             crate::grants::GrantRequest {
                 subject: req.subject.unwrap(),
@@ -816,36 +790,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn large_whole_numbers_keep_their_exact_value_through_json() {
-        // Found by the check_request fuzz target: 540431955284459520 (a double) reached
-        // policy as that number and the JSON of the input as 540431955284459500.
-        for n in [
-            540_431_955_284_459_520.0,
-            -1.234_567_890_123_456_7e25,
-            9_223_372_036_854_775_808.0,
-            f64::MAX,
-        ] {
-            let v = struct_to_value(&strukt(serde_json::json!({ "n": n })));
-            assert_eq!(v["n"], Value::from(n), "{n:e} keeps its value");
-            let text = v.to_json_str().unwrap();
-            assert_eq!(Value::from_json_str(&text).unwrap(), v, "{text}");
-        }
-        let text = struct_to_value(&strukt(
-            serde_json::json!({ "n": 540_431_955_284_459_520.0 }),
-        ))
-        .to_json_str()
-        .unwrap();
-        assert!(text.contains("540431955284459520"), "{text}");
-    }
-
-    #[test]
-    fn whole_numbers_stay_integers() {
-        let v = struct_to_value(&strukt(serde_json::json!({"n": 3.0, "f": 0.5})));
-        assert_eq!(v["n"], Value::from(3i64));
-        assert_eq!(v["f"], Value::from(0.5));
-    }
-
-    #[test]
     fn validation_names_each_missing_field() {
         type Mutation = fn(&mut CheckRequest);
         let cases: [(Mutation, &str); 5] = [
@@ -870,15 +814,9 @@ pub(super) mod tests {
     #[test]
     fn validation_refuses_non_finite_and_deep_attributes() {
         let mut req = example();
-        req.resource.as_mut().unwrap().attributes = Some(Struct {
-            fields: [(
-                "x".to_string(),
-                prost_types::Value {
-                    kind: Some(Kind::NumberValue(f64::NAN)),
-                },
-            )]
-            .into(),
-        });
+        let mut nan = Object::new();
+        nan.insert(Value::from("x"), crate::decision::NOT_FINITE);
+        req.resource.as_mut().unwrap().attributes = Some(nan.into_value());
         assert_eq!(
             validate_check(&req).unwrap_err().field,
             "resource.attributes"
@@ -889,7 +827,7 @@ pub(super) mod tests {
             deep = serde_json::json!({"a": deep});
         }
         let mut req = example();
-        req.context.as_mut().unwrap().attributes = Some(strukt(deep));
+        req.context.as_mut().unwrap().attributes = Some(attributes(deep));
         let err = validate_check(&req).unwrap_err();
         assert_eq!(err.to_string(), "context.attributes: nested too deeply");
     }

@@ -14,6 +14,7 @@ mod pipeline;
 mod raw;
 mod record;
 mod refusal;
+mod request;
 mod spec_values;
 
 pub use caller::{Caller, Transport};
@@ -24,9 +25,10 @@ pub use input::{
     GrantStepInput, InvalidField, StepInput, check_input, grant_value, validate_check,
     with_server_facts,
 };
-pub(crate) use input::{caller_value, struct_to_value, validate_agent, validate_step};
+pub(crate) use input::{caller_value, validate_agent, validate_step};
 pub use nesting::validate_input_depth;
 pub use pipeline::{DecisionPipeline, Pending};
 pub use raw::{PolicyResult, RawTarget, RawVerdict};
 pub use record::Decision;
 pub use refusal::Refusal;
+pub use request::{AgentCall, CheckRequest, Context, NOT_FINITE, Resource, Subject, Workflow};

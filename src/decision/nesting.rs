@@ -1,14 +1,13 @@
-//! How deep the values of a request may nest: one rule for a Check's attributes
-//! (protobuf `Struct`s) and for a whole input document given as JSON (OPA REST), so every
-//! adapter refuses the same depths.
+//! How deep the values of a request may nest: one rule for a Check's attributes and for
+//! a whole input document given as JSON (OPA REST), so every adapter refuses the same
+//! depths.
 //!
 //! Each object and list is one level; the attributes object itself is the first. A
 //! deeper value is refused before any policy sees it (`nested too deeply`).
 
-use prost_types::{Struct, value::Kind};
 use regorus::Value;
 
-use super::InvalidField;
+use super::{InvalidField, request::NOT_FINITE};
 
 /// Deepest accepted nesting of `attributes` / `arguments` structs.
 const MAX_STRUCT_DEPTH: usize = 32;
@@ -20,45 +19,31 @@ const INPUT_LEVELS_ABOVE_ATTRIBUTES: usize = 2;
 
 const TOO_DEEP: &str = "nested too deeply";
 
-/// A value that may hold others: an object's or a list's members.
-trait Nested {
-    /// `None` for a value that holds none; else `each` over the members, stopping at
-    /// the first error.
-    fn try_members<E>(&self, each: impl FnMut(&Self) -> Result<(), E>) -> Option<Result<(), E>>;
-}
-
-impl Nested for prost_types::Value {
-    fn try_members<E>(&self, each: impl FnMut(&Self) -> Result<(), E>) -> Option<Result<(), E>> {
-        match &self.kind {
-            Some(Kind::StructValue(s)) => Some(s.fields.values().try_for_each(each)),
-            Some(Kind::ListValue(l)) => Some(l.values.iter().try_for_each(each)),
-            _ => None,
-        }
-    }
-}
-
-impl Nested for Value {
-    fn try_members<E>(&self, each: impl FnMut(&Self) -> Result<(), E>) -> Option<Result<(), E>> {
-        match self {
-            Value::Object(o) => Some(o.values().try_for_each(each)),
-            Value::Array(a) => Some(a.iter().try_for_each(each)),
-            Value::Set(s) => Some(s.iter().try_for_each(each)),
-            _ => None,
-        }
+/// `None` for a value that holds no others; else `each` over an object's, a list's or
+/// a set's members, stopping at the first error.
+fn try_members<E>(
+    value: &Value,
+    each: impl FnMut(&Value) -> Result<(), E>,
+) -> Option<Result<(), E>> {
+    match value {
+        Value::Object(o) => Some(o.values().try_for_each(each)),
+        Value::Array(a) => Some(a.iter().try_for_each(each)),
+        Value::Set(s) => Some(s.iter().try_for_each(each)),
+        _ => None,
     }
 }
 
 /// Checks `value`, at nesting `level`, and everything in it: no object or list deeper
 /// than `max`, and every other value accepted by `leaf`. A value past `max` is refused
 /// before its members are walked, so the walk is as deep as the bound and no deeper.
-fn walk<V: Nested>(
-    value: &V,
+fn walk(
+    value: &Value,
     level: usize,
     max: usize,
-    leaf: &impl Fn(&V) -> Result<(), &'static str>,
+    leaf: &impl Fn(&Value) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
     let too_deep = level > max;
-    let members = value.try_members(|member| {
+    let members = try_members(value, |member| {
         if too_deep {
             return Err(TOO_DEEP);
         }
@@ -72,21 +57,21 @@ fn walk<V: Nested>(
     }
 }
 
-/// Checks a Check's `attributes` / `arguments` struct (`field` names it): nested at most
-/// [`MAX_STRUCT_DEPTH`] levels, with numbers that JSON can carry.
-pub(super) fn validate_struct(value: Option<&Struct>, field: &str) -> Result<(), InvalidField> {
-    let finite = |value: &prost_types::Value| match value.kind {
-        Some(Kind::NumberValue(n)) if !n.is_finite() => Err("numbers must be finite"),
-        _ => Ok(()),
+/// Checks a Check's `attributes` / `arguments` object (`field` names it): nested at
+/// most [`MAX_STRUCT_DEPTH`] levels, with numbers that JSON can carry.
+pub(super) fn validate_attributes(value: Option<&Value>, field: &str) -> Result<(), InvalidField> {
+    let finite = |value: &Value| {
+        if *value == NOT_FINITE {
+            Err("numbers must be finite")
+        } else {
+            Ok(())
+        }
     };
     let Some(attributes) = value else {
         return Ok(());
     };
-    // The struct is the first level; its fields are on the second.
-    attributes
-        .fields
-        .values()
-        .try_for_each(|v| walk(v, 2, MAX_STRUCT_DEPTH, &finite))
+    // The object is the first level; its fields are on the second.
+    walk(attributes, 1, MAX_STRUCT_DEPTH, &finite)
         .map_err(|problem| InvalidField::new(field, problem))
 }
 
@@ -144,28 +129,21 @@ mod tests {
     }
 
     #[test]
-    fn a_struct_past_the_bound_is_refused_also_when_empty() {
-        let mut value = prost_types::Value {
-            kind: Some(Kind::ListValue(Default::default())),
-        };
-        // The attributes struct (1) and the field's value (2) with 30 lists inside: 32.
-        for _ in 0..30 {
-            value = prost_types::Value {
-                kind: Some(Kind::ListValue(prost_types::ListValue {
-                    values: vec![value],
-                })),
-            };
-        }
-        let attributes = |value: prost_types::Value| Struct {
-            fields: [("a".to_string(), value)].into(),
-        };
-        validate_struct(Some(&attributes(value.clone())), "x").unwrap();
-        let deeper = prost_types::Value {
-            kind: Some(Kind::ListValue(prost_types::ListValue {
-                values: vec![value],
-            })),
-        };
-        let err = validate_struct(Some(&attributes(deeper)), "x").unwrap_err();
+    fn attributes_past_the_bound_are_refused_also_when_empty() {
+        // The attributes object (1) and the field's value (2) with 30 lists inside: 32.
+        let attributes =
+            |lists_in_field: usize| input(&format!(r#"{{"a": {}}}"#, lists(lists_in_field, "")));
+        validate_attributes(Some(&attributes(31)), "x").unwrap();
+        let err = validate_attributes(Some(&attributes(32)), "x").unwrap_err();
         assert_eq!(err.to_string(), "x: nested too deeply");
+    }
+
+    #[test]
+    fn attributes_hold_finite_numbers() {
+        let mut object = regorus::value::Object::new();
+        object.insert(Value::from("x"), Value::from(vec![NOT_FINITE]));
+        let err = validate_attributes(Some(&object.into_value()), "x").unwrap_err();
+        assert_eq!(err.to_string(), "x: numbers must be finite");
+        validate_attributes(Some(&input(r#"{"x": [1.5, 2, null]}"#)), "x").unwrap();
     }
 }

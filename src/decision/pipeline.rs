@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use regorus::Value;
 
 use super::{
-    Caller, Decision, InvalidField, PolicyResult, RawTarget, RawVerdict, Refusal, check_input,
+    Caller, CheckRequest, Decision, InvalidField, PolicyResult, RawTarget, RawVerdict, Refusal,
+    check_input,
     gate::{EvalGate, EvalPermit},
     grant_value,
     input::{KEYS, text},
@@ -27,7 +28,6 @@ use crate::{
     clock::Clock,
     grants::{Grant, GrantView},
     policy::{Entrypoint, PolicyStore, Provenance},
-    proto::v1::CheckRequest,
     telemetry::{ParentContext, Snapshot, Telemetry, step_index},
 };
 

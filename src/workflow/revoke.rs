@@ -70,7 +70,7 @@ impl<S: GrantStore> GrantSteps<S> {
             }
             Target::WorkflowId(id) => {
                 require(id, "workflow_id")?;
-                let workflow = crate::proto::v1::Workflow {
+                let workflow = crate::decision::Workflow {
                     id: id.clone(),
                     ..Default::default()
                 };
@@ -88,7 +88,7 @@ impl<S: GrantStore> GrantSteps<S> {
             }
             Target::SubjectId(id) => {
                 require(id, "subject_id")?;
-                let subject = crate::proto::v1::Subject {
+                let subject = crate::decision::Subject {
                     id: id.clone(),
                     ..Default::default()
                 };

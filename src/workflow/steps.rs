@@ -164,7 +164,7 @@ impl<S: GrantStore> GrantSteps<S> {
         };
         // The request's parts as a check at step `request`: validated and turned into the
         // input document exactly as every other decision.
-        let probe = crate::proto::v1::CheckRequest {
+        let probe = crate::decision::CheckRequest::from(crate::proto::v1::CheckRequest {
             step: "request".into(),
             subject: req.subject.clone(),
             action: req.action.clone(),
@@ -173,7 +173,7 @@ impl<S: GrantStore> GrantSteps<S> {
             agent: req.agent.clone(),
             context: req.context.clone(),
             grant_id: String::new(),
-        };
+        });
         validate_check(&probe)?;
 
         let now = self.clock.now();
@@ -203,7 +203,7 @@ impl<S: GrantStore> GrantSteps<S> {
         };
         let decision = pending.decision();
         // The grant keeps the identities in the canonical form the policy judged.
-        let mut subject = probe.subject.clone().unwrap_or_default();
+        let mut subject = req.subject.clone().unwrap_or_default();
         identity::canonicalize(&mut subject.id);
         identity::canonicalize(&mut subject.owner);
         let mut workflow = req.workflow.clone();
@@ -330,7 +330,9 @@ impl<S: GrantStore> GrantSteps<S> {
         parent: &ParentContext,
     ) -> Result<Step, GrantStepError> {
         require(&req.grant_id, "grant_id")?;
-        if let Some(agent) = &req.agent {
+        let agent = req.agent.clone().map(crate::decision::AgentCall::from);
+        let context = req.context.clone().map(crate::decision::Context::from);
+        if let Some(agent) = &agent {
             validate_agent(agent)?;
         }
         let Some(grant) = self.store.get(&req.grant_id, self.clock.now()).await else {
@@ -347,8 +349,8 @@ impl<S: GrantStore> GrantSteps<S> {
                 action: "",
                 resource: None,
                 workflow: None,
-                agent: req.agent.as_ref(),
-                context: req.context.as_ref(),
+                agent: agent.as_ref(),
+                context: context.as_ref(),
             }
             .build(now, None, &[(&k.grant, named.into_value())]);
             let decision =
@@ -361,8 +363,8 @@ impl<S: GrantStore> GrantSteps<S> {
         let input = GrantStepInput {
             step: "use",
             caller,
-            agent: req.agent.as_ref(),
-            context: req.context.as_ref(),
+            agent: agent.as_ref(),
+            context: context.as_ref(),
         }
         .build(&grant, now, &[]);
         if let Err(refusal) = grant.check_usable(now) {
@@ -553,6 +555,7 @@ impl<S: GrantStore> GrantSteps<S> {
         + Send,
     ) -> Result<Step, GrantStepError> {
         validate_step(step)?;
+        let context = context.cloned().map(crate::decision::Context::from);
         let grant = self
             .store
             .get(id, self.clock.now())
@@ -563,7 +566,7 @@ impl<S: GrantStore> GrantSteps<S> {
             step,
             caller,
             agent: None,
-            context,
+            context: context.as_ref(),
         }
         .build(&grant, now, &extra(&grant));
         let pending = self.pipeline.evaluate(input, now, parent);

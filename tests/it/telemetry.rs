@@ -714,6 +714,7 @@ async fn metric_labels_stay_bounded_under_100k_distinct_subjects() {
         req.subject.as_mut().unwrap().id = format!("subject-{i}");
         req.step = format!("step_{}", i % 1000);
         req.grant_id = format!("grant-{i}");
+        let req = stepgate::decision::CheckRequest::from(req);
         assert!(pipeline.check(&req, &caller, &parent).unwrap().allow());
     }
     let after = pipeline.metrics_text();

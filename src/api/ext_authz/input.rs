@@ -24,7 +24,10 @@ use envoy_types::pb::{
 use prost::Message;
 use regorus::{Value, value::Object};
 
-use crate::decision::{Caller, caller_value, struct_to_value};
+use crate::{
+    api::request_convert::struct_to_value,
+    decision::{Caller, caller_value},
+};
 
 /// A request the input document cannot be built from (a bad escape in the path, a body
 /// that is not the JSON its content type says): the plugin answers these with a 400
