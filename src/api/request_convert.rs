@@ -80,6 +80,29 @@ impl From<v1::Context> for decision::Context {
     }
 }
 
+/// A borrowed agent call (a Revalidate's): its strings copied, its arguments converted
+/// from the message in place, so the request is not cloned first.
+impl From<&v1::AgentCall> for decision::AgentCall {
+    fn from(agent: &v1::AgentCall) -> Self {
+        Self {
+            tool: agent.tool.clone(),
+            arguments: agent.arguments.as_ref().map(attributes),
+            on_behalf_of: agent.on_behalf_of.clone(),
+            delegation_chain: agent.delegation_chain.clone(),
+        }
+    }
+}
+
+/// A borrowed context (a Revalidate's), converted in place.
+impl From<&v1::Context> for decision::Context {
+    fn from(context: &v1::Context) -> Self {
+        Self {
+            source_ip: context.source_ip.clone(),
+            attributes: context.attributes.as_ref().map(attributes),
+        }
+    }
+}
+
 /// A Check's attributes: a non-finite number is marked [`decision::NOT_FINITE`], for
 /// validation to refuse by its field.
 fn attributes(s: &Struct) -> Value {
@@ -207,6 +230,28 @@ mod tests {
         let v = struct_to_value(&numbers(&[("n", 3.0), ("f", 0.5)]));
         assert_eq!(v["n"], Value::from(3i64));
         assert_eq!(v["f"], Value::from(0.5));
+    }
+
+    #[test]
+    fn a_borrowed_agent_call_and_context_convert_as_owned_ones_do() {
+        let agent = v1::AgentCall {
+            tool: "sql".into(),
+            arguments: Some(numbers(&[("limit", 10.0), ("bad", f64::NAN)])),
+            on_behalf_of: "carol".into(),
+            delegation_chain: vec!["dave".into()],
+        };
+        let context = v1::Context {
+            source_ip: "10.0.0.1".into(),
+            attributes: Some(numbers(&[("n", 1.0)])),
+        };
+        assert_eq!(
+            decision::AgentCall::from(&agent),
+            decision::AgentCall::from(agent.clone())
+        );
+        assert_eq!(
+            decision::Context::from(&context),
+            decision::Context::from(context.clone())
+        );
     }
 
     #[test]

@@ -330,8 +330,8 @@ impl<S: GrantStore> GrantSteps<S> {
         parent: &ParentContext,
     ) -> Result<Step, GrantStepError> {
         require(&req.grant_id, "grant_id")?;
-        let agent = req.agent.clone().map(crate::decision::AgentCall::from);
-        let context = req.context.clone().map(crate::decision::Context::from);
+        let agent = req.agent.as_ref().map(crate::decision::AgentCall::from);
+        let context = req.context.as_ref().map(crate::decision::Context::from);
         if let Some(agent) = &agent {
             validate_agent(agent)?;
         }
